@@ -1,0 +1,116 @@
+"""Acting on a run: the one path buttons and the JSON API share.
+
+Every attempt leaves an ActionRecord (who, when, comment, options, the provider's
+answer). A partial unique constraint allows one pending action of a kind per run,
+so a double click or a second user cannot send a second request while one is in
+flight; the provider call happens outside any transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from dashboard.models import ActionRecord, Run
+from dashboard.sync import upsert_runs
+from providers.base import Action, ProviderError, RateLimited, RunData
+
+logger = logging.getLogger(__name__)
+
+# A pending record older than this belongs to a request that died mid-flight.
+PENDING_EXPIRY = timedelta(minutes=2)
+
+
+class ActionRefused(Exception):
+    """The action was not sent, or the provider refused it; `message` is for the user."""
+
+    def __init__(self, message: str, record: ActionRecord | None = None, status: int = 409):
+        super().__init__(message)
+        self.message, self.record, self.status = message, record, status
+
+
+def refusal(run: Run, kind: str) -> str | None:
+    """Why `kind` cannot be done on `run` now, or None if it can."""
+    provider = run.connection.provider_class
+    if kind not in provider.actions:
+        return f"{provider.label} does not support {kind}."
+    if kind not in run.available_actions():
+        if run.is_finished:
+            return f"This run already finished ({run.get_status_display().lower()})."
+        return f"A run that is {run.get_status_display().lower()} cannot be sent {kind}."
+    return None
+
+
+def perform(run: Run, user, kind: str, comment: str = "", force: bool = False) -> ActionRecord:
+    comment = comment.strip()
+    provider = run.connection.provider_class
+    options = {"force_cancel": True} if force and kind == Action.CANCEL else {}
+    if force and not (kind == Action.CANCEL and provider.has_force_cancel):
+        raise ActionRefused(f"{provider.label} has no force cancel.", status=400)
+    if kind == Action.CANCEL and not comment:
+        raise ActionRefused("A comment is required to cancel a run.", status=400)
+
+    run.refresh_from_db()
+    reason = refusal(run, kind)
+    if reason:
+        record = ActionRecord.objects.create(
+            run=run, user=user, kind=kind, comment=comment, options=options,
+            state=ActionRecord.State.FAILED, response=f"Refused by Runboard: {reason}",
+            finished_at=timezone.now(),
+        )
+        raise ActionRefused(reason, record)
+
+    ActionRecord.objects.filter(
+        run=run, kind=kind, state=ActionRecord.State.PENDING,
+        created_at__lt=timezone.now() - PENDING_EXPIRY,
+    ).update(state=ActionRecord.State.FAILED, response="Interrupted: no answer was recorded.",
+             finished_at=timezone.now())
+    try:
+        with transaction.atomic():
+            record = ActionRecord.objects.create(
+                run=run, user=user, kind=kind, comment=comment, options=options
+            )
+    except IntegrityError:
+        raise ActionRefused(
+            f"Another {kind} of this run is already in flight; wait for its answer."
+        ) from None
+
+    try:
+        with run.connection.client() as client:
+            if kind == Action.CANCEL:
+                answer = client.cancel(run.locator, comment=comment, force=force)
+            elif kind == Action.RETRY:
+                answer = client.retry(run.locator)
+            else:
+                answer = getattr(client, kind)(run.locator, comment=comment)
+    except ProviderError as exc:
+        record.state = ActionRecord.State.FAILED
+        record.response_code = exc.status_code
+        record.response = exc.body or exc.message
+        record.finished_at = timezone.now()
+        record.save()
+        raise ActionRefused(_plain_words(exc), record, status=502) from exc
+
+    record.state = ActionRecord.State.SUCCEEDED
+    record.response_code = 200
+    record.finished_at = timezone.now()
+    if isinstance(answer, RunData):
+        record.response = json.dumps(
+            {"status": answer.raw_status, "normalized": answer.status.value}
+        )
+        upsert_runs(run.connection, [answer])
+    else:
+        record.response = json.dumps(answer) if answer is not None else ""
+    record.save()
+    return record
+
+
+def _plain_words(exc: ProviderError) -> str:
+    if isinstance(exc, RateLimited):
+        at = timezone.localtime(timezone.now() + timedelta(seconds=exc.retry_after))
+        return f"The provider is rate limiting us; try again at {at:%H:%M:%S}."
+    return f"The provider refused: {exc.message}"

@@ -1,0 +1,15 @@
+from django import forms
+
+
+class CancelForm(forms.Form):
+    comment = forms.CharField(
+        max_length=2000, strip=True,
+        widget=forms.Textarea(attrs={"rows": 2, "placeholder": "Why are you cancelling?"}),
+        error_messages={"required": "A comment is required to cancel a run."},
+    )
+    force_cancel = forms.BooleanField(required=False)
+
+
+class CommentForm(forms.Form):
+    comment = forms.CharField(max_length=2000, strip=True, required=False,
+                              widget=forms.Textarea(attrs={"rows": 2}))

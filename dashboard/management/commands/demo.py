@@ -1,0 +1,106 @@
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from dashboard.models import Connection
+from providers import registry
+from providers.simulators import SIMULATORS
+
+RELEASE_MANAGERS = "Release managers"
+
+
+class Command(BaseCommand):
+    help = ("Start the whole product for a look around: simulators of every provider with "
+            "sample data, a Celery worker with beat, and the web server.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--spawn-every", type=float, default=20.0,
+                            help="Seconds between new runs appearing in each simulator")
+        parser.add_argument("--no-processes", action="store_true",
+                            help="Only start the simulators (run web and worker yourself)")
+
+    def handle(self, *args, port, spawn_every, no_processes, **options):
+        settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
+        call_command("migrate", interactive=False, verbosity=0)
+        rng = random.Random(7)
+        stop = threading.Event()
+        simulators = []
+        for key, simulator_class in SIMULATORS.items():
+            sim = simulator_class(token=secrets.token_urlsafe(16))
+            scope = sim.seed_demo(rng)
+            sim.start()
+            simulators.append(sim)
+            Connection.objects.update_or_create(
+                name=f"Demo {registry.provider_class(key).label}",
+                defaults={"provider": key, "base_url": sim.url, "token": sim.token,
+                          "scope": scope, "enabled": True, "next_attempt_at": None,
+                          "lease_until": None, "last_error": ""},
+            )
+            threading.Thread(target=self._spawn, args=(sim, rng, spawn_every, stop),
+                             daemon=True).start()
+            self.stdout.write(f"Simulator {key} listening on {sim.url}")
+        credentials = self._users()
+
+        processes = []
+        if not no_processes:
+            processes = [
+                subprocess.Popen([sys.executable, "-m", "celery", "-A", "dashboard", "worker",
+                                  "--beat", "--loglevel", "warning", "--concurrency", "2"]),
+                subprocess.Popen([sys.executable, "manage.py", "runserver", "--noreload",
+                                  f"127.0.0.1:{port}"]),
+            ]
+        self.stdout.write(self.style.SUCCESS(
+            f"\nRunboard is starting at http://127.0.0.1:{port}/\n"
+            + "".join(f"  log in as {u} / {p}  ({role})\n" for u, p, role in credentials)
+            + "Press Ctrl-C to stop everything.\n"
+        ))
+        signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        try:
+            while not stop.is_set():
+                if any(p.poll() is not None for p in processes):
+                    self.stderr.write("A Runboard process exited; stopping the demo.")
+                    break
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop.set()
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            for sim in simulators:
+                sim.stop()
+
+    @staticmethod
+    def _spawn(sim, rng, every, stop):
+        while not stop.wait(every):
+            sim.spawn_demo(rng)
+
+    @staticmethod
+    def _users():
+        managers = Group.objects.get(name=RELEASE_MANAGERS)
+        credentials = []
+        for username, role in (("manager", "release manager"), ("viewer", "read only")):
+            password = secrets.token_urlsafe(9)
+            user, _ = User.objects.get_or_create(username=username)
+            user.set_password(password)
+            user.is_staff = user.is_superuser = username == "manager"
+            user.save()
+            if username == "manager":
+                user.groups.add(managers)
+            credentials.append((username, password, role))
+        return credentials

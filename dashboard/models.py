@@ -1,0 +1,246 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+from encrypted_fields.fields import EncryptedTextField
+
+from providers import registry
+from providers.base import FINISHED, Action, Provider, Status
+
+
+class Connection(models.Model):
+    """One provider account: where to reach it, the token, what part of it to watch."""
+
+    provider = models.CharField(max_length=32, choices=registry.choices)
+    name = models.CharField(max_length=100, unique=True)
+    base_url = models.URLField(max_length=300)
+    token = EncryptedTextField(help_text="Stored encrypted; never shown again.")
+    scope = models.JSONField(
+        default=dict, blank=True,
+        help_text='Provider scope, e.g. {"workspace": "acme"} or {"project": "<id>"}.',
+    )
+    enabled = models.BooleanField(default=True)
+
+    # Sync state, written only by the sync engine.
+    cursor = models.JSONField(default=dict, blank=True)
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    runs_synced = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def provider_class(self) -> type[Provider]:
+        return registry.provider_class(self.provider)
+
+    def client(self) -> Provider:
+        return self.provider_class(
+            self.base_url, self.token, self.scope, timeout=settings.RUNBOARD_PROVIDER_TIMEOUT
+        )
+
+    @property
+    def is_stale(self) -> bool:
+        if not self.enabled:
+            return False
+        if self.last_success_at is None:
+            return bool(self.last_error)
+        age = timezone.now() - self.last_success_at
+        return age > timedelta(seconds=settings.RUNBOARD_STALE_AFTER) or (
+            self.last_error_at is not None and self.last_error_at > self.last_success_at
+        )
+
+
+class Project(models.Model):
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="projects")
+    external_id = models.CharField(max_length=200)
+    name = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "external_id"],
+                                    name="project_unique_per_connection"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class Environment(models.Model):
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="environments"
+    )
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.SET_NULL)
+    external_id = models.CharField(max_length=200)
+    name = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "external_id"],
+                                    name="environment_unique_per_connection"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class RunQuerySet(models.QuerySet):
+    def for_list(self):
+        return self.select_related("connection", "project", "environment")
+
+    def active(self):
+        return self.exclude(status__in=FINISHED)
+
+
+class Run(models.Model):
+    """A deployment run as the provider last told us, normalized."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="runs")
+    external_id = models.CharField(max_length=200)
+    locator = models.JSONField(default=dict, help_text="What the provider needs to address it.")
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.SET_NULL)
+    environment = models.ForeignKey(
+        Environment, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    pipeline_id = models.CharField(max_length=200, blank=True)
+    pipeline_name = models.CharField(max_length=200, blank=True)
+    name = models.CharField(max_length=300, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.UNKNOWN)
+    raw_status = models.CharField(max_length=64, blank=True)
+    version = models.CharField(max_length=200, blank=True)
+    branch = models.CharField(max_length=200, blank=True)
+    commit = models.CharField(max_length=64, blank=True)
+    triggered_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.CharField(max_length=200, blank=True)
+    cancel_comment = models.TextField(blank=True)
+    web_url = models.URLField(max_length=500, blank=True)
+    raw = models.JSONField(default=dict, blank=True)
+    # When the payload we hold was received: an older payload never overwrites it.
+    observed_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "external_id"],
+                                    name="run_unique_per_connection"),
+        ]
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="run_newest"),
+            models.Index(fields=["status", "-created_at"], name="run_status_newest"),
+            models.Index(fields=["connection", "-created_at"], name="run_connection_newest"),
+            models.Index(fields=["environment", "-created_at"], name="run_environment_newest"),
+            models.Index(fields=["updated_at"], name="run_updated"),
+        ]
+        permissions = [("act_on_run", "Can cancel, approve, reject and retry runs")]
+
+    def __str__(self):
+        return self.name or self.external_id
+
+    def get_absolute_url(self):
+        return reverse("run-detail", args=[self.pk])
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def duration(self) -> timedelta | None:
+        if not self.started_at:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    def available_actions(self) -> list[str]:
+        """The actions this provider supports and this run's state allows."""
+        supported = self.connection.provider_class.actions
+        allowed = {
+            Action.CANCEL: self.status in {Status.QUEUED, Status.RUNNING, Status.WAITING},
+            Action.APPROVE: self.status == Status.WAITING,
+            Action.REJECT: self.status == Status.WAITING,
+            Action.RETRY: self.status in {Status.FAILED, Status.CANCELLED},
+        }
+        return [action for action in Action if action in supported and allowed[action]]
+
+
+class Job(models.Model):
+    """One step of a run: a per-environment job, a stage, or an action execution."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="jobs")
+    external_id = models.CharField(max_length=200)
+    name = models.CharField(max_length=300, blank=True)
+    order = models.IntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.UNKNOWN)
+    raw_status = models.CharField(max_length=64, blank=True)
+    environment = models.ForeignKey(
+        Environment, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    progress = models.PositiveSmallIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.CharField(max_length=200, blank=True)
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_comment = models.TextField(blank=True)
+    review_conclusion = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        ordering = ["order", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "external_id"], name="job_unique_per_run"),
+        ]
+
+    def __str__(self):
+        return self.name or self.external_id
+
+
+class ActionRecord(models.Model):
+    """The audit trail: every attempt to act on a run, and what the provider said."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "In flight"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="actions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
+    kind = models.CharField(max_length=16, choices=Action.choices)
+    comment = models.TextField(blank=True)
+    options = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    response_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response = models.TextField(blank=True, help_text="The provider's answer or error.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # Two clicks, or two users, can never have two of the same action in flight.
+            models.UniqueConstraint(
+                fields=["run", "kind"], condition=Q(state="pending"),
+                name="one_pending_action_per_kind",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} {self.run} by {self.user}"

@@ -1,0 +1,375 @@
+"""The one small interface every provider module implements.
+
+A provider module holds a `Provider` subclass (the HTTP client), its status map and
+its payload parsing. The sync engine and the views only ever see what is defined
+here: normalized `RunData`/`JobData`, the shared `Status` vocabulary, `Action`s and
+typed `ProviderError`s.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import httpx
+from django.db import models
+
+logger = logging.getLogger(__name__)
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    WAITING = "waiting", "Waiting"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLING = "cancelling", "Cancelling"
+    CANCELLED = "cancelled", "Cancelled"
+    SKIPPED = "skipped", "Skipped"
+    UNKNOWN = "unknown", "Unknown"
+
+
+FINISHED = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.SKIPPED})
+
+
+class Action(models.TextChoices):
+    CANCEL = "cancel", "Cancel"
+    APPROVE = "approve", "Approve"
+    REJECT = "reject", "Reject"
+    RETRY = "retry", "Retry"
+
+
+def map_status(provider: str, status_map: Mapping[str, Status], raw: Any) -> Status:
+    """Map a provider's raw status; an unrecognised value is logged, never fatal."""
+    try:
+        return status_map[raw]
+    except (KeyError, TypeError):
+        logger.warning("%s: unrecognised status %r mapped to unknown", provider, raw)
+        return Status.UNKNOWN
+
+
+# --- typed errors -----------------------------------------------------------------
+
+
+class ProviderError(Exception):
+    """Base of every error a provider call raises; `message` is safe to show a user."""
+
+    user_message = "The provider returned an error."
+
+    def __init__(self, message: str = "", *, status_code: int | None = None, body: str = ""):
+        self.message = message or self.user_message
+        self.status_code = status_code
+        self.body = body[:2000]
+        super().__init__(self.message)
+
+
+class AuthError(ProviderError):
+    user_message = "The provider refused the token (not authorised or not permitted)."
+
+
+class NotFound(ProviderError):
+    user_message = "The provider does not know this run."
+
+
+class Conflict(ProviderError):
+    user_message = "The provider refused: the run is not in a state that allows this."
+
+
+class InvalidRequest(ProviderError):
+    user_message = "The provider rejected the request."
+
+
+class RateLimited(ProviderError):
+    user_message = "The provider is rate limiting us."
+
+    def __init__(self, message: str = "", *, retry_after: float = 60.0, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class Unavailable(ProviderError):
+    user_message = "The provider is unreachable or failing."
+
+
+class BadPayload(ProviderError):
+    user_message = "The provider sent a response Runboard cannot read."
+
+
+class NotSupported(ProviderError):
+    user_message = "This provider does not support that action."
+
+
+# --- normalized data --------------------------------------------------------------
+
+
+@dataclass
+class ProjectData:
+    external_id: str
+    name: str
+
+
+@dataclass
+class EnvironmentData:
+    external_id: str
+    name: str
+    project: ProjectData | None = None
+
+
+@dataclass
+class JobData:
+    external_id: str
+    name: str
+    status: Status
+    raw_status: str
+    order: int = 0
+    environment: EnvironmentData | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    reviewed_by: str = ""
+    reviewed_at: datetime | None = None
+    review_comment: str = ""
+    review_conclusion: str = ""
+    progress: int | None = None
+
+
+@dataclass
+class RunData:
+    external_id: str
+    status: Status
+    raw_status: str
+    # Whatever the provider needs to address this run again (ids, stage, ...).
+    locator: dict[str, Any]
+    name: str = ""
+    version: str = ""
+    branch: str = ""
+    commit: str = ""
+    triggered_by: str = ""
+    pipeline_id: str = ""
+    pipeline_name: str = ""
+    project: ProjectData | None = None
+    environment: EnvironmentData | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    cancelled_by: str = ""
+    cancel_comment: str = ""
+    web_url: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+    jobs: list[JobData] = field(default_factory=list)
+    # When we received this payload: orders two payloads of the same run.
+    observed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED
+
+
+@dataclass
+class Discovery:
+    projects: list[ProjectData] = field(default_factory=list)
+    environments: list[EnvironmentData] = field(default_factory=list)
+    pipelines: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class RateLimitInfo:
+    limit: int | None = None
+    remaining: int | None = None
+    reset_at: float | None = None  # epoch seconds, where the provider says
+
+
+# --- parsing helpers shared by providers -----------------------------------------
+
+
+def parse_time(value: Any) -> datetime | None:
+    """Parse the ISO-8601 variants the providers send ("2021-01-01 12:01:00.000Z", ...)."""
+    if value in (None, "") or not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        logger.warning("unparseable timestamp %r", value)
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def text(value: Any, limit: int = 500) -> str:
+    """Provider text as a bounded string (it is escaped at render time, never trusted)."""
+    if value is None:
+        return ""
+    return str(value)[:limit]
+
+
+def require(payload: Any, key: str) -> Any:
+    """A field the API documents as required; its absence means a bad payload."""
+    if not isinstance(payload, dict) or payload.get(key) in (None, ""):
+        raise BadPayload(f"response is missing required field {key!r}")
+    return payload[key]
+
+
+def retry_after_seconds(response: httpx.Response, default: float = 60.0) -> float:
+    value = response.headers.get("Retry-After")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(value)
+            if parsed is not None:
+                return max(0.0, parsed.timestamp() - time.time())
+    return default
+
+
+# --- the interface ----------------------------------------------------------------
+
+
+class Provider:
+    """Base class of a provider client: one instance per connection and sync.
+
+    Subclasses set the class attributes, implement the abstract methods and, where
+    their API differs, override `auth_headers`, `error_message` and `rate_limit_info`.
+    """
+
+    key: ClassVar[str]
+    label: ClassVar[str]
+    actions: ClassVar[frozenset[Action]] = frozenset()
+    has_force_cancel: ClassVar[bool] = False
+    cancel_requires_comment: ClassVar[bool] = False
+    # Scope keys the connection must set (e.g. the workspace), and optional ones.
+    scope_required: ClassVar[tuple[str, ...]] = ()
+    scope_optional: ClassVar[tuple[str, ...]] = ()
+    status_map: ClassVar[Mapping[str, Status]] = {}
+    default_base_url: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        scope: Mapping[str, Any] | None = None,
+        *,
+        timeout: float = 10.0,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.scope = dict(scope or {})
+        missing = [k for k in self.scope_required if not self.scope.get(k)]
+        if missing:
+            raise InvalidRequest(f"{self.label} connection needs scope {', '.join(missing)}")
+        self.rate_limit = RateLimitInfo()
+        self.requests_made = 0
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={**self.auth_headers(token), "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- what a provider implements -----------------------------------------------
+
+    def discover(self) -> Discovery:
+        raise NotImplementedError
+
+    def list_runs(self, since: datetime | None = None) -> Iterator[list[RunData]]:
+        """Yield pages of runs, newest first; stop once a page is older than `since`."""
+        raise NotImplementedError
+
+    def get_run(self, locator: Mapping[str, Any]) -> RunData:
+        raise NotImplementedError
+
+    def cancel(self, locator: Mapping[str, Any], comment: str = "", force: bool = False):
+        raise NotSupported()
+
+    def approve(self, locator: Mapping[str, Any], comment: str = ""):
+        raise NotSupported()
+
+    def reject(self, locator: Mapping[str, Any], comment: str = ""):
+        raise NotSupported()
+
+    def retry(self, locator: Mapping[str, Any]):
+        raise NotSupported()
+
+    # -- shared HTTP plumbing -----------------------------------------------------
+
+    def auth_headers(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    def map_status(self, raw: Any) -> Status:
+        return map_status(self.key, self.status_map, raw)
+
+    def error_message(self, body: Any) -> str:
+        """Pull the provider's own error message out of an error body."""
+        if isinstance(body, dict):
+            for key in ("message", "error", "detail"):
+                value = body.get(key)
+                if isinstance(value, str):
+                    return value
+                if isinstance(value, dict) and isinstance(value.get("message"), str):
+                    return value["message"]
+        return ""
+
+    def rate_limit_info(self, response: httpx.Response) -> RateLimitInfo:
+        return RateLimitInfo()
+
+    def request(self, method: str, path: str, **kwargs) -> Any:
+        """Send one request and return its decoded JSON, or raise a typed error."""
+        self.requests_made += 1
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise Unavailable(
+                f"{self.label} did not answer in time ({exc.__class__.__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise Unavailable(f"{self.label} is unreachable: {exc}") from exc
+        info = self.rate_limit_info(response)
+        if info.limit is not None or info.remaining is not None:
+            self.rate_limit = info
+        if response.is_success:
+            if not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise BadPayload(
+                    f"{self.label} sent a response that is not JSON",
+                    status_code=response.status_code, body=response.text,
+                ) from exc
+        self.raise_for_status(response)
+
+    def raise_for_status(self, response: httpx.Response) -> None:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        message = text(self.error_message(body), 300)
+        kwargs = {"status_code": response.status_code, "body": response.text}
+        code = response.status_code
+        if code == 429:
+            raise RateLimited(
+                message or f"{self.label} is rate limiting requests",
+                retry_after=self.retry_after(response), **kwargs,
+            )
+        if code in (401, 403):
+            raise AuthError(message or AuthError.user_message, **kwargs)
+        if code == 404:
+            raise NotFound(message or NotFound.user_message, **kwargs)
+        if code == 409:
+            raise Conflict(message or Conflict.user_message, **kwargs)
+        if code >= 500:
+            raise Unavailable(message or f"{self.label} answered {code}", **kwargs)
+        raise InvalidRequest(message or f"{self.label} answered {code}", **kwargs)
+
+    def retry_after(self, response: httpx.Response) -> float:
+        return retry_after_seconds(response)

@@ -1,0 +1,264 @@
+"""Buddy.works simulator: workspaces/projects/pipelines/executions as the API documents."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+from typing import Any
+
+from providers.simulators.base import HttpError, Phase, Request, SimRun, Simulator, iso
+
+API = "https://api.buddy.works"
+APP = "https://app.buddy.works"
+
+# A deployment that needs an approval half-way; the demo and tests use this shape.
+DEPLOY_PLAN = [
+    Phase("ENQUEUED", 5), Phase("INPROGRESS", 20), Phase("WAITING_FOR_APPLY", None),
+    Phase("INPROGRESS", 20), Phase("SUCCESSFUL", None),
+]
+BUILD_PLAN = [Phase("ENQUEUED", 5), Phase("INPROGRESS", 30), Phase("SUCCESSFUL", None)]
+FAILING_PLAN = [Phase("ENQUEUED", 5), Phase("INPROGRESS", 15), Phase("FAILED", None)]
+# CANCEL is asynchronous: the execution passes through TERMINATING.
+CANCEL_PLAN = [Phase("TERMINATING", 3), Phase("TERMINATED", None)]
+AFTER_APPLY_PLAN = [Phase("INPROGRESS", 20), Phase("SUCCESSFUL", None)]
+FINAL = {"SUCCESSFUL", "FAILED", "TERMINATED", "NOT_EXECUTED", "SKIPPED"}
+
+DEMO_PIPELINES = [("web-shop", 1, "Deploy to production"), ("web-shop", 2, "Deploy to staging"),
+                  ("billing-api", 3, "Release")]
+PEOPLE = ["Mike Benson", "Ana Lima", "Kofi Mensah", "Jo Tanaka"]
+
+
+class BuddySimulator(Simulator):
+    name = "buddy"
+    running_statuses = {"INPROGRESS"}
+    final_statuses = FINAL
+    unknown_status_value = "QUANTUM_SUPERPOSITION"
+
+    def __init__(self, *args, workspace: str = "acme", rate_limit: int = 1000, **kwargs):
+        self.workspace = workspace
+        self.rate_limit = rate_limit
+        self.projects: dict[str, dict[int, str]] = {}  # project -> {pipeline id: name}
+        self._ids = itertools.count(1)
+        super().__init__(*args, **kwargs)
+
+    # -- wire details ------------------------------------------------------------------
+
+    def routes(self) -> None:
+        ws = "/workspaces/{workspace}"
+        pipe = ws + "/projects/{project}/pipelines/{pipeline}"
+        self.route("GET", ws + "/projects", self.list_projects)
+        self.route("GET", ws + "/projects/{project}/pipelines", self.list_pipelines)
+        self.route("GET", pipe + "/executions", self.list_executions)
+        self.route("GET", pipe + "/executions/{execution}", self.get_execution)
+        self.route("PATCH", pipe + "/executions/{execution}", self.patch_execution)
+
+    def auth_error(self) -> HttpError:
+        return HttpError(401, self.error_body(401, "Invalid or expired token"))
+
+    def error_body(self, status: int, message: str) -> Any:
+        return {"errors": [{"message": message}]}
+
+    def response_headers(self) -> dict[str, str]:
+        with self.lock:
+            used = len(self.requests)
+        return {
+            "X-Rate-Limit-Limit": str(self.rate_limit),
+            "X-Rate-Limit-Remaining": str(max(0, self.rate_limit - used)),
+        }
+
+    def rate_limit_headers(self, retry_after: int) -> dict[str, str]:
+        return {"X-Rate-Limit-Limit": str(self.rate_limit), "X-Rate-Limit-Remaining": "0",
+                "Retry-After": str(retry_after)}
+
+    def without_optional_fields(self, body: Any) -> Any:
+        drop = {"branch", "to_revision", "from_revision", "creator", "action_executions",
+                "html_url", "finish_date", "comment"}
+        if isinstance(body, dict) and "executions" in body:
+            return {**body, "executions": [self.without_optional_fields(e)
+                                           for e in body["executions"]]}
+        if isinstance(body, dict) and "status" in body:
+            return {k: v for k, v in body.items() if k not in drop}
+        return body
+
+    # -- sample data -------------------------------------------------------------------
+
+    def add_pipeline(self, project: str, pipeline_id: int, name: str) -> None:
+        with self.lock:
+            self.projects.setdefault(project, {})[pipeline_id] = name
+
+    def add_execution(self, project: str, pipeline_id: int, plan: list[Phase] | None = None,
+                      *, age: float = 0, branch: str = "main", creator: str = "Mike Benson",
+                      revision: str | None = None, comment: str = "") -> SimRun:
+        self.add_pipeline(project, pipeline_id, self.projects.get(project, {}).get(
+            pipeline_id, f"pipeline-{pipeline_id}"))
+        execution_id = next(self._ids)
+        revision = revision or f"{execution_id:04x}".ljust(40, "a")
+        return self.add_run(
+            (project, pipeline_id, execution_id), list(plan or DEPLOY_PLAN),
+            created_at=self.clock.now() - timedelta(seconds=age),
+            project=project, pipeline=pipeline_id, id=execution_id, branch=branch,
+            creator=creator, revision=revision, comment=comment,
+            actions=["Build image", "Deploy to cluster", "Smoke tests"],
+        )
+
+    # -- demo data ---------------------------------------------------------------------
+
+    def seed_demo(self, rng) -> dict[str, str]:
+        """Fill the simulator with history and a few live executions; return the scope."""
+        for project, pipeline_id, name in DEMO_PIPELINES:
+            self.add_pipeline(project, pipeline_id, name)
+            for hours in (48, 30, 20, 9, 5, 2):
+                plan = rng.choice([BUILD_PLAN, BUILD_PLAN, FAILING_PLAN,
+                                   DEPLOY_PLAN[:2] + CANCEL_PLAN])
+                self.add_execution(project, pipeline_id, plan, age=hours * 3600,
+                                   creator=rng.choice(PEOPLE))
+        self.add_execution("web-shop", 1, DEPLOY_PLAN, age=40, creator="Ana Lima")
+        self.add_execution("web-shop", 2, BUILD_PLAN, age=10, creator="Kofi Mensah")
+        return {"workspace": self.workspace}
+
+    def spawn_demo(self, rng) -> None:
+        project, pipeline_id, _ = rng.choice(DEMO_PIPELINES)
+        plan = rng.choice([DEPLOY_PLAN, BUILD_PLAN, FAILING_PLAN])
+        self.add_execution(project, pipeline_id, plan, creator=rng.choice(PEOPLE),
+                           branch=rng.choice(["main", "main", "release/2.4", "hotfix/login"]))
+
+    # -- handlers ----------------------------------------------------------------------
+
+    def _check_workspace(self, request: Request) -> None:
+        if request.params["workspace"] != self.workspace:
+            raise HttpError(404, self.error_body(404, "Workspace not found"))
+
+    def _pipeline(self, request: Request) -> tuple[str, int, str]:
+        self._check_workspace(request)
+        project = request.params["project"]
+        try:
+            pipeline_id = int(request.params["pipeline"])
+            return project, pipeline_id, self.projects[project][pipeline_id]
+        except (KeyError, ValueError):
+            raise HttpError(404, self.error_body(404, "Pipeline not found")) from None
+
+    def list_projects(self, request: Request) -> Any:
+        self._check_workspace(request)
+        base = f"{API}/workspaces/{self.workspace}/projects"
+        return {"url": base, "html_url": f"{APP}/{self.workspace}/projects", "projects": [
+            {"url": f"{base}/{p}", "html_url": f"{APP}/{self.workspace}/{p}", "name": p,
+             "display_name": p.replace("-", " ").title(), "status": "ACTIVE"}
+            for p in sorted(self.projects)
+        ]}
+
+    def list_pipelines(self, request: Request) -> Any:
+        self._check_workspace(request)
+        project = request.params["project"]
+        if project not in self.projects:
+            raise HttpError(404, self.error_body(404, "Project not found"))
+        base = f"{API}/workspaces/{self.workspace}/projects/{project}/pipelines"
+        return {"url": base, "pipelines": [
+            {"url": f"{base}/{pid}", "id": pid, "name": name, "on": "CLICK",
+             "refs": ["refs/heads/main"]}
+            for pid, name in sorted(self.projects[project].items())
+        ]}
+
+    def list_executions(self, request: Request) -> Any:
+        project, pipeline_id, _ = self._pipeline(request)
+        try:
+            page = max(1, int(request.query.get("page", 1)))
+            per_page = min(100, max(1, int(request.query.get("per_page", 20))))
+        except ValueError:
+            raise HttpError(400, self.error_body(400, "Invalid paging parameters")) from None
+        runs = sorted(
+            (r for key, r in self.runs.items() if key[:2] == (project, pipeline_id)),
+            key=lambda r: (r.created_at, r.data["id"]), reverse=True,
+        )
+        chunk = runs[(page - 1) * per_page: page * per_page]
+        return {
+            "url": f"{API}/workspaces/{self.workspace}/projects/{project}/pipelines/"
+                   f"{pipeline_id}/executions",
+            "page": page, "page_size": per_page,
+            "total_page_count": max(1, -(-len(runs) // per_page)),
+            "element_count": len(chunk), "total_element_count": len(runs),
+            "executions": [self.render(r) for r in chunk],
+        }
+
+    def _execution(self, request: Request) -> SimRun:
+        project, pipeline_id, _ = self._pipeline(request)
+        try:
+            return self.get((project, pipeline_id, int(request.params["execution"])))
+        except ValueError:
+            raise HttpError(404, self.error_body(404, "Execution not found")) from None
+
+    def get_execution(self, request: Request) -> Any:
+        return self.render(self._execution(request))
+
+    def patch_execution(self, request: Request) -> Any:
+        run = self._execution(request)
+        body = request.body if isinstance(request.body, dict) else {}
+        operation = body.get("operation")
+        if operation not in {"RETRY", "CANCEL", "APPLY", "APPLY_VARIABLES"}:
+            raise HttpError(400, self.error_body(
+                400, "operation must be one of RETRY, CANCEL, APPLY, APPLY_VARIABLES"))
+        if operation == "APPLY_VARIABLES" and not body.get("variables"):
+            raise HttpError(400, self.error_body(400, "variables are required"))
+        if operation == "CANCEL":
+            if run.status in FINAL or run.status == "TERMINATING":
+                raise HttpError(400, self.error_body(400, "Execution is already finished"))
+            self.transition(run, list(CANCEL_PLAN))
+        elif operation in ("APPLY", "APPLY_VARIABLES"):
+            if not run.status.startswith("WAITING_FOR"):
+                raise HttpError(400, self.error_body(400, "Execution is not waiting for approval"))
+            self.transition(run, list(AFTER_APPLY_PLAN))
+        else:  # RETRY re-runs a failed or terminated execution under the same id
+            if run.status not in {"FAILED", "TERMINATED"}:
+                raise HttpError(400, self.error_body(400, "Only failed executions can be retried"))
+            run.finished_at = None
+            self.transition(run, [Phase("ENQUEUED", 5), Phase("INPROGRESS", 20),
+                                  Phase("SUCCESSFUL", None)])
+        return self.render(run)
+
+    @staticmethod
+    def _action_statuses(run: SimRun) -> list[str]:
+        """Actions before the current one succeeded, the current one shares the
+        execution's status, later ones have not run (yet)."""
+        count = len(run.data["actions"])
+        if run.status == "SUCCESSFUL":
+            return ["SUCCESSFUL"] * count
+        current = min(run.phase, count - 1)
+        later = "NOT_EXECUTED" if run.status in FINAL else "ENQUEUED"
+        return ["SUCCESSFUL"] * current + [run.status] + [later] * (count - current - 1)
+
+    def render(self, run: SimRun) -> dict[str, Any]:
+        d = run.data
+        project, pipeline_id = d["project"], d["pipeline"]
+        pipe_url = f"{API}/workspaces/{self.workspace}/projects/{project}/pipelines/{pipeline_id}"
+        person = {"url": f"{API}/workspaces/{self.workspace}/member/1", "id": 1,
+                  "name": d["creator"], "avatar_url": ""}
+        revision = {"url": f"{API}/commits/{d['revision']}", "revision": d["revision"],
+                    "message": "deploy", "committer": person, "author": person}
+        finished = run.status in FINAL
+        return {
+            "url": f"{pipe_url}/executions/{d['id']}",
+            "html_url": f"{APP}/{self.workspace}/{project}/pipelines/pipeline/{pipeline_id}"
+                        f"/execution/{d['id']}",
+            "id": d["id"],
+            "start_date": iso(run.created_at),
+            "finish_date": iso(run.finished_at) if finished else None,
+            "triggeredOn": "CLICK",
+            "refresh": False,
+            "status": run.status,
+            "comment": d["comment"],
+            "branch": {"url": f"{API}/branches/{d['branch']}", "name": d["branch"],
+                       "default": d["branch"] == "main"},
+            "from_revision": revision,
+            "to_revision": revision,
+            "creator": person,
+            "pipeline": {"url": pipe_url, "id": pipeline_id,
+                         "name": self.projects[project][pipeline_id], "on": "CLICK",
+                         "refs": ["refs/heads/main"], "last_execution_status": run.status},
+            "action_executions": [
+                {"status": status, "progress": 100 if status == "SUCCESSFUL" else 0,
+                 "action": {"url": f"{pipe_url}/actions/{i + 1}", "id": i + 1, "name": name,
+                            "type": "BUILD", "trigger_time": "ON_EVERY_EXECUTION"}}
+                for i, (name, status) in enumerate(zip(d["actions"], self._action_statuses(run),
+                                                       strict=True))
+            ],
+        }
+

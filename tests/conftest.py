@@ -1,0 +1,48 @@
+import json
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from dashboard.models import Connection
+from providers.simulators.base import SimClock
+from providers.simulators.buddy import BuddySimulator
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load_fixture(name: str):
+    return json.loads((FIXTURES / name).read_text())
+
+
+@pytest.fixture
+def clock():
+    """Simulated time that only moves when a test advances it."""
+    return SimClock(speed=0)
+
+
+@pytest.fixture
+def buddy_sim(clock):
+    with BuddySimulator(token="buddy-test-token", clock=clock) as sim:
+        sim.add_pipeline("web-shop", 1, "Deploy to production")
+        yield sim
+
+
+@pytest.fixture
+def buddy_connection(db, buddy_sim):
+    return Connection.objects.create(
+        provider="buddy", name="Buddy", base_url=buddy_sim.url, token=buddy_sim.token,
+        scope={"workspace": buddy_sim.workspace},
+    )
+
+
+@pytest.fixture
+def viewer(db):
+    return User.objects.create_user("viewer", password="viewer-pass")
+
+
+@pytest.fixture
+def manager(db):
+    user = User.objects.create_user("manager", password="manager-pass")
+    user.groups.add(Group.objects.get(name="Release managers"))
+    return user
