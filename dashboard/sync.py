@@ -263,11 +263,12 @@ def _sync_pass(connection: Connection, owner: str, result: SyncResult) -> dateti
 
 def _record_failure(connection_id: int, exc: Exception) -> None:
     now = timezone.now()
+    message = exc.message if isinstance(exc, ProviderError) else f"Internal error: {exc!r}"
     if isinstance(exc, RateLimited):
         next_attempt = now + timedelta(seconds=exc.retry_after)
+        message = f"Rate limited: {message} (next attempt in {exc.retry_after:.0f} s)"
     else:
         next_attempt = now + timedelta(seconds=settings.RUNBOARD_SYNC_INTERVAL)
-    message = exc.message if isinstance(exc, ProviderError) else f"Internal error: {exc!r}"
     logger.warning("sync of connection %s failed: %s", connection_id, message)
     Connection.objects.filter(pk=connection_id).update(
         last_error=message[:1000], last_error_at=now, next_attempt_at=next_attempt,

@@ -131,9 +131,9 @@ def test_cancel_of_finished_execution_keeps_providers_message(buddy_sim, client)
 
 
 def test_bad_token_is_an_auth_error(buddy_sim):
-    with BuddyProvider(buddy_sim.url, "wrong", {"workspace": "acme"}) as bad:
-        with pytest.raises(AuthError, match="Invalid or expired token"):
-            list(bad.list_runs())
+    bad = BuddyProvider(buddy_sim.url, "wrong", {"workspace": "acme"})
+    with pytest.raises(AuthError, match="Invalid or expired token"):
+        list(bad.list_runs())
 
 
 def test_rate_limit_carries_retry_after(buddy_sim, client):

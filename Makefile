@@ -1,0 +1,25 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint bench
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Everything on an embedded default: SQLite and a filesystem broker under ./var/.
+demo: $(PY)
+	$(PY) -m pip install -q -e .
+	DEBUG=true $(PY) manage.py demo
+
+# Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (see README).
+test: $(PY)
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m ruff check .
+	$(PY) manage.py makemigrations --check --dry-run --settings=dashboard.settings_test >/dev/null
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(PY)
+	$(PY) -m ruff check .

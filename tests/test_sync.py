@@ -1,0 +1,141 @@
+"""The sync service: idempotent upserts, ordering, the lease, errors on the connection."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection as db_connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from dashboard import sync
+from dashboard.models import Connection, Job, Project, Run
+from providers.base import RateLimited, RunData, Status, Unavailable
+from providers.simulators.buddy import BUILD_PLAN, DEPLOY_PLAN
+
+pytestmark = pytest.mark.django_db
+
+
+def test_first_sync_mirrors_runs_jobs_and_projects(buddy_sim, buddy_connection):
+    buddy_sim.add_execution("web-shop", 1, BUILD_PLAN, age=100)
+    buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN, age=10)
+    result = sync.sync_connection(buddy_connection.pk)
+    assert (result.runs_written, result.skipped) == (2, False)
+    assert sorted(Run.objects.values_list("external_id", "status")) == [
+        ("web-shop/1/1", Status.SUCCEEDED), ("web-shop/1/2", Status.RUNNING),
+    ]
+    assert Job.objects.filter(run__external_id="web-shop/1/1").count() == 3
+    assert list(Project.objects.values_list("external_id", flat=True)) == ["web-shop"]
+    buddy_connection.refresh_from_db()
+    assert buddy_connection.last_success_at is not None
+    assert buddy_connection.last_error == ""
+    assert buddy_connection.cursor["high_water"]
+    assert buddy_connection.runs_synced == 2
+
+
+def test_resync_updates_in_place_without_duplicates(buddy_sim, buddy_connection):
+    buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    sync.sync_connection(buddy_connection.pk)
+    buddy_sim.advance(30)
+    sync.sync_connection(buddy_connection.pk)
+    sync.sync_connection(buddy_connection.pk)
+    assert Run.objects.count() == 1
+    assert Run.objects.get().raw_status == "WAITING_FOR_APPLY"
+    assert Job.objects.count() == 3
+
+
+def test_an_older_observation_never_overwrites_a_newer_one(buddy_connection):
+    now = timezone.now()
+
+    def observed(status, at):
+        return RunData(external_id="x", status=status, raw_status=status.value,
+                       locator={}, observed_at=at)
+
+    assert sync.upsert_runs(buddy_connection, [observed(Status.CANCELLED, now)]) == 1
+    assert sync.upsert_runs(buddy_connection, [observed(Status.RUNNING,
+                                                        now - timedelta(seconds=5))]) == 0
+    assert Run.objects.get().status == Status.CANCELLED
+
+
+def test_a_page_repeating_a_run_keeps_its_newest_observation(buddy_connection):
+    now = timezone.now()
+    page = [RunData(external_id="x", status=Status.RUNNING, raw_status="a", locator={},
+                    observed_at=now),
+            RunData(external_id="x", status=Status.FAILED, raw_status="b", locator={},
+                    observed_at=now - timedelta(seconds=1))]
+    sync.upsert_runs(buddy_connection, page)
+    assert list(Run.objects.values_list("status", flat=True)) == [Status.RUNNING]
+
+
+def test_queries_per_page_do_not_grow_with_page_size(buddy_connection):
+    def page(size, offset):
+        return [RunData(external_id=f"r{offset + i}", status=Status.RUNNING, raw_status="x",
+                        locator={}) for i in range(size)]
+
+    counts = []
+    for size, offset in ((5, 0), (200, 100)):
+        with CaptureQueriesContext(db_connection) as queries:
+            sync.upsert_runs(buddy_connection, page(size, offset))
+        counts.append(len(queries))
+    assert counts[0] == counts[1]
+
+
+def test_a_held_lease_skips_the_second_sync(buddy_sim, buddy_connection):
+    assert sync.acquire_lease(buddy_connection.pk, "other-worker")
+    buddy_sim.add_execution("web-shop", 1)
+    assert sync.sync_connection(buddy_connection.pk).skipped
+    assert Run.objects.count() == 0
+
+
+def test_an_expired_lease_is_taken_over(buddy_sim, buddy_connection):
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        lease_owner="dead-worker", lease_until=timezone.now() - timedelta(seconds=1))
+    buddy_sim.add_execution("web-shop", 1)
+    assert not sync.sync_connection(buddy_connection.pk).skipped
+    assert Run.objects.count() == 1
+
+
+def test_provider_errors_are_recorded_and_release_the_lease(buddy_sim, buddy_connection):
+    buddy_sim.inject("rate_limit", retry_after=30)
+    with pytest.raises(RateLimited):
+        sync.sync_connection(buddy_connection.pk)
+    buddy_connection.refresh_from_db()
+    assert buddy_connection.last_error == (
+        "Rate limited: Too many requests (next attempt in 30 s)")
+    assert buddy_connection.next_attempt_at > timezone.now() + timedelta(seconds=25)
+    assert buddy_connection.lease_owner == ""
+    assert buddy_connection.is_stale
+
+
+def test_failed_pass_leaves_cursor_and_next_pass_recovers(buddy_sim, buddy_connection):
+    buddy_sim.add_execution("web-shop", 1, BUILD_PLAN)
+    buddy_sim.inject("error_503")
+    with pytest.raises(Unavailable):
+        sync.sync_connection(buddy_connection.pk)
+    buddy_connection.refresh_from_db()
+    assert buddy_connection.cursor == {}
+    sync.sync_connection(buddy_connection.pk)
+    buddy_connection.refresh_from_db()
+    assert buddy_connection.last_error == ""
+    assert not buddy_connection.is_stale
+    assert Run.objects.count() == 1
+
+
+def test_active_runs_outside_the_window_are_refreshed_one_by_one(buddy_sim, buddy_connection,
+                                                                  monkeypatch):
+    monkeypatch.setattr("providers.buddy.PAGE_SIZE", 2)
+    old = buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN, age=7200)
+    buddy_sim.transition(old, [old.plan[2]])  # parked, waiting for approval
+    for age in (7150, 7100, 1000):
+        buddy_sim.add_execution("web-shop", 1, BUILD_PLAN, age=age)
+    sync.sync_connection(buddy_connection.pk)
+    for _ in range(3):
+        buddy_sim.add_execution("web-shop", 1, BUILD_PLAN)
+    buddy_sim.advance(60)
+    requests_before = len(buddy_sim.requests)
+    sync.sync_connection(buddy_connection.pk)
+    paths = [path for _, path, _ in buddy_sim.requests[requests_before:]]
+    executions = "/workspaces/acme/projects/web-shop/pipelines/1/executions"
+    # Three listing pages (the third all older than the window), then the parked run.
+    assert paths[-4:] == [executions] * 3 + [f"{executions}/1"]
+    assert Run.objects.count() == 7
+    assert Run.objects.get(external_id="web-shop/1/1").status == Status.WAITING
