@@ -13,3 +13,8 @@ class CancelForm(forms.Form):
 class CommentForm(forms.Form):
     comment = forms.CharField(max_length=2000, strip=True, required=False,
                               widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=100, label="Token name",
+                           widget=forms.TextInput(attrs={"placeholder": "e.g. chat bot"}))

@@ -3,13 +3,20 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
-from dashboard import views
+from dashboard import api, views
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="run-list", permanent=False)),
     path("runs/", views.run_list, name="run-list"),
     path("runs/<int:pk>/", views.run_detail, name="run-detail"),
     path("runs/<int:pk>/<str:kind>/", views.run_action, name="run-action"),
+    path("runs/<str:provider>/<path:external_id>/", views.run_permalink, name="run-permalink"),
+    path("environments/", views.environment_board, name="environment-board"),
+    path("audit/", views.audit, name="audit"),
+    path("profile/", views.profile, name="profile"),
+    path("api/runs/", api.runs, name="api-runs"),
+    path("api/runs/<int:pk>/", api.run, name="api-run"),
+    path("api/runs/<int:pk>/<str:kind>/", api.run_action, name="api-run-action"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

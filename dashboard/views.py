@@ -1,30 +1,72 @@
+import hashlib
+from datetime import UTC, datetime
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.core.paginator import Paginator
-from django.db.models import Max
-from django.http import HttpResponse
+from django.db import connection as db
+from django.db.models import OuterRef, Subquery
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
+from django_htmx.http import reswap, retarget
 
 from dashboard import actions
-from dashboard.filters import RunFilter
-from dashboard.forms import CancelForm, CommentForm
-from dashboard.models import Connection, Run
-from providers.base import Action
+from dashboard.filters import ActionFilter, RunFilter
+from dashboard.forms import CancelForm, CommentForm, TokenForm
+from dashboard.models import ActionRecord, ApiToken, Connection, Environment, Run
+from providers.base import FINISHED, Action
 
 PAGE_SIZE = 50
 
 
+# --- helpers -------------------------------------------------------------------------
+
+
 def data_version() -> str:
-    """Changes whenever any run or connection changes; two index lookups."""
-    runs = Run.objects.aggregate(v=Max("updated_at"))["v"]
-    connections = Connection.objects.aggregate(v=Max("updated_at"))["v"]
-    return "-".join(f"{v.timestamp() if v else 0:.6f}" for v in (runs, connections))
+    """Changes whenever any run or connection changes: one query on two indexes."""
+    with db.cursor() as cursor:
+        cursor.execute(
+            "SELECT (SELECT MAX(updated_at) FROM dashboard_run),"
+            " (SELECT MAX(updated_at) FROM dashboard_connection)"
+        )
+        values = cursor.fetchone()
+    return "-".join(f"{_epoch(v):.6f}" for v in values)
+
+
+def _epoch(value) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, str):  # SQLite returns MAX() of a datetime as text
+        value = datetime.fromisoformat(value)
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 def unchanged(request, version: str) -> bool:
     """A poll that already shows `version` needs no new HTML (htmx swaps nothing on 204)."""
     return bool(request.htmx) and request.GET.get("v") == version
+
+
+def page_of(queryset, number, size=None):
+    """One page without a COUNT(*): fetch one row more to know whether there is a next."""
+    size = size or PAGE_SIZE
+    try:
+        number = max(1, int(number or 1))
+    except ValueError:
+        number = 1
+    rows = list(queryset[(number - 1) * size: number * size + 1])
+    return {"rows": rows[:size], "number": number, "has_next": len(rows) > size,
+            "has_previous": number > 1}
+
+
+def query_without(request, *keys) -> str:
+    query = request.GET.copy()
+    for key in keys:
+        query.pop(key, None)
+    return query.urlencode()
+
+
+# --- runs ----------------------------------------------------------------------------
 
 
 @login_required
@@ -33,16 +75,27 @@ def run_list(request):
     if unchanged(request, version):
         return HttpResponse(status=204)
     run_filter = RunFilter(request.GET, queryset=Run.objects.for_list())
-    page = Paginator(run_filter.qs, PAGE_SIZE).get_page(request.GET.get("page"))
-    query = request.GET.copy()
-    query.pop("v", None)
+    page = page_of(run_filter.qs, request.GET.get("page"))
+    page_key = hashlib.blake2s(
+        ",".join(str(r.pk) for r in page["rows"]).encode(), digest_size=6
+    ).hexdigest()
     context = {
         "filter": run_filter,
         "page": page,
         "version": version,
-        "query": query.urlencode(),
+        "page_key": page_key,
+        "query": query_without(request, "v", "p"),
+        "page_query": query_without(request, "v", "p", "page"),
         "connections": Connection.objects.filter(enabled=True),
     }
+    if request.htmx and request.htmx.trigger == "runs-poller":
+        if request.GET.get("p") == page_key:
+            # Same runs on the page: send only the rows that changed, out of band.
+            since = float(request.GET.get("v", "0-0").split("-")[0] or 0)
+            context["changed"] = [r for r in page["rows"] if r.updated_at.timestamp() > since]
+            return render(request, "runs/_changed.html", context)
+        response = render(request, "runs/_table.html", context)
+        return reswap(retarget(response, "#runs"), "outerHTML")
     template = "runs/_table.html" if request.htmx else "runs/list.html"
     return render(request, template, context)
 
@@ -56,6 +109,7 @@ def _detail_context(request, run, **extra):
         "can_act": request.user.has_perm("dashboard.act_on_run"),
         "provider": run.connection.provider_class,
         "cancel_form": CancelForm(),
+        "permalink": request.build_absolute_uri(run.get_absolute_url()),
         **extra,
     }
 
@@ -69,20 +123,30 @@ def run_detail(request, pk):
     return render(request, template, _detail_context(request, run))
 
 
+@login_required
+def run_permalink(request, provider, external_id):
+    """/runs/<provider>/<external id>/: a link built from the provider's own ids."""
+    runs = list(Run.objects.filter(connection__provider=provider, external_id=external_id)
+                .order_by("-updated_at")[:2])
+    if not runs:
+        raise Http404("No such run")
+    if len(runs) > 1:  # the same id under two connections of one provider
+        return redirect(f"{reverse('run-list')}?provider={provider}&q={external_id}")
+    return redirect(runs[0])
+
+
 @require_POST
 @login_required
 @permission_required("dashboard.act_on_run", raise_exception=True)
 def run_action(request, pk, kind):
     run = get_object_or_404(Run.objects.for_list(), pk=pk)
     if kind not in Action.values:
-        return HttpResponse(status=404)
+        raise Http404("No such action")
     form = (CancelForm if kind == Action.CANCEL else CommentForm)(request.POST)
     status, extra = 200, {}
     if not form.is_valid():
         status = 400
         extra["action_error"] = " ".join(e for errs in form.errors.values() for e in errs)
-        if kind == Action.CANCEL:
-            extra["cancel_form"] = form
     else:
         try:
             actions.perform(run, request.user, kind, comment=form.cleaned_data["comment"],
@@ -93,11 +157,68 @@ def run_action(request, pk, kind):
             extra["action_error"] = exc.message
     run.refresh_from_db()
     if request.htmx:
-        # 200 even for refusals, so htmx swaps in the explanation.
+        # Always 200 for htmx, so the explanation is swapped in where the button was.
         return render(request, "runs/_live.html", _detail_context(request, run, **extra))
     if "action_error" in extra:
-        messages.error(request, extra["action_error"])
         return render(request, "runs/detail.html", _detail_context(request, run, **extra),
                       status=status)
     messages.success(request, extra["action_message"])
     return redirect(run)
+
+
+# --- environments ------------------------------------------------------------------------
+
+
+@login_required
+def environment_board(request):
+    """One row per environment: what is deployed there, and what is happening now."""
+    runs = Run.objects.filter(environment=OuterRef("pk")).order_by("-created_at", "-id")
+    environments = list(
+        Environment.objects.select_related("connection", "project")
+        .annotate(latest_id=Subquery(runs.values("pk")[:1]),
+                  deployed_id=Subquery(runs.filter(status="succeeded").values("pk")[:1]))
+        .order_by("name", "connection__name")
+    )
+    wanted = {e.latest_id for e in environments} | {e.deployed_id for e in environments}
+    by_id = Run.objects.in_bulk([pk for pk in wanted if pk])
+    rows = [{"environment": e, "latest": by_id.get(e.latest_id),
+             "deployed": by_id.get(e.deployed_id)} for e in environments]
+    return render(request, "environments/board.html",
+                  {"rows": rows, "finished": FINISHED})
+
+
+# --- audit and profile ---------------------------------------------------------------------
+
+
+@login_required
+def audit(request):
+    action_filter = ActionFilter(
+        request.GET, queryset=ActionRecord.objects.select_related("run", "user")
+    )
+    return render(request, "audit/list.html", {
+        "filter": action_filter,
+        "page": page_of(action_filter.qs, request.GET.get("page")),
+        "page_query": query_without(request, "page"),
+    })
+
+
+@login_required
+def profile(request):
+    new_key = None
+    form = TokenForm(request.POST or None)
+    if request.method == "POST":
+        if "revoke" in request.POST:
+            revoked = ApiToken.objects.active().filter(
+                user=request.user, pk=request.POST["revoke"]
+            ).update(revoked_at=datetime.now(UTC))
+            if revoked:
+                messages.success(request, "Token revoked.")
+            return redirect("profile")
+        if form.is_valid():
+            _, new_key = ApiToken.issue(request.user, form.cleaned_data["name"])
+            form = TokenForm()
+    return render(request, "profile.html", {
+        "form": form, "new_key": new_key,
+        "tokens": ApiToken.objects.filter(user=request.user),
+        "can_act": request.user.has_perm("dashboard.act_on_run"),
+    })

@@ -238,6 +238,7 @@ class Provider:
     label: ClassVar[str]
     actions: ClassVar[frozenset[Action]] = frozenset()
     has_force_cancel: ClassVar[bool] = False
+    force_cancel_help: ClassVar[str] = ""  # what forcing does, shown beside the checkbox
     cancel_requires_comment: ClassVar[bool] = False
     # Scope keys the connection must set (e.g. the workspace), and optional ones.
     scope_required: ClassVar[tuple[str, ...]] = ()
