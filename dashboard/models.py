@@ -52,7 +52,8 @@ class Connection(models.Model):
 
     def client(self) -> Provider:
         return self.provider_class(
-            self.base_url, self.token, self.scope, timeout=settings.RUNBOARD_PROVIDER_TIMEOUT
+            self.base_url, self.token, self.scope, timeout=settings.RUNBOARD_PROVIDER_TIMEOUT,
+            rate_limit_reserve=settings.RUNBOARD_RATE_LIMIT_RESERVE,
         )
 
     @property

@@ -135,6 +135,13 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 RUNBOARD_SYNC_INTERVAL = env.float("RUNBOARD_SYNC_INTERVAL", default=10.0)
 # Timeout for each provider HTTP request (seconds).
 RUNBOARD_PROVIDER_TIMEOUT = env.float("RUNBOARD_PROVIDER_TIMEOUT", default=10.0)
+# A sync holds its connection's lease this long past its last page; a worker that dies
+# mid-sync blocks the connection no longer than this (seconds).
+RUNBOARD_SYNC_LEASE = env.float("RUNBOARD_SYNC_LEASE", default=60.0)
+# First retry delay of a sync that failed on a provider outage; doubles per retry (seconds).
+RUNBOARD_RETRY_BACKOFF = env.float("RUNBOARD_RETRY_BACKOFF", default=5.0)
+# Stop a pass (and wait for the reset) when the provider says this few requests remain.
+RUNBOARD_RATE_LIMIT_RESERVE = env.int("RUNBOARD_RATE_LIMIT_RESERVE", default=2)
 # A connection with no successful sync for this long is shown as stale (seconds).
 RUNBOARD_STALE_AFTER = env.float("RUNBOARD_STALE_AFTER", default=120.0)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -36,7 +36,6 @@ from providers.base import (
 
 logger = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=5)
 # Re-read this much before the newest run we hold: runs that appeared late in the
 # provider's ordering, and clock skew between us and the provider.
 OVERLAP = timedelta(minutes=10)
@@ -65,18 +64,22 @@ class SyncResult:
 # --- the lease ---------------------------------------------------------------------
 
 
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.RUNBOARD_SYNC_LEASE)
+
+
 def acquire_lease(connection_id: int, owner: str) -> bool:
     now = timezone.now()
     return bool(
         Connection.objects.filter(pk=connection_id, enabled=True)
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now) | Q(lease_owner=owner))
-        .update(lease_owner=owner, lease_until=now + LEASE, last_attempt_at=now)
+        .update(lease_owner=owner, lease_until=now + _lease(), last_attempt_at=now)
     )
 
 
 def renew_lease(connection_id: int, owner: str) -> None:
     Connection.objects.filter(pk=connection_id, lease_owner=owner).update(
-        lease_until=timezone.now() + LEASE
+        lease_until=timezone.now() + _lease()
     )
 
 
@@ -229,7 +232,10 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
             runs_synced=F("runs_synced") + result.runs_written, updated_at=now,
         )
     finally:
-        release_lease(connection_id, owner)
+        try:
+            release_lease(connection_id, owner)
+        except DatabaseError:  # the lease expires on its own
+            logger.exception("could not release the lease of connection %s", connection_id)
     return result
 
 
@@ -264,13 +270,16 @@ def _sync_pass(connection: Connection, owner: str, result: SyncResult) -> dateti
 def _record_failure(connection_id: int, exc: Exception) -> None:
     now = timezone.now()
     message = exc.message if isinstance(exc, ProviderError) else f"Internal error: {exc!r}"
+    logger.warning("sync of connection %s failed: %s", connection_id, message)
     if isinstance(exc, RateLimited):
         next_attempt = now + timedelta(seconds=exc.retry_after)
         message = f"Rate limited: {message} (next attempt in {exc.retry_after:.0f} s)"
     else:
         next_attempt = now + timedelta(seconds=settings.RUNBOARD_SYNC_INTERVAL)
-    logger.warning("sync of connection %s failed: %s", connection_id, message)
-    Connection.objects.filter(pk=connection_id).update(
-        last_error=message[:1000], last_error_at=now, next_attempt_at=next_attempt,
-        updated_at=now,
-    )
+    try:
+        Connection.objects.filter(pk=connection_id).update(
+            last_error=message[:1000], last_error_at=now, next_attempt_at=next_attempt,
+            updated_at=now,
+        )
+    except DatabaseError:  # the database itself is what failed; the log has it
+        logger.exception("could not record the failure of connection %s", connection_id)

@@ -2,6 +2,8 @@ import logging
 import random
 
 from celery import shared_task
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
@@ -35,11 +37,16 @@ def sync_connection(self, connection_id: int) -> dict:
         # Wait as long as the provider asks (plus jitter so workers don't stampede).
         raise self.retry(exc=exc, countdown=exc.retry_after + random.uniform(0, 2)) from exc
     except Unavailable as exc:
-        backoff = min(300, 5 * 2 ** self.request.retries)
+        backoff = min(300, settings.RUNBOARD_RETRY_BACKOFF * 2 ** self.request.retries)
         raise self.retry(exc=exc, countdown=backoff * random.uniform(0.5, 1.5)) from exc
     except ProviderError:
         # Auth or payload problems don't fix themselves; the error is on the
         # connection for users to see and beat tries again next round.
         return {"connection": connection_id, "failed": True}
+    except DatabaseError as exc:
+        # The database went away mid-pass: drop the broken connection and try again;
+        # the pass is idempotent and its cursor did not move.
+        close_old_connections()
+        raise self.retry(exc=exc, countdown=random.uniform(1, 5)) from exc
     return {"connection": connection_id, "skipped": result.skipped,
             "runs_written": result.runs_written}

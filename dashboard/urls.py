@@ -12,6 +12,7 @@ urlpatterns = [
     path("runs/<int:pk>/<str:kind>/", views.run_action, name="run-action"),
     path("runs/<str:provider>/<path:external_id>/", views.run_permalink, name="run-permalink"),
     path("environments/", views.environment_board, name="environment-board"),
+    path("connections/", views.connections, name="connections"),
     path("audit/", views.audit, name="audit"),
     path("profile/", views.profile, name="profile"),
     path("api/runs/", api.runs, name="api-runs"),

@@ -187,6 +187,12 @@ def environment_board(request):
                   {"rows": rows, "finished": FINISHED})
 
 
+@login_required
+def connections(request):
+    """Sync health of every connection: what users check when data looks stale."""
+    return render(request, "connections.html", {"connections": Connection.objects.all()})
+
+
 # --- audit and profile ---------------------------------------------------------------------
 
 

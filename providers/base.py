@@ -253,8 +253,10 @@ class Provider:
         scope: Mapping[str, Any] | None = None,
         *,
         timeout: float = 10.0,
+        rate_limit_reserve: int = 2,
     ):
         self.base_url = base_url.rstrip("/")
+        self.rate_limit_reserve = rate_limit_reserve
         self.scope = dict(scope or {})
         missing = [k for k in self.scope_required if not self.scope.get(k)]
         if missing:
@@ -325,6 +327,13 @@ class Provider:
 
     def request(self, method: str, path: str, **kwargs) -> Any:
         """Send one request and return its decoded JSON, or raise a typed error."""
+        remaining = self.rate_limit.remaining
+        if remaining is not None and remaining <= self.rate_limit_reserve:
+            # Stop before the provider has to refuse us; the pass resumes after the reset.
+            raise RateLimited(
+                f"{self.label} rate limit nearly used up ({remaining} requests left)",
+                retry_after=self.seconds_until_reset(),
+            )
         self.requests_made += 1
         try:
             response = self._http.request(method, path, **kwargs)
@@ -374,3 +383,8 @@ class Provider:
 
     def retry_after(self, response: httpx.Response) -> float:
         return retry_after_seconds(response)
+
+    def seconds_until_reset(self) -> float:
+        if self.rate_limit.reset_at is not None:
+            return max(1.0, self.rate_limit.reset_at - time.time())
+        return 60.0  # the provider does not say when its window resets

@@ -1,6 +1,7 @@
-"""Start a real Celery worker process for a test, on Redis, against the test database."""
+"""Real Celery worker processes for tests, on Redis, against the test database."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,37 +16,70 @@ from dashboard.celery import app
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def new_queue() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
 @contextmanager
-def celery_worker(concurrency: int = 1):
-    """Yield a running worker consuming a queue of its own; stop it afterwards."""
-    queue = f"test-{uuid.uuid4().hex[:8]}"
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "dashboard.settings_test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "CELERY_QUEUE": queue,
-    }
-    previous_queue = app.conf.task_default_queue
+def use_queue(queue: str):
+    """Send this test's tasks to `queue`, which only its own workers consume."""
+    previous = app.conf.task_default_queue
     app.conf.task_default_queue = queue
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "--loglevel", "warning",
-         "--concurrency", str(concurrency), "--queues", queue, "--without-gossip",
-         "--without-mingle", "--without-heartbeat", "--hostname", f"{queue}@%h"],
-        cwd=ROOT, env=env,
-    )
     try:
-        wait_for(lambda: app.control.ping(destination=[f"{queue}@{os.uname().nodename}"],
-                                          timeout=0.5), timeout=30, what="worker to start")
-        yield process
+        yield queue
     finally:
-        app.conf.task_default_queue = previous_queue
-        process.terminate()
+        app.conf.task_default_queue = previous
+
+
+class Worker:
+    def __init__(self, queue: str, *, name: str, concurrency: int = 1, pool: str = "prefork",
+                 env: dict[str, str] | None = None):
+        db = connection.settings_dict
+        self.queue, self.hostname = queue, f"{name}-{queue}@{os.uname().nodename}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "--loglevel", "warning",
+             "--pool", pool, "--concurrency", str(concurrency), "--queues", queue,
+             "--without-gossip", "--without-mingle", "--without-heartbeat",
+             "--hostname", self.hostname],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "DJANGO_SETTINGS_MODULE": "dashboard.settings_test",
+                "DATABASE_URL":
+                    f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+                "CELERY_QUEUE": queue,
+                "RUNBOARD_RETRY_BACKOFF": "0.5",
+                **(env or {}),
+            },
+            start_new_session=True,  # so kill() reaches the pool's children too
+        )
+        wait_for(lambda: app.control.ping(destination=[self.hostname], timeout=0.5),
+                 timeout=30, what=f"worker {name} to start")
+
+    def kill(self) -> None:
+        """SIGKILL, as when a machine dies: no clean-up, no acknowledgement."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
         try:
-            process.wait(timeout=15)
+            self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            self.kill()
+
+
+@contextmanager
+def celery_worker(concurrency: int = 1, **kwargs):
+    """One worker on a queue of its own, stopped afterwards."""
+    with use_queue(new_queue()) as queue:
+        worker = Worker(queue, name="w", concurrency=concurrency, **kwargs)
+        try:
+            yield worker
+        finally:
+            worker.stop()
 
 
 def wait_for(condition, timeout: float = 20, what: str = "condition", interval: float = 0.2):

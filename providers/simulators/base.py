@@ -129,6 +129,9 @@ class Simulator:
     final_statuses: set[str] = set()
     # The unknown value served by the `unknown_status` fault.
     unknown_status_value = "SOMETHING_NEW"
+    # Requests allowed per window (wall-clock seconds); past it the simulator answers 429.
+    rate_limit = 1000
+    rate_window = 60.0
 
     def __init__(self, token: str = "sim-token", *, clock: SimClock | None = None,
                  host: str = "127.0.0.1", port: int = 0):
@@ -137,7 +140,10 @@ class Simulator:
         self.lock = threading.RLock()
         self.runs: dict[Any, SimRun] = {}
         self.requests: list[tuple[str, str, Any]] = []  # (method, path, body), for tests
+        self.request_times: list[float] = []  # time.monotonic() of each, beside `requests`
         self._faults: list[dict[str, Any]] = []
+        self._window_started = time.monotonic()
+        self._window_count = 0
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
         self._host, self._port = host, port
         self._server: ThreadingHTTPServer | None = None
@@ -164,6 +170,14 @@ class Simulator:
     def response_headers(self) -> dict[str, str]:
         return {}
 
+    def rate_limit_remaining(self) -> int:
+        with self.lock:
+            return max(0, self.rate_limit - self._window_count)
+
+    def seconds_to_window_reset(self) -> int:
+        with self.lock:
+            return max(1, int(self.rate_window - (time.monotonic() - self._window_started)) + 1)
+
     def seed_demo(self, rng) -> dict[str, str]:
         """Fill the simulator with sample runs for the demo; return the connection scope."""
         raise NotImplementedError
@@ -183,6 +197,13 @@ class Simulator:
             return 200, self.control(request), {}
         with self.lock:
             self.requests.append((request.method, request.path, request.body))
+            self.request_times.append(time.monotonic())
+            if time.monotonic() - self._window_started >= self.rate_window:
+                self._window_started, self._window_count = time.monotonic(), 0
+            self._window_count += 1
+            if self._window_count > self.rate_limit:
+                return self._fault_response({"kind": "rate_limit", "retry_after": int(
+                    self.rate_window - (time.monotonic() - self._window_started)) + 1})
         fault = self._take_fault()
         if fault and fault["kind"] in {"rate_limit", "error_500", "error_503"}:
             return self._fault_response(fault)
@@ -241,10 +262,12 @@ class Simulator:
 
     # -- faults and control -----------------------------------------------------------
 
-    def inject(self, kind: str, times: int = 1, **options: Any) -> None:
+    def inject(self, kind: str, times: int = 1, *, after: int = 0, **options: Any) -> None:
+        """Make the next `times` requests fail with `kind`, once `after` more have passed."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}")
         with self.lock:
+            self._faults.extend([{"kind": "none"}] * after)
             self._faults.extend({"kind": kind, **options} for _ in range(times))
 
     def clear_faults(self) -> None:

@@ -34,9 +34,8 @@ class BuddySimulator(Simulator):
     final_statuses = FINAL
     unknown_status_value = "QUANTUM_SUPERPOSITION"
 
-    def __init__(self, *args, workspace: str = "acme", rate_limit: int = 1000, **kwargs):
+    def __init__(self, *args, workspace: str = "acme", **kwargs):
         self.workspace = workspace
-        self.rate_limit = rate_limit
         self.projects: dict[str, dict[int, str]] = {}  # project -> {pipeline id: name}
         self._ids = itertools.count(1)
         super().__init__(*args, **kwargs)
@@ -59,11 +58,9 @@ class BuddySimulator(Simulator):
         return {"errors": [{"message": message}]}
 
     def response_headers(self) -> dict[str, str]:
-        with self.lock:
-            used = len(self.requests)
         return {
             "X-Rate-Limit-Limit": str(self.rate_limit),
-            "X-Rate-Limit-Remaining": str(max(0, self.rate_limit - used)),
+            "X-Rate-Limit-Remaining": str(self.rate_limit_remaining()),
         }
 
     def rate_limit_headers(self, retry_after: int) -> dict[str, str]:
