@@ -296,3 +296,18 @@ class ApiToken(models.Model):
             return None
         cls.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
         return token.user
+
+
+RELEASE_MANAGERS = "Release managers"
+
+
+def release_managers_group():
+    """The group whose members may act on runs (created by a migration; recreated if lost)."""
+    from django.contrib.auth.models import Group, Permission
+
+    group, created = Group.objects.get_or_create(name=RELEASE_MANAGERS)
+    if created:
+        group.permissions.add(
+            Permission.objects.get(codename="act_on_run", content_type__app_label="dashboard")
+        )
+    return group

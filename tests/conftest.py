@@ -2,9 +2,9 @@ import json
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 
-from dashboard.models import Connection
+from dashboard.models import Connection, release_managers_group
 from providers.simulators.base import SimClock
 from providers.simulators.buddy import BuddySimulator
 
@@ -44,5 +44,5 @@ def viewer(db):
 @pytest.fixture
 def manager(db):
     user = User.objects.create_user("manager", password="manager-pass")
-    user.groups.add(Group.objects.get(name="Release managers"))
+    user.groups.add(release_managers_group())
     return user

@@ -7,15 +7,13 @@ import threading
 import time
 
 from django.conf import settings
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from dashboard.models import Connection
+from dashboard.models import Connection, release_managers_group
 from providers import registry
 from providers.simulators import SIMULATORS
-
-RELEASE_MANAGERS = "Release managers"
 
 
 class Command(BaseCommand):
@@ -92,7 +90,7 @@ class Command(BaseCommand):
 
     @staticmethod
     def _users():
-        managers = Group.objects.get(name=RELEASE_MANAGERS)
+        managers = release_managers_group()
         credentials = []
         for username, role in (("manager", "release manager"), ("viewer", "read only")):
             password = secrets.token_urlsafe(9)
