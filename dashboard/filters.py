@@ -29,7 +29,8 @@ class RunFilter(django_filters.FilterSet):
     )
     status = django_filters.MultipleChoiceFilter(choices=Status.choices, label="Exact status")
     provider = django_filters.ChoiceFilter(
-        field_name="connection__provider", choices=registry.choices, empty_label="All providers"
+        field_name="connection__provider", choices=registry.choices, empty_label="All providers",
+        label="Provider",
     )
     connection = django_filters.ModelChoiceFilter(
         queryset=Connection.objects.all(), empty_label="All connections")

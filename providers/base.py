@@ -236,6 +236,8 @@ class Provider:
 
     key: ClassVar[str]
     label: ClassVar[str]
+    # Templates get the class itself (for its label and capabilities): never call it.
+    do_not_call_in_templates: ClassVar[bool] = True
     actions: ClassVar[frozenset[Action]] = frozenset()
     has_force_cancel: ClassVar[bool] = False
     force_cancel_help: ClassVar[str] = ""  # what forcing does, shown beside the checkbox

@@ -65,6 +65,8 @@ def test_detail_page_is_shareable(logged_in, buddy_sim, buddy_connection):
     assert '<meta property="og:title" content="Deploy to production #1 — Queued">' in body
     assert f'data-copy="http://testserver/runs/{run.pk}/"' in body
     assert 'href="https://app.buddy.works/acme/web-shop/pipelines/pipeline/1/execution/1"' in body
+    assert "Open in Buddy.works" in body
+    assert "<dd>Buddy.works · Buddy</dd>" in body
 
 
 def test_environment_board_shows_deployed_and_latest(logged_in, buddy_connection):
