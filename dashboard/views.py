@@ -76,6 +76,7 @@ def run_list(request):
         return HttpResponse(status=204)
     run_filter = RunFilter(request.GET, queryset=Run.objects.for_list())
     page = page_of(run_filter.qs, request.GET.get("page"))
+    connections = list(Connection.objects.filter(enabled=True))
     page_key = hashlib.blake2s(
         ",".join(str(r.pk) for r in page["rows"]).encode(), digest_size=6
     ).hexdigest()
@@ -86,7 +87,9 @@ def run_list(request):
         "page_key": page_key,
         "query": query_without(request, "v", "p"),
         "page_query": query_without(request, "v", "p", "page"),
-        "connections": Connection.objects.filter(enabled=True),
+        "connections": connections,
+        "last_sync": max((c.last_success_at for c in connections if c.last_success_at),
+                         default=None),
     }
     if request.htmx and request.htmx.trigger == "runs-poller":
         if request.GET.get("p") == page_key:
