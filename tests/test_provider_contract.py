@@ -1,0 +1,78 @@
+"""Every registered provider, end to end against its simulator: the same contract.
+
+A new provider gets these tests by being registered, with its simulator, in
+providers/registry.py and providers/simulators/__init__.py.
+"""
+
+import random
+
+import pytest
+
+from dashboard import actions, sync
+from dashboard.models import ActionRecord, Connection, Run
+from providers import registry
+from providers.base import FINISHED, Action, Status
+from providers.simulators import SIMULATORS
+from providers.simulators.base import SimClock
+
+pytestmark = pytest.mark.django_db
+
+
+def test_every_provider_has_a_simulator():
+    assert set(SIMULATORS) == set(registry.PROVIDERS)
+
+
+@pytest.fixture(params=sorted(SIMULATORS))
+def demo(request, db):
+    """A provider's simulator filled with its demo data, and a connection to it."""
+    key = request.param
+    sim = SIMULATORS[key](token=f"{key}-token", clock=SimClock(speed=0))
+    scope = sim.seed_demo(random.Random(1))
+    with sim:
+        connection = Connection.objects.create(
+            provider=key, name=key, base_url=sim.url, token=sim.token, scope=scope)
+        yield sim, connection
+
+
+def test_demo_data_syncs_into_the_shared_vocabulary(demo):
+    sim, connection = demo
+    first = sync.sync_connection(connection.pk)
+    assert first.runs_written > 0
+    runs = Run.objects.filter(connection=connection)
+    assert runs.exists()
+    assert set(runs.values_list("status", flat=True)) <= set(Status.values) - {Status.UNKNOWN}
+    assert all(run.locator for run in runs)
+    count = runs.count()
+    sim.advance(600)
+    sync.sync_connection(connection.pk)
+    assert runs.count() == count, "a re-sync must update in place, never duplicate"
+
+
+def test_cancel_reaches_the_provider_and_ends_cancelled(demo, django_user_model):
+    sim, connection = demo
+    user = django_user_model.objects.create_user("rm")
+    sync.sync_connection(connection.pk)
+    run = Run.objects.filter(connection=connection).exclude(status__in=FINISHED).first()
+    assert run is not None, "the demo data should have a live run"
+    record = actions.perform(run, user, Action.CANCEL, comment="contract test")
+    assert record.state == ActionRecord.State.SUCCEEDED
+    run.refresh_from_db()
+    assert run.status in {Status.CANCELLING, Status.CANCELLED}
+    sim.advance(120)
+    sync.sync_connection(connection.pk)
+    run.refresh_from_db()
+    assert run.status == Status.CANCELLED
+
+
+def test_unsupported_actions_are_refused_without_a_request(demo, django_user_model):
+    sim, connection = demo
+    user = django_user_model.objects.create_user("rm")
+    sync.sync_connection(connection.pk)
+    provider = connection.provider_class
+    missing = [a for a in Action if a not in provider.actions]
+    run = Run.objects.filter(connection=connection).first()
+    sent = len(sim.requests)
+    for action in missing:
+        with pytest.raises(actions.ActionRefused, match="does not support"):
+            actions.perform(run, user, action, comment="x")
+    assert len(sim.requests) == sent
