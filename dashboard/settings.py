@@ -119,6 +119,8 @@ if CELERY_BROKER_URL == "filesystem://":
         "data_folder_out": str(_broker_dir),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # Else kombu keeps its exchange table in ./control, wherever the worker started.
+        "control_folder": str(_broker_dir / "control"),
     }
 else:
     # A task not acknowledged within this window is handed to another worker.
