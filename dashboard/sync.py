@@ -13,13 +13,18 @@ Guarantees:
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
+import threading
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.db import connection as db
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -31,6 +36,7 @@ from providers.base import (
     ProviderError,
     RateLimited,
     RunData,
+    Status,
     parse_time,
 )
 
@@ -40,17 +46,18 @@ logger = logging.getLogger(__name__)
 # provider's ordering, and clock skew between us and the provider.
 OVERLAP = timedelta(minutes=10)
 
-RUN_FIELDS = [
-    "locator", "project", "environment", "pipeline_id", "pipeline_name", "name", "status",
-    "raw_status", "version", "branch", "commit", "triggered_by", "created_at", "started_at",
-    "finished_at", "cancelled_by", "cancel_comment", "web_url", "raw", "observed_at",
-    "updated_at",
+# Columns the sync writes; everything else on a row (id, ...) is Runboard's own.
+RUN_COLUMNS = [
+    "connection_id", "external_id", "locator", "project_id", "environment_id", "pipeline_id",
+    "pipeline_name", "name", "status", "raw_status", "version", "branch", "commit",
+    "triggered_by", "created_at", "started_at", "finished_at", "cancelled_by",
+    "cancel_comment", "web_url", "raw", "observed_at", "updated_at",
 ]
-JOB_FIELDS = [
-    "name", "order", "status", "raw_status", "environment", "progress", "started_at",
-    "finished_at", "reviewed_by", "reviewed_at", "review_comment", "review_conclusion",
+JOB_COLUMNS = [
+    "run_id", "external_id", "name", "order", "status", "raw_status", "environment_id",
+    "progress", "started_at", "finished_at", "reviewed_by", "reviewed_at", "review_comment",
+    "review_conclusion",
 ]
-
 
 @dataclass
 class SyncResult:
@@ -109,9 +116,10 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
     many runs were written. Runs we hold a newer observation of are left alone."""
     latest: dict[str, RunData] = {}
     for run in runs:  # a page may repeat a run; keep its newest observation
-        kept = latest.get(run.external_id)
+        key = run.external_id[:200]  # as stored
+        kept = latest.get(key)
         if kept is None or kept.observed_at <= run.observed_at:
-            latest[run.external_id] = run
+            latest[key] = run
     if not latest:
         return 0
 
@@ -139,70 +147,140 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
             for key, e in environments.items()
         }, update=("name", "project"))
 
-        # Lock the rows we may overwrite, so an action's write cannot slip in between
-        # this check and the upsert below.
-        stored = dict(
-            Run.objects.select_for_update()
-            .filter(connection=connection, external_id__in=list(latest))
-            .values_list("external_id", "observed_at")
-        )
-        fresh = [r for r in latest.values()
-                 if r.external_id not in stored or stored[r.external_id] <= r.observed_at]
-        if not fresh:
-            return 0
-
-        written = Run.objects.bulk_create(
-            [_run_model(connection, r, project_ids, env_ids) for r in fresh],
-            update_conflicts=True, unique_fields=["connection", "external_id"],
-            update_fields=RUN_FIELDS,
-        )
-        jobs = [
-            Job(run_id=model.pk, external_id=job.external_id[:200], name=job.name[:300],
-                order=job.order, status=job.status, raw_status=job.raw_status[:64],
-                environment_id=env_ids.get(job.environment.external_id)
-                if job.environment else None,
-                progress=job.progress, started_at=job.started_at, finished_at=job.finished_at,
-                reviewed_by=job.reviewed_by[:200], reviewed_at=job.reviewed_at,
-                review_comment=job.review_comment, review_conclusion=job.review_conclusion[:32])
-            for model, data in zip(written, fresh, strict=True)
-            for job in data.jobs
-        ]
-        if jobs:
-            Job.objects.bulk_create(
-                jobs, update_conflicts=True, unique_fields=["run", "external_id"],
-                update_fields=JOB_FIELDS,
-            )
-    return len(fresh)
+        at = db.ops.adapt_datetimefield_value  # timestamps as this database stores them
+        now = at(timezone.now())
+        with db.cursor() as cursor:
+            run_ids = _upsert(cursor, Run, RUN_COLUMNS, ["connection_id", "external_id"], [
+                _run_row(connection.pk, r, project_ids, env_ids, at, now)
+                for r in latest.values()
+            ], newer_only=True)
+            if not run_ids:
+                return 0
+            _upsert(cursor, Job, JOB_COLUMNS, ["run_id", "external_id"], [
+                (run_ids[r.external_id[:200]], job.external_id[:200], job.name[:300], job.order,
+                 Status(job.status).value, job.raw_status[:64],
+                 env_ids.get(job.environment.external_id) if job.environment else None,
+                 job.progress, at(job.started_at), at(job.finished_at), job.reviewed_by[:200],
+                 at(job.reviewed_at), job.review_comment, job.review_conclusion[:32])
+                for r in latest.values() if r.external_id[:200] in run_ids
+                for job in r.jobs
+            ])
+    return len(run_ids)
 
 
-def _run_model(connection, r: RunData, project_ids, env_ids) -> Run:
-    return Run(
-        connection=connection,
-        external_id=r.external_id[:200],
-        locator=r.locator,
-        project_id=project_ids.get(r.project.external_id) if r.project else None,
-        environment_id=env_ids.get(r.environment.external_id) if r.environment else None,
-        pipeline_id=r.pipeline_id[:200],
-        pipeline_name=r.pipeline_name[:200],
-        name=r.name[:300],
-        status=r.status,
-        raw_status=r.raw_status[:64],
-        version=r.version[:200],
-        branch=r.branch[:200],
-        commit=r.commit[:64],
-        triggered_by=r.triggered_by[:200],
-        created_at=r.created_at or r.observed_at,
-        started_at=r.started_at,
-        finished_at=r.finished_at,
-        cancelled_by=r.cancelled_by[:200],
-        cancel_comment=r.cancel_comment,
-        web_url=r.web_url if r.web_url.startswith(("https://", "http://")) else "",
-        raw=r.raw,
-        observed_at=r.observed_at,
+def _run_row(connection_id, r: RunData, project_ids, env_ids, at, now) -> tuple:
+    return (
+        connection_id,
+        r.external_id[:200],
+        json.dumps(r.locator),
+        project_ids.get(r.project.external_id) if r.project else None,
+        env_ids.get(r.environment.external_id) if r.environment else None,
+        r.pipeline_id[:200],
+        r.pipeline_name[:200],
+        r.name[:300],
+        Status(r.status).value,
+        r.raw_status[:64],
+        r.version[:200],
+        r.branch[:200],
+        r.commit[:64],
+        r.triggered_by[:200],
+        at(r.created_at or r.observed_at),
+        at(r.started_at),
+        at(r.finished_at),
+        r.cancelled_by[:200],
+        r.cancel_comment,
+        r.web_url if r.web_url.startswith(("https://", "http://")) else "",
+        json.dumps(r.raw),
+        at(r.observed_at),
+        now,
     )
 
 
+def _upsert(cursor, model, columns: list[str], key: list[str], rows: list[tuple],
+            newer_only: bool = False) -> dict[str, int]:
+    """Insert or update `rows` in one statement; return external_id -> pk of those written.
+
+    The ORM's bulk_create spends ~1 ms a run turning models into SQL literals; this
+    stages plain tuples (COPY on PostgreSQL) and merges them with one INSERT ... ON
+    CONFLICT, about five times faster (bench/sync.py). With `newer_only`, a row whose
+    stored observation is newer than ours is left alone, atomically, in the statement.
+    """
+    if not rows:
+        return {}
+    quote = db.ops.quote_name
+    table, staging = model._meta.db_table, f"staging_{model._meta.db_table}"
+    cols = ", ".join(quote(c) for c in columns)
+    # A temporary table lives as long as the database session, visible to it alone.
+    # Every name in these statements is an identifier of ours; values travel as parameters.
+    cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} AS "  # noqa: S608
+                   f"SELECT {cols} FROM {table} WHERE 1 = 0")
+    cursor.execute(f"DELETE FROM {staging}")  # noqa: S608
+    if db.vendor == "postgresql":
+        with cursor.copy(f"COPY {staging} ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    else:
+        marks = ", ".join(["%s"] * len(columns))
+        cursor.executemany(f"INSERT INTO {staging} ({cols}) VALUES ({marks})", rows)  # noqa: S608
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in key)
+    only_newer = f" WHERE {table}.observed_at <= excluded.observed_at" if newer_only else ""
+    # "WHERE true" lets SQLite parse ON CONFLICT after a SELECT; PostgreSQL ignores it.
+    cursor.execute(
+        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {staging} WHERE true "  # noqa: S608
+        f"ON CONFLICT ({', '.join(quote(c) for c in key)}) DO UPDATE SET {updates}{only_newer}"
+        f" RETURNING id, external_id"
+    )
+    return {external_id: pk for pk, external_id in cursor.fetchall()}
+
+
 # --- one pass ----------------------------------------------------------------------
+
+
+_END = object()
+
+
+def read_ahead(pages: Iterable, depth: int = 2) -> Iterator:
+    """Iterate `pages` while a thread already fetches the next ones.
+
+    A pass is mostly waiting: on the provider for a page, then on the database to
+    write it. Fetching ahead overlaps the two, so a pass takes about as long as the
+    slower of them instead of their sum. The thread only does HTTP (no database);
+    its errors are raised here, in order, after the pages it fetched before them.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                if not put((page, None)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put((_END, exc))
+
+    thread = threading.Thread(target=fetch, name="sync-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            page, error = buffer.get()
+            if page is _END:
+                if error is not None:
+                    raise error
+                return
+            yield page
+    finally:
+        stop.set()  # the consumer stopped early (an error, a time limit): stop fetching
+        thread.join(timeout=1)
 
 
 def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
@@ -245,7 +323,7 @@ def _sync_pass(connection: Connection, owner: str, result: SyncResult) -> dateti
     seen: set[str] = set()
     newest = high_water
     with connection.client() as client:
-        for page in client.list_runs(since=since):
+        for page in read_ahead(client.list_runs(since=since)):
             result.pages += 1
             result.runs_written += upsert_runs(connection, page)
             seen.update(r.external_id for r in page)

@@ -1,0 +1,108 @@
+"""Sync benchmark: how close a full sync comes to the cost of merely reading the API.
+
+Fills a Buddy.works simulator with N executions, serving real HTTP on loopback from a
+process of its own (as a provider is another machine), then measures
+  fetch  the client listing every page over HTTP and parsing it into RunData (the limit:
+         a sync cannot be faster than reading what it syncs);
+  sync   `dashboard.sync.sync_connection` writing all N runs and their jobs into an empty
+         PostgreSQL database, the same call the Celery task makes;
+and prints both, their ratio, and the database queries per page at several page sizes.
+
+    .venv/bin/python bench/sync.py [--runs 10000] [--repeat 3]
+
+Targets (issue #4): ratio <= 1.5, queries per page the same whatever the page size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+
+from common import best_of, setup_django
+
+PIPELINES = 4
+
+
+def serve_simulator(runs: int, conn) -> None:
+    """Child process: a Buddy simulator holding `runs` finished executions."""
+    from providers.simulators.base import SimClock
+    from providers.simulators.buddy import BUILD_PLAN, BuddySimulator
+
+    sim = BuddySimulator(token="bench", clock=SimClock(speed=0))
+    sim.rate_limit = 10**9  # measuring throughput, not the provider's limit
+    for i in range(runs):
+        sim.add_execution("web-shop", 1 + i % PIPELINES, BUILD_PLAN, age=(runs - i) * 30)
+    sim.advance(3600)  # every run finished: the pass is pure listing, no per-run refetch
+    sim.start()
+    conn.send((sim.url, sim.token, sim.workspace))
+    conn.recv()  # until the benchmark is done
+    sim.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    setup_django()
+
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    from dashboard import sync
+    from dashboard.models import Connection
+    from providers import buddy
+
+    ours, theirs = multiprocessing.Pipe()
+    simulator = multiprocessing.Process(target=serve_simulator, args=(args.runs, theirs),
+                                        daemon=True)
+    simulator.start()
+    url, token, workspace = ours.recv()
+    connection = Connection.objects.create(
+        provider="buddy", name="bench", base_url=url, token=token,
+        scope={"workspace": workspace},
+    )
+
+    def fetch() -> int:
+        with connection.client() as client:
+            return sum(len(page) for page in client.list_runs())
+
+    def empty() -> None:
+        with db.cursor() as cursor:
+            cursor.execute("TRUNCATE dashboard_run, dashboard_project RESTART IDENTITY CASCADE")
+        Connection.objects.filter(pk=connection.pk).update(cursor={})
+
+    def full_sync() -> sync.SyncResult:
+        result = sync.sync_connection(connection.pk)
+        assert result.runs_written == args.runs, result
+        return result
+
+    assert fetch() == args.runs
+    fetch_best, fetch_median = best_of(args.repeat, fetch)
+    sync_best, sync_median = best_of(args.repeat, full_sync, setup=empty)
+    incremental_best, _ = best_of(args.repeat, lambda: sync.sync_connection(connection.pk))
+
+    print(f"runs: {args.runs} in {PIPELINES} pipelines, {buddy.PAGE_SIZE} per page, "
+          f"3 jobs each; best of {args.repeat} (median)")
+    print(f"fetch + parse over HTTP: {fetch_best:7.2f} s ({fetch_median:.2f})"
+          f"  {args.runs / fetch_best:8.0f} runs/s")
+    print(f"full sync into an empty db: {sync_best:4.2f} s ({sync_median:.2f})"
+          f"  {args.runs / sync_best:8.0f} runs/s")
+    print(f"ratio sync / fetch: {sync_best / fetch_best:.2f}  (median "
+          f"{sync_median / fetch_median:.2f}; target <= 1.5)")
+    print(f"incremental re-sync (nothing new): {incremental_best * 1000:.0f} ms")
+
+    for size in (25, 50, 100):
+        buddy.PAGE_SIZE = size
+        empty()
+        with CaptureQueriesContext(db) as queries:
+            result = sync.sync_connection(connection.pk)
+        per_page = len(queries) / result.pages
+        print(f"page size {size:3}: {result.pages:4} pages, {len(queries):5} queries, "
+              f"{per_page:.2f} per page")
+    ours.send("stop")
+    simulator.join(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
