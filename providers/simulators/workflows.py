@@ -1,0 +1,281 @@
+"""Deployment-workflow simulator: a project's runs deploying releases through its environments.
+
+Speaks the documented get and cancel endpoints, and the list endpoint with the paging the
+client assumes (page, limit; newest first; {"results": [...]}). Each run deploys one
+release through the project's environments in order, one job each; a reviewed environment
+(production) makes the run wait. The API has no approve endpoint, so a simulated reviewer
+concludes after REVIEW_SECONDS: approved, or rejected, which fails the run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from providers.simulators.base import HttpError, Phase, Request, SimRun, Simulator, iso
+
+DEPLOY_SECONDS = 20
+REVIEW_SECONDS = 90
+FINAL = {"completed", "failure", "cancelled"}
+
+# (key, name, needs review)
+ENVIRONMENTS = [("dev", "Development", False), ("staging", "Staging", False),
+                ("production", "Production", True)]
+PEOPLE = [("Ana", "Lima"), ("Kofi", "Mensah"), ("Jo", "Tanaka"), ("Mike", "Benson"),
+          ("Priya", "Raman")]
+TOKEN_USER = ("Sam", "Okafor")  # whose personal access token the connection uses
+APPROVE_COMMENTS = ["Change window is open, go ahead", "Smoke tests green on staging",
+                    "Approved for the release train"]
+REJECT_COMMENTS = ["Not during the payment freeze", "Staging error rate still too high"]
+RUN_NAMES = ["Weekly release train", "Hotfix rollout", "Pricing rules update"]
+
+
+@dataclass
+class Step(Phase):
+    """A run's status while it is at job `job` (an index into the environments)."""
+
+    job: int = 0
+
+
+def deploy_plan(reviews: list[bool], outcome: str = "approved",
+                fail_at: int | None = None) -> list[Phase]:
+    """Deploy through environments in order; one needing review waits for the reviewer first.
+
+    `outcome` is the reviewer's conclusion (a rejection fails the run); `fail_at` makes the
+    deploy to that environment fail.
+    """
+    plan: list[Phase] = []
+    for index, needs_review in enumerate(reviews):
+        if needs_review:
+            plan.append(Step("waiting", REVIEW_SECONDS, index))
+            if outcome == "rejected":
+                return [*plan, Step("failure", None, index)]
+        plan.append(Step("in_progress", DEPLOY_SECONDS, index))
+        if fail_at == index:
+            return [*plan, Step("failure", None, index)]
+    return [*plan, Step("completed", None, len(reviews) - 1)]
+
+
+def person(first: str, last: str) -> dict[str, str]:
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"user:{first}.{last}")),
+            "email": f"{first}.{last}@example.com".lower(), "firstName": first, "lastName": last}
+
+
+class WorkflowsSimulator(Simulator):
+    name = "workflows"
+    running_statuses = {"in_progress"}
+    final_statuses = FINAL
+    unknown_status_value = "paused_by_admin"
+
+    def __init__(self, *args, **kwargs):
+        self.project_id = str(uuid.uuid4())
+        self.project_name = "Pricing rules"
+        self.environments = [
+            {"id": str(uuid.uuid4()), "key": key, "name": name, "review": review}
+            for key, name, review in ENVIRONMENTS
+        ]
+        self.token_user = person(*TOKEN_USER)
+        self._release = (2, 3, 0)
+        super().__init__(*args, **kwargs)
+
+    # -- wire details ------------------------------------------------------------------
+
+    def routes(self) -> None:
+        runs = "/api/projects/{project}/runs"
+        self.route("GET", runs, self.list_runs)
+        self.route("GET", runs + "/{run}", self.get_run)
+        self.route("POST", runs + "/{run}/cancel", self.cancel_run)
+
+    def auth_error(self) -> HttpError:
+        return HttpError(401, self.error_body(401, "Invalid or expired personal access token"))
+
+    def without_optional_fields(self, body: Any) -> Any:
+        """Drop the run fields the seed does not mark required (`name` is required but
+        nullable: null it), and all job fields but ids, status, order and createdAt."""
+        run_drop = {"runVersion", "release", "createdBy", "completedAt", "cancelledById",
+                    "cancelledBy", "cancelledComment"}
+        job_keep = {"id", "status", "order", "environmentId", "projectId",
+                    "deploymentWorkflowRunId", "createdAt"}
+        if isinstance(body, dict) and "results" in body:
+            return {**body, "results": [self.without_optional_fields(r) for r in body["results"]]}
+        if isinstance(body, dict) and "jobs" in body:
+            run = {k: v for k, v in body.items() if k not in run_drop}
+            run["name"] = None
+            run["jobs"] = [{k: v for k, v in job.items() if k in job_keep} for job in body["jobs"]]
+            return run
+        return body
+
+    # -- sample data -------------------------------------------------------------------
+
+    def _release_payload(self) -> dict[str, str]:
+        version = ".".join(map(str, self._release))
+        return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"release:{version}")),
+                "name": f"Release {version}", "version": version}
+
+    def add_workflow_run(self, plan: list[Phase] | None = None, *, age: float = 0,
+                         creator: tuple[str, str] = PEOPLE[0], name: str | None = None,
+                         reviewer: tuple[str, str] = PEOPLE[3],
+                         review_comment: str = APPROVE_COMMENTS[0]) -> SimRun:
+        # Each run deploys the next patch release over the one before it.
+        with self.lock:
+            previous = self._release_payload()
+            self._release = (*self._release[:2], self._release[2] + 1)
+            release = self._release_payload()
+        plan = list(plan or deploy_plan([env["review"] for env in self.environments]))
+        run_id = str(uuid.uuid4())
+        return self.add_run(
+            run_id, plan, created_at=self.clock.now() - timedelta(seconds=age),
+            id=run_id, name=name, release=release, previous_release=previous,
+            creator=person(*creator), reviewer=person(*reviewer), review_comment=review_comment,
+            job_ids=[str(uuid.uuid4()) for _ in self.environments],
+        )
+
+    # -- demo data ---------------------------------------------------------------------
+
+    def _random_run(self, rng, age: float) -> SimRun:
+        reviews = [env["review"] for env in self.environments]
+        roll = rng.random()
+        if roll < 0.15:
+            plan, comment = deploy_plan(reviews, "rejected"), rng.choice(REJECT_COMMENTS)
+        elif roll < 0.3:
+            plan = deploy_plan(reviews, fail_at=rng.randrange(len(reviews)))
+            comment = rng.choice(APPROVE_COMMENTS)
+        else:
+            plan, comment = deploy_plan(reviews), rng.choice(APPROVE_COMMENTS)
+        creator = rng.choice(PEOPLE)
+        return self.add_workflow_run(
+            plan, age=age, creator=creator,
+            reviewer=rng.choice([p for p in PEOPLE if p != creator]),  # no self-review
+            review_comment=comment, name=rng.choice([None, None, None, *RUN_NAMES]),
+        )
+
+    def seed_demo(self, rng) -> dict[str, str]:
+        """History over the last days, one run cancelled, and two live runs; return the scope."""
+        for hours in (96, 72, 50, 30, 26, 20, 9, 5, 3):
+            self._random_run(rng, hours * 3600)
+        cancelled = self.add_workflow_run(
+            [Step("in_progress", 15, 0), Step("cancelled", None, 0)], age=2 * 3600,
+            creator=rng.choice(PEOPLE))
+        cancelled.data.update(cancelled_by=self.token_user, cancel_comment="Wrong release picked")
+        # Live: one waiting for its production review, one deploying to staging.
+        self.add_workflow_run(age=60, creator=rng.choice(PEOPLE))
+        self.add_workflow_run(age=25, creator=rng.choice(PEOPLE), name="Hotfix rollout")
+        return {"project": self.project_id, "project_name": self.project_name}
+
+    def spawn_demo(self, rng) -> None:
+        self._random_run(rng, 0)
+
+    # -- handlers ----------------------------------------------------------------------
+
+    def _check_project(self, request: Request) -> None:
+        if request.params["project"] != self.project_id:
+            raise HttpError(404, self.error_body(404, "Project not found"))
+
+    def _run(self, request: Request) -> SimRun:
+        self._check_project(request)
+        if request.params["run"] not in self.runs:
+            raise HttpError(404, self.error_body(404, "Deployment workflow run not found"))
+        return self.runs[request.params["run"]]
+
+    def list_runs(self, request: Request) -> Any:
+        self._check_project(request)
+        try:
+            page = int(request.query.get("page", 1))
+            limit = int(request.query.get("limit", 20))
+        except ValueError:
+            raise HttpError(400, self.error_body(400, "page and limit must be integers")) from None
+        if page < 1 or not 1 <= limit <= 100:
+            raise HttpError(400, self.error_body(400, "page must be >= 1, limit 1 to 100"))
+        runs = sorted(self.runs.values(), key=lambda r: (r.created_at, r.id), reverse=True)
+        return {"results": [self.render(r) for r in runs[(page - 1) * limit: page * limit]]}
+
+    def get_run(self, request: Request) -> Any:
+        return self.render(self._run(request))
+
+    def cancel_run(self, request: Request) -> Any:
+        run = self._run(request)
+        comment = request.body.get("comment") if isinstance(request.body, dict) else None
+        if not isinstance(comment, str) or len(comment) < 1:
+            raise HttpError(400, self.error_body(
+                400, "Validation failed: comment must be a string of at least 1 character"))
+        if run.status in FINAL:
+            raise HttpError(409, self.error_body(
+                409, f"Deployment workflow run is already {run.status} and cannot be cancelled"))
+        self.cancel(run, self.token_user, comment)
+        return self.render(run)
+
+    def cancel(self, run: SimRun, by: dict[str, str], comment: str) -> None:
+        """Cancel at once: the API answers with the run already cancelled."""
+        with self.lock:
+            self.transition(run, [Step("cancelled", None, self._current_job(run))])
+            run.data.update(cancelled_by=by, cancel_comment=comment)
+
+    # -- rendering ---------------------------------------------------------------------
+
+    @staticmethod
+    def _current_job(run: SimRun) -> int:
+        return getattr(run.plan[run.phase], "job", 0)
+
+    def _job_statuses(self, run: SimRun) -> list[str]:
+        """Jobs before the current one completed; the current one shares the run's status;
+        later ones have not started, or were cancelled with the run."""
+        count = len(self.environments)
+        if run.status == "completed":
+            return ["completed"] * count
+        current = self._current_job(run)
+        later = "cancelled" if run.status == "cancelled" else "not_started"
+        return ["completed"] * current + [run.status] + [later] * (count - current - 1)
+
+    def _review(self, run: SimRun, job: int) -> dict[str, Any] | None:
+        """The reviewer's conclusion on `job`, once the run has left waiting for it."""
+        for index in range(run.phase):
+            step = run.plan[index]
+            if step.status == "waiting" and getattr(step, "job", None) == job:
+                after = run.plan[index + 1].status
+                if after == "cancelled":
+                    return None
+                return {"at": run.history[index + 1][1], "by": run.data["reviewer"],
+                        "comment": run.data["review_comment"],
+                        "conclusion": "approved" if after == "in_progress" else "rejected"}
+        return None
+
+    def render(self, run: SimRun) -> dict[str, Any]:
+        d = run.data
+        created = iso(run.created_at)
+        cancelled_by = d.get("cancelled_by")
+        jobs = []
+        for order, (env, status) in enumerate(zip(self.environments, self._job_statuses(run),
+                                                  strict=True)):
+            review = self._review(run, order) if env["review"] else None
+            jobs.append({
+                "id": d["job_ids"][order], "status": status, "order": order + 1,
+                "environmentId": env["id"], "projectId": self.project_id,
+                "deploymentWorkflowRunId": d["id"], "createdAt": created,
+                "environment": {"id": env["id"], "name": env["name"], "key": env["key"]},
+                "reviewedAt": iso(review["at"]) if review else None,
+                "reviewedBy": review["by"] if review else None,
+                "reviewedComment": review["comment"] if review else None,
+                "reviewedConclusion": review["conclusion"] if review else None,
+                "previousRelease": d["previous_release"],
+                "previousReleaseId": d["previous_release"]["id"],
+                "event": None, "data": None,
+            })
+        return {
+            "id": d["id"],
+            "name": d["name"],
+            "status": run.status,
+            "releaseId": d["release"]["id"],
+            "projectId": self.project_id,
+            "createdById": d["creator"]["id"],
+            "createdAt": created,
+            "jobs": jobs,
+            "runVersion": "v2",
+            "release": d["release"],
+            "createdBy": d["creator"],
+            "completedAt": iso(run.finished_at) if run.status in FINAL else None,
+            "cancelledById": cancelled_by["id"] if cancelled_by else None,
+            "cancelledBy": cancelled_by,
+            "cancelledComment": d.get("cancel_comment"),
+        }
