@@ -2,11 +2,17 @@
 
 from providers.base import Provider
 from providers.buddy import BuddyProvider
+from providers.northflank import NorthflankProvider
+from providers.qovery import QoveryProvider
+from providers.workflows import WorkflowsProvider
 
 PROVIDERS: dict[str, type[Provider]] = {
     cls.key: cls
     for cls in (
         BuddyProvider,
+        NorthflankProvider,
+        QoveryProvider,
+        WorkflowsProvider,
     )
 }
 
