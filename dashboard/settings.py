@@ -109,6 +109,12 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 
+# A cache shared by the web processes (the run list is rendered once per data change):
+# per-process memory by default, e.g. redis://redis:6379/1 in production.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+# How long a rendered run list may be served while no run or connection changes.
+RUNBOARD_FRAGMENT_CACHE_SECONDS = env.int("RUNBOARD_FRAGMENT_CACHE_SECONDS", default=10)
+
 # Celery: a broker that needs no server by default, Redis in production.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL == "filesystem://":

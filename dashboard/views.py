@@ -1,13 +1,17 @@
 import hashlib
 from datetime import UTC, datetime
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
+from django.core.cache import cache
 from django.db import connection as db
 from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 from django_htmx.http import reswap, retarget
 
@@ -69,18 +73,14 @@ def query_without(request, *keys) -> str:
 # --- runs ----------------------------------------------------------------------------
 
 
-@login_required
-def run_list(request):
-    version = data_version()
-    if unchanged(request, version):
-        return HttpResponse(status=204)
+def _run_list_context(request, version: str) -> dict:
     run_filter = RunFilter(request.GET, queryset=Run.objects.for_list())
     page = page_of(run_filter.qs, request.GET.get("page"))
     connections = list(Connection.objects.filter(enabled=True))
     page_key = hashlib.blake2s(
         ",".join(str(r.pk) for r in page["rows"]).encode(), digest_size=6
     ).hexdigest()
-    context = {
+    return {
         "filter": run_filter,
         "page": page,
         "version": version,
@@ -91,16 +91,48 @@ def run_list(request):
         "last_sync": max((c.last_success_at for c in connections if c.last_success_at),
                          default=None),
     }
+
+
+def rendered_once(template: str, request, version: str, context) -> str:
+    """`template` rendered for this URL and data version, shared by every viewer.
+
+    The run list is the same for everyone who asks the same URL while no run or
+    connection changed (the data version), so it is rendered once and served from
+    the cache until then. A short lifetime bounds what depends on the clock alone
+    (a connection turning stale when syncs stop). The fragment holds nothing
+    user-specific: no CSRF token, no user name, no action buttons.
+    """
+    key = "runboard:fragment:" + hashlib.blake2s(
+        f"{template}|{version}|{request.get_full_path()}".encode(), digest_size=16
+    ).hexdigest()
+    html = cache.get(key)
+    if html is None:
+        html = render_to_string(template, context(), request)
+        cache.set(key, html, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
+    return mark_safe(html)  # noqa: S308 (our own template's output)
+
+
+@login_required
+def run_list(request):
+    version = data_version()
+    if unchanged(request, version):
+        return HttpResponse(status=204)
     if request.htmx and request.htmx.trigger == "runs-poller":
-        if request.GET.get("p") == page_key:
+        context = _run_list_context(request, version)
+        if request.GET.get("p") == context["page_key"]:
             # Same runs on the page: send only the rows that changed, out of band.
             since = float(request.GET.get("v", "0-0").split("-")[0] or 0)
-            context["changed"] = [r for r in page["rows"] if r.updated_at.timestamp() > since]
+            context["changed"] = [r for r in context["page"]["rows"]
+                                  if r.updated_at.timestamp() > since]
             return render(request, "runs/_changed.html", context)
         response = render(request, "runs/_table.html", context)
         return reswap(retarget(response, "#runs"), "outerHTML")
-    template = "runs/_table.html" if request.htmx else "runs/list.html"
-    return render(request, template, context)
+    template = "runs/_table.html" if request.htmx else "runs/_page.html"
+    html = rendered_once(template, request, version,
+                         lambda: _run_list_context(request, version))
+    if request.htmx:
+        return HttpResponse(html)
+    return render(request, "runs/list.html", {"content": html})
 
 
 def _detail_context(request, run, **extra):

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.cache import cache
 
 from dashboard.models import Connection, release_managers_group
 from providers.simulators.base import SimClock
@@ -13,6 +14,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def load_fixture(name: str):
     return json.loads((FIXTURES / name).read_text())
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    """Rendered fragments are keyed by data version; no test sees another's."""
+    cache.clear()
 
 
 @pytest.fixture
