@@ -6,7 +6,8 @@ process of its own (as a provider is another machine), then measures
          a sync cannot be faster than reading what it syncs);
   sync   `dashboard.sync.sync_connection` writing all N runs and their jobs into an empty
          PostgreSQL database, the same call the Celery task makes;
-and prints both, their ratio, and the database queries per page at several page sizes.
+and prints both, their ratio, and the database queries it takes to write a page of
+several sizes.
 
     .venv/bin/python bench/sync.py [--runs 10000] [--repeat 3]
 
@@ -92,14 +93,22 @@ def main() -> None:
           f"{sync_median / fetch_median:.2f}; target <= 1.5)")
     print(f"incremental re-sync (nothing new): {incremental_best * 1000:.0f} ms")
 
-    for size in (25, 50, 100):
-        buddy.PAGE_SIZE = size
+    # Queries to write one page, whatever its size (COPY counts as one).
+    with connection.client() as client:
+        runs = [run for page in client.list_runs() for run in page]
+    for size in (25, 50, 100, 500):
         empty()
+        db.queries_log.clear()
         with CaptureQueriesContext(db) as queries:
-            result = sync.sync_connection(connection.pk)
-        per_page = len(queries) / result.pages
-        print(f"page size {size:3}: {result.pages:4} pages, {len(queries):5} queries, "
-              f"{per_page:.2f} per page")
+            written = sync.upsert_runs(connection, runs[:size])
+        assert written == size
+        print(f"writing a page of {size:3} runs (and their jobs): {len(queries)} queries")
+    empty()
+    db.queries_log.clear()
+    with CaptureQueriesContext(db) as queries:
+        result = sync.sync_connection(connection.pk)
+    print(f"a full sync: {result.pages} pages fetched, {len(queries)} queries in all "
+          f"(pages fetched while a write runs are written together)")
     ours.send("stop")
     simulator.join(timeout=10)
 

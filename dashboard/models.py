@@ -114,12 +114,15 @@ class RunQuerySet(models.QuerySet):
 class Run(models.Model):
     """A deployment run as the provider last told us, normalized."""
 
-    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="runs")
+    # No index of their own: these foreign keys lead the unique constraint and the
+    # indexes below, which serve their lookups; every extra index slows the sync's writes.
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="runs",
+                                   db_index=False)
     external_id = models.CharField(max_length=200)
     locator = models.JSONField(default=dict, help_text="What the provider needs to address it.")
     project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.SET_NULL)
     environment = models.ForeignKey(
-        Environment, null=True, blank=True, on_delete=models.SET_NULL
+        Environment, null=True, blank=True, on_delete=models.SET_NULL, db_index=False
     )
     pipeline_id = models.CharField(max_length=200, blank=True)
     pipeline_name = models.CharField(max_length=200, blank=True)
@@ -189,7 +192,8 @@ class Run(models.Model):
 class Job(models.Model):
     """One step of a run: a per-environment job, a stage, or an action execution."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="jobs")
+    # Indexed by job_unique_per_run, which starts with it.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="jobs", db_index=False)
     external_id = models.CharField(max_length=200)
     name = models.CharField(max_length=300, blank=True)
     order = models.IntegerField(default=0)

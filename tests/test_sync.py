@@ -1,5 +1,7 @@
 """The sync service: idempotent upserts, ordering, the lease, errors on the connection."""
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -139,3 +141,43 @@ def test_active_runs_outside_the_window_are_refreshed_one_by_one(buddy_sim, budd
     assert paths[-4:] == [executions] * 3 + [f"{executions}/1"]
     assert Run.objects.count() == 7
     assert Run.objects.get(external_id="web-shop/1/1").status == Status.WAITING
+
+
+def test_read_ahead_hands_over_every_page_in_order_then_the_error():
+    def pages():
+        yield [1]
+        yield [2]
+        yield [3]
+        raise Unavailable("gone")
+
+    received = []
+    with pytest.raises(Unavailable, match="gone"):
+        for batch in sync.read_ahead(pages()):
+            received.extend(batch)
+    assert received == [[1], [2], [3]]
+
+
+def test_read_ahead_gathers_the_pages_fetched_during_a_slow_write():
+    batches = sync.read_ahead(iter([[1], [2], [3]]), depth=4)
+    first = next(batches)
+    time.sleep(0.3)  # writing the first batch takes long: the rest is fetched meanwhile
+    rest = list(batches)
+    assert [page for batch in [first, *rest] for page in batch] == [[1], [2], [3]]
+    assert len(rest) <= 1
+
+
+def test_read_ahead_stops_fetching_when_its_consumer_stops():
+    fetched = []
+
+    def endless():
+        while True:
+            fetched.append(len(fetched))
+            yield [len(fetched)]
+
+    batches = sync.read_ahead(endless(), depth=2)
+    next(batches)
+    batches.close()  # the consumer gave up: an error while writing, a time limit
+    count = len(fetched)
+    time.sleep(0.3)
+    assert len(fetched) == count < 10
+    assert not any(t.name == "sync-read-ahead" for t in threading.enumerate())
