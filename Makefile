@@ -23,3 +23,9 @@ test: $(PY)
 
 lint: $(PY)
 	$(PY) -m ruff check .
+
+# Figures for the sync and the pages (needs PostgreSQL like the tests; see README).
+bench: $(PY)
+	$(PY) -m pip install -q -e .
+	$(PY) bench/sync.py
+	$(PY) bench/pages.py

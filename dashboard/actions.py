@@ -38,6 +38,9 @@ def refusal(run: Run, kind: str) -> str | None:
     provider = run.connection.provider_class
     if kind not in provider.actions:
         return f"{provider.label} does not support {kind}."
+    if provider.acts_on_environment and run.is_superseded():
+        return (f"A newer run exists in {run.environment}: {provider.label} acts on an "
+                "environment's current run only.")
     if kind not in run.available_actions():
         if run.is_finished:
             return f"This run already finished ({run.get_status_display().lower()})."

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
 from encrypted_fields.fields import EncryptedTextField
@@ -105,10 +105,22 @@ class Environment(models.Model):
 
 class RunQuerySet(models.QuerySet):
     def for_list(self):
-        return self.select_related("connection", "project", "environment")
+        # Whether a newer run exists in the same environment (see Run.is_superseded).
+        newer = Run.objects.filter(environment_id=OuterRef("environment_id"),
+                                   created_at__gt=OuterRef("created_at"))
+        return self.select_related("connection", "project", "environment").annotate(
+            superseded=Exists(newer)
+        )
 
     def active(self):
         return self.exclude(status__in=FINISHED)
+
+    def to_refresh(self):
+        """Runs the sync re-reads one by one: active ones, and those of unknown status
+        for a day (after that, an unknown value is not going to resolve itself)."""
+        return self.active().exclude(
+            status=Status.UNKNOWN, created_at__lt=timezone.now() - timedelta(days=1)
+        )
 
 
 class Run(models.Model):
@@ -179,7 +191,10 @@ class Run(models.Model):
 
     def available_actions(self) -> list[str]:
         """The actions this provider supports and this run's state allows."""
-        supported = self.connection.provider_class.actions
+        provider = self.connection.provider_class
+        if provider.acts_on_environment and self.is_superseded():
+            return []
+        supported = provider.actions
         allowed = {
             Action.CANCEL: self.status in {Status.QUEUED, Status.RUNNING, Status.WAITING},
             Action.APPROVE: self.status == Status.WAITING,
@@ -187,6 +202,15 @@ class Run(models.Model):
             Action.RETRY: self.status in {Status.FAILED, Status.CANCELLED},
         }
         return [action for action in Action if action in supported and allowed[action]]
+
+
+    def is_superseded(self) -> bool:
+        """A newer run exists in this run's environment (annotated by `for_list`)."""
+        if hasattr(self, "superseded"):
+            return self.superseded
+        return self.environment_id is not None and Run.objects.filter(
+            environment_id=self.environment_id, created_at__gt=self.created_at
+        ).exists()
 
 
 class Job(models.Model):

@@ -351,14 +351,19 @@ def _sync_pass(connection: Connection, owner: str, result: SyncResult) -> dateti
             renew_lease(connection.pk, owner)
         # Fast path: runs still active that fell outside the incremental window are
         # fetched one by one, so a long-running deployment never goes stale.
-        for external_id, locator in connection.runs.active().values_list("external_id", "locator"):
+        refresh = connection.runs.to_refresh().values_list("external_id", "locator")
+        for external_id, locator in refresh:
             if external_id in seen:
                 continue
             try:
                 result.runs_written += upsert_runs(connection, [client.get_run(locator)])
             except NotFound:
+                # Deleted at the provider: say so rather than show it running forever.
                 logger.info("%s: run %s no longer exists at the provider", connection,
                             external_id)
+                connection.runs.filter(external_id=external_id).update(
+                    status=Status.UNKNOWN, raw_status="(gone from the provider)",
+                    updated_at=timezone.now())
         result.requests = client.requests_made
     return newest
 

@@ -242,6 +242,9 @@ class Provider:
     has_force_cancel: ClassVar[bool] = False
     force_cancel_help: ClassVar[str] = ""  # what forcing does, shown beside the checkbox
     cancel_requires_comment: ClassVar[bool] = False
+    # True where actions address the environment's current deployment rather than one
+    # run (Qovery): only an environment's newest run can be acted on.
+    acts_on_environment: ClassVar[bool] = False
     # Scope keys the connection must set (e.g. the workspace), and optional ones.
     scope_required: ClassVar[tuple[str, ...]] = ()
     scope_optional: ClassVar[tuple[str, ...]] = ()

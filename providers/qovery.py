@@ -125,6 +125,7 @@ class QoveryProvider(Provider):
     label = "Qovery"
     actions = frozenset({Action.CANCEL, Action.RETRY})
     has_force_cancel = True
+    acts_on_environment = True  # cancelDeployment and redeploy address the environment
     force_cancel_help = (
         "Also cancels everything else running in this environment, such as lifecycle "
         "jobs the deployment started."

@@ -70,10 +70,12 @@ class WorkflowsSimulator(Simulator):
     unknown_status_value = "paused_by_admin"
 
     def __init__(self, *args, **kwargs):
-        self.project_id = str(uuid.uuid4())
+        # Ids derived from names: a restarted demo finds the same project and environments.
+        self.project_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "project:pricing-rules"))
         self.project_name = "Pricing rules"
         self.environments = [
-            {"id": str(uuid.uuid4()), "key": key, "name": name, "review": review}
+            {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"environment:{key}")), "key": key,
+             "name": name, "review": review}
             for key, name, review in ENVIRONMENTS
         ]
         self.token_user = person(*TOKEN_USER)
