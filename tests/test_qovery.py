@@ -446,3 +446,9 @@ def test_retry_through_runboard_adds_the_new_deployment_as_a_run(sim, world, man
     assert new.status == Status.QUEUED and new.locator["deployment"] != failed.id
     old.refresh_from_db()
     assert old.status == Status.FAILED
+    # The old run is now superseded in its environment: Runboard offers and sends nothing.
+    assert old.available_actions() == []
+    sent = len(posts(sim))
+    with pytest.raises(actions.ActionRefused, match="A newer run exists in production"):
+        actions.perform(old, manager, "retry")
+    assert len(posts(sim)) == sent

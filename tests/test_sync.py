@@ -181,3 +181,17 @@ def test_read_ahead_stops_fetching_when_its_consumer_stops():
     time.sleep(0.3)
     assert len(fetched) == count < 10
     assert not any(t.name == "sync-read-ahead" for t in threading.enumerate())
+
+
+def test_a_run_gone_from_the_provider_turns_unknown(buddy_sim, buddy_connection):
+    gone = buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    buddy_sim.add_execution("web-shop", 1, BUILD_PLAN)
+    sync.sync_connection(buddy_connection.pk)
+    del buddy_sim.runs[gone.id]  # deleted at the provider while still running
+    sync.sync_connection(buddy_connection.pk)
+    run = Run.objects.get(external_id="web-shop/1/1")
+    assert (run.status, run.raw_status) == (Status.UNKNOWN, "(gone from the provider)")
+    # It stays visible, and after a day it is no longer re-read on every pass.
+    assert run in Run.objects.to_refresh()
+    Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(days=2))
+    assert run not in Run.objects.to_refresh()
