@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from dashboard import actions
 from dashboard.filters import RunFilter
-from dashboard.models import ApiToken, Run
+from dashboard.models import ApiToken, Run, mark_superseded
 from dashboard.views import page_of
 from providers.base import Action
 
@@ -115,6 +115,7 @@ def runs(request):
         query["page"] = number
         return request.build_absolute_uri(f"{base}?{query.urlencode()}")
 
+    mark_superseded(page["rows"])  # for available_actions, without a query per run
     return JsonResponse({
         "results": [run_json(request, run) for run in page["rows"]],
         "page": page["number"],

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import models
-from django.db.models import Exists, OuterRef, Q
+from django.core.cache import cache
+from django.db import connection as db
+from django.db import models, transaction
+from django.db.models import OuterRef, Q, Subquery
 from django.urls import reverse
 from django.utils import timezone
 from encrypted_fields.fields import EncryptedTextField
@@ -105,12 +107,7 @@ class Environment(models.Model):
 
 class RunQuerySet(models.QuerySet):
     def for_list(self):
-        # Whether a newer run exists in the same environment (see Run.is_superseded).
-        newer = Run.objects.filter(environment_id=OuterRef("environment_id"),
-                                   created_at__gt=OuterRef("created_at"))
-        return self.select_related("connection", "project", "environment").annotate(
-            superseded=Exists(newer)
-        )
+        return self.select_related("connection", "project", "environment")
 
     def active(self):
         return self.exclude(status__in=FINISHED)
@@ -204,13 +201,30 @@ class Run(models.Model):
         return [action for action in Action if action in supported and allowed[action]]
 
 
+    def refresh_from_db(self, *args, **kwargs):
+        self.__dict__.pop("superseded", None)  # derived from other runs: look again
+        super().refresh_from_db(*args, **kwargs)
+
     def is_superseded(self) -> bool:
-        """A newer run exists in this run's environment (annotated by `for_list`)."""
-        if hasattr(self, "superseded"):
-            return self.superseded
-        return self.environment_id is not None and Run.objects.filter(
-            environment_id=self.environment_id, created_at__gt=self.created_at
-        ).exists()
+        """A newer run exists in this run's environment (see `mark_superseded`)."""
+        if not hasattr(self, "superseded"):
+            mark_superseded([self])
+        return self.superseded
+
+
+def mark_superseded(runs) -> None:
+    """Set `superseded` on each run, with one query for them all: for each environment,
+    its newest run's creation time, read off the (environment, -created_at) index."""
+    newest = Run.objects.filter(environment=OuterRef("pk")).order_by("-created_at")
+    environments = {run.environment_id for run in runs if run.environment_id}
+    newest_by_environment = dict(
+        Environment.objects.filter(pk__in=environments)
+        .annotate(newest=Subquery(newest.values("created_at")[:1]))
+        .values_list("pk", "newest")
+    ) if environments else {}
+    for run in runs:
+        newest_there = newest_by_environment.get(run.environment_id)
+        run.superseded = bool(newest_there and run.created_at and run.created_at < newest_there)
 
 
 class Job(models.Model):
@@ -339,3 +353,43 @@ def release_managers_group():
             Permission.objects.get(codename="act_on_run", content_type__app_label="dashboard")
         )
     return group
+
+
+# --- the data version: what live pages poll ----------------------------------------
+
+DATA_VERSION_KEY = "runboard:data-version"
+
+
+def data_version() -> str:
+    """Changes whenever any run or connection changes.
+
+    Every open run list asks for it every few seconds, so it is kept in the cache for
+    up to RUNBOARD_DATA_VERSION_SECONDS; whoever writes runs or connection state calls
+    `data_changed()`. A cache the web processes do not share with the workers (the
+    default, per-process memory) misses their writes by that long at most.
+    """
+    version = cache.get(DATA_VERSION_KEY)
+    if version is None:
+        with db.cursor() as cursor:  # one query on two indexes
+            cursor.execute(
+                "SELECT (SELECT MAX(updated_at) FROM dashboard_run),"
+                " (SELECT MAX(updated_at) FROM dashboard_connection)"
+            )
+            version = "-".join(f"{_epoch(v):.6f}" for v in cursor.fetchone())
+        cache.set(DATA_VERSION_KEY, version, settings.RUNBOARD_DATA_VERSION_SECONDS)
+    return version
+
+
+def data_changed() -> None:
+    """Forget the cached data version, now and again when the transaction commits
+    (a reader may cache the old version in between)."""
+    cache.delete(DATA_VERSION_KEY)
+    transaction.on_commit(lambda: cache.delete(DATA_VERSION_KEY))
+
+
+def _epoch(value) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, str):  # SQLite returns MAX() of a datetime as text
+        value = datetime.fromisoformat(value)
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()

@@ -115,6 +115,9 @@ CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 # How long a rendered run list may be served while no run or connection changes.
 RUNBOARD_FRAGMENT_CACHE_SECONDS = env.int("RUNBOARD_FRAGMENT_CACHE_SECONDS", default=10)
 
+# How long the data version live pages poll may be served from the cache (seconds).
+RUNBOARD_DATA_VERSION_SECONDS = env.float("RUNBOARD_DATA_VERSION_SECONDS", default=1.0)
+
 # Celery: a broker that needs no server by default, Redis in production.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL == "filesystem://":

@@ -28,7 +28,7 @@ from django.db import connection as db
 from django.db.models import F, Q
 from django.utils import timezone
 
-from dashboard.models import Connection, Environment, Job, Project, Run
+from dashboard.models import Connection, Environment, Job, Project, Run, data_changed
 from providers.base import (
     EnvironmentData,
     NotFound,
@@ -162,6 +162,7 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
             ], newer_only=True)
             if not run_ids:
                 return 0
+            data_changed()
             _upsert(cursor, Job, JOB_COLUMNS, ["run_id", "external_id"], [
                 (run_ids[r.external_id[:200]], job.external_id[:200], job.name[:300], job.order,
                  Status(job.status).value, job.raw_status[:64],
@@ -326,6 +327,7 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
             cursor=cursor, last_success_at=now, last_error="", next_attempt_at=None,
             runs_synced=F("runs_synced") + result.runs_written, updated_at=now,
         )
+        data_changed()
     finally:
         try:
             release_lease(connection_id, owner)
@@ -364,6 +366,7 @@ def _sync_pass(connection: Connection, owner: str, result: SyncResult) -> dateti
                 connection.runs.filter(external_id=external_id).update(
                     status=Status.UNKNOWN, raw_status="(gone from the provider)",
                     updated_at=timezone.now())
+                data_changed()
         result.requests = client.requests_made
     return newest
 
@@ -382,5 +385,6 @@ def _record_failure(connection_id: int, exc: Exception) -> None:
             last_error=message[:1000], last_error_at=now, next_attempt_at=next_attempt,
             updated_at=now,
         )
+        data_changed()
     except DatabaseError:  # the database itself is what failed; the log has it
         logger.exception("could not record the failure of connection %s", connection_id)

@@ -5,7 +5,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.cache import cache
-from django.db import connection as db
 from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -18,32 +17,20 @@ from django_htmx.http import reswap, retarget
 from dashboard import actions
 from dashboard.filters import ActionFilter, RunFilter
 from dashboard.forms import CancelForm, CommentForm, TokenForm
-from dashboard.models import ActionRecord, ApiToken, Connection, Environment, Run
+from dashboard.models import (
+    ActionRecord,
+    ApiToken,
+    Connection,
+    Environment,
+    Run,
+    data_version,
+)
 from providers.base import FINISHED, Action
 
 PAGE_SIZE = 50
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def data_version() -> str:
-    """Changes whenever any run or connection changes: one query on two indexes."""
-    with db.cursor() as cursor:
-        cursor.execute(
-            "SELECT (SELECT MAX(updated_at) FROM dashboard_run),"
-            " (SELECT MAX(updated_at) FROM dashboard_connection)"
-        )
-        values = cursor.fetchone()
-    return "-".join(f"{_epoch(v):.6f}" for v in values)
-
-
-def _epoch(value) -> float:
-    if value is None:
-        return 0.0
-    if isinstance(value, str):  # SQLite returns MAX() of a datetime as text
-        value = datetime.fromisoformat(value)
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 def unchanged(request, version: str) -> bool:
