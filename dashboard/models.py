@@ -151,6 +151,9 @@ class Run(models.Model):
     raw = models.JSONField(default=dict, blank=True)
     # When the payload we hold was received: an older payload never overwrites it.
     observed_at = models.DateTimeField(default=timezone.now)
+    # A hash of what the sync wrote: an unchanged payload is not written again, so
+    # updated_at (what live pages poll) moves only when something did.
+    fingerprint = models.CharField(max_length=32, blank=True, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = RunQuerySet.as_manager()

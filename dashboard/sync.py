@@ -13,6 +13,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -51,7 +52,7 @@ RUN_COLUMNS = [
     "connection_id", "external_id", "locator", "project_id", "environment_id", "pipeline_id",
     "pipeline_name", "name", "status", "raw_status", "version", "branch", "commit",
     "triggered_by", "created_at", "started_at", "finished_at", "cancelled_by",
-    "cancel_comment", "web_url", "raw", "observed_at", "updated_at",
+    "cancel_comment", "web_url", "raw", "fingerprint", "observed_at", "updated_at",
 ]
 JOB_COLUMNS = [
     "run_id", "external_id", "name", "order", "status", "raw_status", "environment_id",
@@ -113,7 +114,8 @@ def _upsert_keyed(model, items: dict[str, object], update=("name",)) -> dict[str
 
 def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
     """Write one page of runs (and their projects, environments, jobs); return how
-    many runs were written. Runs we hold a newer observation of are left alone."""
+    many runs were written. Runs we hold a newer observation of, or hold unchanged,
+    are left alone."""
     latest: dict[str, RunData] = {}
     for run in runs:  # a page may repeat a run; keep its newest observation
         key = run.external_id[:200]  # as stored
@@ -159,7 +161,7 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
             run_ids = _upsert(cursor, Run, RUN_COLUMNS, ["connection_id", "external_id"], [
                 _run_row(connection.pk, r, project_ids, env_ids, at, now)
                 for r in latest.values()
-            ], newer_only=True)
+            ], changed_only=True)
             if not run_ids:
                 return 0
             data_changed()
@@ -176,7 +178,7 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
 
 
 def _run_row(connection_id, r: RunData, project_ids, env_ids, at, now) -> tuple:
-    return (
+    row = (
         connection_id,
         r.external_id[:200],
         json.dumps(r.locator),
@@ -198,19 +200,20 @@ def _run_row(connection_id, r: RunData, project_ids, env_ids, at, now) -> tuple:
         r.cancel_comment,
         r.web_url if r.web_url.startswith(("https://", "http://")) else "",
         json.dumps(r.raw),
-        at(r.observed_at),
-        now,
     )
+    fingerprint = hashlib.blake2b(repr(row).encode(), digest_size=16).hexdigest()
+    return (*row, fingerprint, at(r.observed_at), now)
 
 
 def _upsert(cursor, model, columns: list[str], key: list[str], rows: list[tuple],
-            newer_only: bool = False) -> dict[str, int]:
+            changed_only: bool = False) -> dict[str, int]:
     """Insert or update `rows` in one statement; return external_id -> pk of those written.
 
     The ORM's bulk_create spends ~1 ms a run turning models into SQL literals; this
     stages plain tuples (COPY on PostgreSQL) and merges them with one INSERT ... ON
-    CONFLICT, about five times faster (bench/sync.py). With `newer_only`, a row whose
-    stored observation is newer than ours is left alone, atomically, in the statement.
+    CONFLICT, about five times faster (bench/sync.py). With `changed_only`, a stored
+    row is left alone, atomically, in the statement, when it was observed later than
+    ours or holds the same content (fingerprint).
     """
     if not rows:
         return {}
@@ -233,11 +236,12 @@ def _upsert(cursor, model, columns: list[str], key: list[str], rows: list[tuple]
         marks = ", ".join(["%s"] * len(columns))
         cursor.executemany(f"INSERT INTO {staging} ({cols}) VALUES ({marks})", rows)  # noqa: S608
     updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in key)
-    only_newer = f" WHERE {table}.observed_at <= excluded.observed_at" if newer_only else ""
+    only_changed = (f" WHERE {table}.observed_at <= excluded.observed_at"
+                    f" AND {table}.fingerprint <> excluded.fingerprint") if changed_only else ""
     # "WHERE true" lets SQLite parse ON CONFLICT after a SELECT; PostgreSQL ignores it.
     cursor.execute(
         f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {staging} WHERE true "  # noqa: S608
-        f"ON CONFLICT ({', '.join(quote(c) for c in key)}) DO UPDATE SET {updates}{only_newer}"
+        f"ON CONFLICT ({', '.join(quote(c) for c in key)}) DO UPDATE SET {updates}{only_changed}"
         f" RETURNING id, external_id"
     )
     return {external_id: pk for pk, external_id in cursor.fetchall()}

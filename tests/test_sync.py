@@ -195,3 +195,17 @@ def test_a_run_gone_from_the_provider_turns_unknown(buddy_sim, buddy_connection)
     assert run in Run.objects.to_refresh()
     Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(days=2))
     assert run not in Run.objects.to_refresh()
+
+
+def test_an_unchanged_run_is_not_written_again(buddy_sim, buddy_connection):
+    buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    assert sync.sync_connection(buddy_connection.pk).runs_written == 1
+    before = Run.objects.get()
+    again = sync.sync_connection(buddy_connection.pk)
+    assert (again.pages, again.runs_written) == (1, 0)
+    assert Run.objects.get().updated_at == before.updated_at  # live pages see no change
+    buddy_sim.advance(30)  # now waiting for approval
+    assert sync.sync_connection(buddy_connection.pk).runs_written == 1
+    after = Run.objects.get()
+    assert after.status == Status.WAITING and after.updated_at > before.updated_at
+    assert after.fingerprint != before.fingerprint
