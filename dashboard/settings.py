@@ -113,7 +113,9 @@ SECURE_REFERRER_POLICY = "same-origin"
 # per-process memory by default, e.g. redis://redis:6379/1 in production.
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 # How long a rendered run list may be served while no run or connection changes.
-RUNBOARD_FRAGMENT_CACHE_SECONDS = env.int("RUNBOARD_FRAGMENT_CACHE_SECONDS", default=10)
+RUNBOARD_FRAGMENT_CACHE_SECONDS = env.int("RUNBOARD_FRAGMENT_CACHE_SECONDS", default=30)
+# A sync that found nothing new tells live pages so at most this often (seconds).
+RUNBOARD_LIVE_HEARTBEAT = env.float("RUNBOARD_LIVE_HEARTBEAT", default=30.0)
 
 # How long the data version live pages poll may be served from the cache (seconds).
 RUNBOARD_DATA_VERSION_SECONDS = env.float("RUNBOARD_DATA_VERSION_SECONDS", default=1.0)

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db import connection as db
-from django.db.models import F, Q
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from dashboard.models import Connection, Environment, Job, Project, Run, data_changed
@@ -327,9 +327,17 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
         if newest:
             cursor["high_water"] = newest.isoformat()
         now = timezone.now()
+        # updated_at is what live pages poll. A quiet pass (nothing written, no error
+        # cleared) moves it only once a heartbeat, which is enough to refresh "last
+        # synced" and stale warnings without every open page re-rendering every pass.
+        heartbeat = now - timedelta(seconds=settings.RUNBOARD_LIVE_HEARTBEAT)
+        visible = (Q(last_error__gt="") | Q(last_success_at__isnull=True)
+                   | Q(updated_at__lt=heartbeat))
         Connection.objects.filter(pk=connection_id).update(
             cursor=cursor, last_success_at=now, last_error="", next_attempt_at=None,
-            runs_synced=F("runs_synced") + result.runs_written, updated_at=now,
+            runs_synced=F("runs_synced") + result.runs_written,
+            updated_at=now if result.runs_written else Case(
+                When(visible, then=Value(now)), default=F("updated_at")),
         )
         data_changed()
     finally:

@@ -209,3 +209,19 @@ def test_an_unchanged_run_is_not_written_again(buddy_sim, buddy_connection):
     after = Run.objects.get()
     assert after.status == Status.WAITING and after.updated_at > before.updated_at
     assert after.fingerprint != before.fingerprint
+
+
+def test_a_quiet_pass_tells_live_pages_only_once_a_heartbeat(buddy_sim, buddy_connection,
+                                                             settings):
+    settings.RUNBOARD_LIVE_HEARTBEAT = 60
+    buddy_sim.add_execution("web-shop", 1, BUILD_PLAN)
+    sync.sync_connection(buddy_connection.pk)
+    first = Connection.objects.get(pk=buddy_connection.pk)
+    sync.sync_connection(buddy_connection.pk)  # nothing new
+    quiet = Connection.objects.get(pk=buddy_connection.pk)
+    assert quiet.updated_at == first.updated_at
+    assert quiet.last_success_at > first.last_success_at
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        updated_at=timezone.now() - timedelta(seconds=61))
+    sync.sync_connection(buddy_connection.pk)  # a heartbeat later
+    assert Connection.objects.get(pk=buddy_connection.pk).updated_at > first.updated_at
