@@ -11,7 +11,7 @@ import pytest
 from dashboard import actions, sync
 from dashboard.models import ActionRecord, Connection, Run
 from providers import registry
-from providers.base import FINISHED, Action, Status
+from providers.base import FINISHED, Action, AuthError, BadPayload, Status, Unavailable
 from providers.simulators import SIMULATORS
 from providers.simulators.base import SimClock
 
@@ -76,3 +76,39 @@ def test_unsupported_actions_are_refused_without_a_request(demo, django_user_mod
         with pytest.raises(actions.ActionRefused, match="does not support"):
             actions.perform(run, user, action, comment="x")
     assert len(sim.requests) == sent
+
+
+def client_for(sim, connection, token=None):
+    return connection.provider_class(sim.url, token or sim.token, connection.scope, timeout=1)
+
+
+@pytest.mark.parametrize(("fault", "error"), [
+    ("error_500", Unavailable), ("error_503", Unavailable), ("disconnect", Unavailable),
+    ("malformed", BadPayload),
+])
+def test_a_fault_at_any_request_of_a_pass_is_a_typed_error(demo, fault, error):
+    sim, connection = demo
+    before = len(sim.requests)
+    with client_for(sim, connection) as client:
+        assert list(client.list_runs())
+    requests = len(sim.requests) - before
+    assert requests >= 1
+    for position in range(requests):
+        sim.clear_faults()
+        sim.inject(fault, after=position)
+        with client_for(sim, connection) as client, pytest.raises(error):
+            list(client.list_runs())
+
+
+def test_a_slow_provider_times_out_as_unavailable(demo):
+    sim, connection = demo
+    sim.inject("slow", seconds=1.5)  # past the client's 1 s timeout
+    with (client_for(sim, connection) as client,
+          pytest.raises(Unavailable, match="did not answer in time")):
+        list(client.list_runs())
+
+
+def test_a_bad_token_is_an_auth_error(demo):
+    sim, connection = demo
+    with client_for(sim, connection, token="not-the-token") as client, pytest.raises(AuthError):
+        list(client.list_runs())
