@@ -11,12 +11,14 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/runboard_bench")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings_test")
+warnings.filterwarnings("ignore", message="No directory at")  # no collectstatic here
 
 
 def setup_django() -> None:

@@ -107,7 +107,11 @@ class Environment(models.Model):
 
 class RunQuerySet(models.QuerySet):
     def for_list(self):
-        return self.select_related("connection", "project", "environment")
+        # Pages never show the raw payload or the connection's token (which would be
+        # decrypted for every row): load them only if something asks.
+        return self.select_related("connection", "project", "environment").defer(
+            "raw", "connection__token", "connection__cursor"
+        )
 
     def active(self):
         return self.exclude(status__in=FINISHED)

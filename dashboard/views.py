@@ -63,7 +63,7 @@ def query_without(request, *keys) -> str:
 def _run_list_context(request, version: str) -> dict:
     run_filter = RunFilter(request.GET, queryset=Run.objects.for_list())
     page = page_of(run_filter.qs, request.GET.get("page"))
-    connections = list(Connection.objects.filter(enabled=True))
+    connections = list(Connection.objects.filter(enabled=True).defer("token", "cursor"))
     page_key = hashlib.blake2s(
         ",".join(str(r.pk) for r in page["rows"]).encode(), digest_size=6
     ).hexdigest()
