@@ -76,12 +76,6 @@ def test_status_map_has_no_untested_values():
     assert set(STATUS_MAP) == set(EXPECTED)
 
 
-def test_unknown_status_maps_to_unknown_and_is_logged(caplog):
-    with caplog.at_level(logging.WARNING):
-        assert offline_provider().map_status("teleporting") == Status.UNKNOWN
-    assert "teleporting" in caplog.text
-
-
 def test_a_concluded_run_is_never_shown_as_active(caplog):
     provider = offline_provider()
     item = load_fixture("northflank_list_runs.json")["data"]["runs"][0]

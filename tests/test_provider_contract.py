@@ -4,6 +4,7 @@ A new provider gets these tests by being registered, with its simulator, in
 providers/registry.py and providers/simulators/__init__.py.
 """
 
+import logging
 import random
 
 import pytest
@@ -20,6 +21,14 @@ pytestmark = pytest.mark.django_db
 
 def test_every_provider_has_a_simulator():
     assert set(SIMULATORS) == set(registry.PROVIDERS)
+
+
+@pytest.mark.parametrize("key", sorted(registry.PROVIDERS))
+def test_an_unrecognised_status_is_unknown_and_logged(key, caplog):
+    provider = registry.PROVIDERS[key].__new__(registry.PROVIDERS[key])  # no HTTP client
+    with caplog.at_level(logging.WARNING):
+        assert provider.map_status("NEVER_DOCUMENTED_42") == Status.UNKNOWN
+    assert "NEVER_DOCUMENTED_42" in caplog.text and key in caplog.text
 
 
 @pytest.fixture(params=sorted(SIMULATORS))

@@ -1,6 +1,5 @@
 """Qovery: status mapping, the seed's payloads, and the client against its simulator."""
 
-import logging
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -109,13 +108,6 @@ def test_every_documented_service_status_maps(raw, expected):
 
 def test_service_status_map_has_no_untested_values():
     assert set(SERVICE_STATUS_MAP) == set(EXPECTED) | set(EXPECTED_SERVICE_ONLY)
-
-
-def test_unknown_status_maps_to_unknown_and_is_logged(caplog):
-    provider = QoveryProvider.__new__(QoveryProvider)
-    with caplog.at_level(logging.WARNING):
-        assert provider.map_status("HIBERNATING") == Status.UNKNOWN
-    assert "HIBERNATING" in caplog.text
 
 
 # -- the seed page's payloads ------------------------------------------------------------

@@ -88,12 +88,6 @@ def test_status_map_has_no_untested_values():
     assert set(STATUS_MAP) == set(EXPECTED)
 
 
-def test_unknown_status_maps_to_unknown_and_is_logged(caplog):
-    with caplog.at_level(logging.WARNING):
-        assert bare_provider().map_status("paused") == Status.UNKNOWN
-    assert "paused" in caplog.text
-
-
 @pytest.mark.parametrize("conclusion", ["approved", "rejected"])
 def test_review_conclusions_are_kept(parser, conclusion, caplog):
     payload = load_fixture("workflows_get_run.json")
