@@ -20,7 +20,7 @@ import queue
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -124,6 +124,15 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
             latest[key] = run
     if not latest:
         return 0
+    # An answer that does not say when its run was created (some action answers) must
+    # not move the creation time we hold: keep the stored one.
+    undated = [key for key, run in latest.items() if run.created_at is None]
+    if undated:
+        stored = dict(connection.runs.filter(external_id__in=undated)
+                      .values_list("external_id", "created_at"))
+        for key in undated:
+            if stored.get(key):
+                latest[key] = replace(latest[key], created_at=stored[key])
 
     projects: dict[str, ProjectData] = {}
     environments: dict[str, EnvironmentData] = {}

@@ -225,3 +225,14 @@ def test_a_quiet_pass_tells_live_pages_only_once_a_heartbeat(buddy_sim, buddy_co
         updated_at=timezone.now() - timedelta(seconds=61))
     sync.sync_connection(buddy_connection.pk)  # a heartbeat later
     assert Connection.objects.get(pk=buddy_connection.pk).updated_at > first.updated_at
+
+
+def test_an_answer_without_a_creation_time_keeps_the_one_we_hold(buddy_connection):
+    created = timezone.now() - timedelta(hours=3)
+    sync.upsert_runs(buddy_connection, [RunData(
+        external_id="x", status=Status.RUNNING, raw_status="a", locator={},
+        created_at=created, observed_at=timezone.now() - timedelta(seconds=5))])
+    sync.upsert_runs(buddy_connection, [RunData(  # e.g. an action's answer
+        external_id="x", status=Status.CANCELLING, raw_status="b", locator={})])
+    run = Run.objects.get()
+    assert (run.status, run.created_at) == (Status.CANCELLING, created)
