@@ -1,4 +1,5 @@
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,7 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 
 from dashboard.models import Connection, release_managers_group
+from providers.simulators import SIMULATORS
 from providers.simulators.base import SimClock
 from providers.simulators.buddy import BuddySimulator
 
@@ -53,3 +55,15 @@ def manager(db):
     user = User.objects.create_user("manager", password="manager-pass")
     user.groups.add(release_managers_group())
     return user
+
+
+@pytest.fixture(params=sorted(SIMULATORS))
+def demo(request, db):
+    """Each provider's simulator filled with its demo data, and a connection to it."""
+    key = request.param
+    sim = SIMULATORS[key](token=f"{key}-token", clock=SimClock(speed=0))
+    scope = sim.seed_demo(random.Random(2))
+    with sim:
+        connection = Connection.objects.create(
+            provider=key, name=f"Demo {key}", base_url=sim.url, token=sim.token, scope=scope)
+        yield sim, connection

@@ -46,17 +46,11 @@ def buttons(html: str) -> set[str]:
     return {label for label in re.findall(r"<button[^>]*>([^<]+)</button>", html)}
 
 
-@pytest.fixture(params=sorted(registry.PROVIDERS))
-def demo(request, db):
-    """One provider's simulator with its demo data, a connection to it, synced."""
-    key = request.param
-    sim = SIMULATORS[key](token=f"{key}-ui-token", clock=SimClock(speed=0))
-    scope = sim.seed_demo(random.Random(2))
-    with sim:
-        connection = Connection.objects.create(
-            provider=key, name=f"{key} demo", base_url=sim.url, token=sim.token, scope=scope)
-        sync.sync_connection(connection.pk)
-        yield sim, connection
+@pytest.fixture
+def synced(demo):
+    """One provider's simulator with its demo data (see conftest), synced."""
+    sync.sync_connection(demo[1].pk)
+    return demo
 
 
 def one_run_per_status(connection) -> list[Run]:
@@ -71,8 +65,8 @@ def one_run_per_status(connection) -> list[Run]:
     return list(runs.values())
 
 
-def test_run_pages_show_exactly_the_allowed_actions(client, manager, demo):
-    _sim, connection = demo
+def test_run_pages_show_exactly_the_allowed_actions(client, manager, synced):
+    _sim, connection = synced
     provider = connection.provider_class
     client.force_login(manager)
     runs = one_run_per_status(connection)
@@ -99,8 +93,8 @@ def test_run_pages_show_exactly_the_allowed_actions(client, manager, demo):
     assert offered_anywhere == {a.value for a in provider.actions}
 
 
-def test_a_viewer_sees_no_actions(client, viewer, demo):
-    _sim, connection = demo
+def test_a_viewer_sees_no_actions(client, viewer, synced):
+    _sim, connection = synced
     client.force_login(viewer)
     for run in one_run_per_status(connection):
         html = client.get(f"/runs/{run.pk}/").content.decode()

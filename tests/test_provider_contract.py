@@ -5,16 +5,14 @@ providers/registry.py and providers/simulators/__init__.py.
 """
 
 import logging
-import random
 
 import pytest
 
 from dashboard import actions, sync
-from dashboard.models import ActionRecord, Connection, Run
+from dashboard.models import ActionRecord, Run
 from providers import registry
 from providers.base import FINISHED, Action, AuthError, BadPayload, Status, Unavailable
 from providers.simulators import SIMULATORS
-from providers.simulators.base import SimClock
 
 pytestmark = pytest.mark.django_db
 
@@ -29,18 +27,6 @@ def test_an_unrecognised_status_is_unknown_and_logged(key, caplog):
     with caplog.at_level(logging.WARNING):
         assert provider.map_status("NEVER_DOCUMENTED_42") == Status.UNKNOWN
     assert "NEVER_DOCUMENTED_42" in caplog.text and key in caplog.text
-
-
-@pytest.fixture(params=sorted(SIMULATORS))
-def demo(request, db):
-    """A provider's simulator filled with its demo data, and a connection to it."""
-    key = request.param
-    sim = SIMULATORS[key](token=f"{key}-token", clock=SimClock(speed=0))
-    scope = sim.seed_demo(random.Random(1))
-    with sim:
-        connection = Connection.objects.create(
-            provider=key, name=key, base_url=sim.url, token=sim.token, scope=scope)
-        yield sim, connection
 
 
 def test_demo_data_syncs_into_the_shared_vocabulary(demo):
