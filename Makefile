@@ -17,6 +17,7 @@ demo: $(PY)
 # Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (see README).
 test: $(PY)
 	$(PY) -m pip install -q -e ".[test]"
+	npm ci --prefix tests/oidc --no-audit --no-fund --silent
 	$(PY) -m ruff check .
 	$(PY) manage.py makemigrations --check --dry-run --settings=dashboard.settings_test >/dev/null
 	$(PY) -m pytest $(PYTEST_ARGS)

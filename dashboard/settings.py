@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "django_filters",
+    "mozilla_django_oidc",
     "dashboard",
 ]
 
@@ -92,6 +93,29 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "run-list"
 LOGOUT_REDIRECT_URL = "login"
+
+# Single sign-on with OpenID Connect (mozilla-django-oidc), on when a client id is set.
+# The endpoints are the provider's discovery document's (`manage.py oidc_endpoints ISSUER`
+# prints them as lines for the environment).
+AUTHENTICATION_BACKENDS = ["dashboard.auth.LocalBackend", "dashboard.auth.OIDCBackend"]
+OIDC_RP_CLIENT_ID = env.str("OIDC_RP_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET = env.str("OIDC_RP_CLIENT_SECRET", default="")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env.str("OIDC_OP_AUTHORIZATION_ENDPOINT", default="")
+OIDC_OP_TOKEN_ENDPOINT = env.str("OIDC_OP_TOKEN_ENDPOINT", default="")
+OIDC_OP_USER_ENDPOINT = env.str("OIDC_OP_USER_ENDPOINT", default="")
+OIDC_OP_JWKS_ENDPOINT = env.str("OIDC_OP_JWKS_ENDPOINT", default="")
+OIDC_RP_SIGN_ALGO = env.str("OIDC_RP_SIGN_ALGO", default="RS256")
+OIDC_RP_SCOPES = env.str("OIDC_RP_SCOPES", default="openid email profile groups")
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = env.float("OIDC_TIMEOUT", default=10.0)
+LOGIN_REDIRECT_URL_FAILURE = "/accounts/login/?sso=failed"
+# The claim listing the user's groups, and which of its groups make a release manager.
+RUNBOARD_OIDC_GROUPS_CLAIM = env.str("RUNBOARD_OIDC_GROUPS_CLAIM", default="groups")
+RUNBOARD_OIDC_MANAGER_GROUPS = env.list("RUNBOARD_OIDC_MANAGER_GROUPS",
+                                        default=["release-managers"])
+RUNBOARD_OIDC_LABEL = env.str("RUNBOARD_OIDC_LABEL", default="single sign-on")
+# Local passwords: "on" for everyone, "admins" (superusers only) or "off".
+RUNBOARD_LOCAL_LOGIN = env.str("RUNBOARD_LOCAL_LOGIN", default="on")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")

@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
-from dashboard import api, views
+from dashboard import api, auth, views
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="run-list", permanent=False)),
@@ -18,7 +18,9 @@ urlpatterns = [
     path("api/runs/", api.runs, name="api-runs"),
     path("api/runs/<int:pk>/", api.run, name="api-run"),
     path("api/runs/<int:pk>/<str:kind>/", api.run_action, name="api-run-action"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", auth.LoginView.as_view(), name="login"),
+    path("oidc/authenticate/", auth.oidc_login, name="oidc_authentication_init"),
+    path("oidc/callback/", auth.oidc_callback, name="oidc_authentication_callback"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
 ]

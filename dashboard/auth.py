@@ -1,0 +1,116 @@
+"""Logging in: local passwords and single sign-on with OpenID Connect.
+
+Single sign-on is mozilla-django-oidc (the code flow with PKCE, ID token checked against
+the provider's JWKS), on when `OIDC_RP_CLIENT_ID` is set. A user is created on first
+login, named by the provider's e-mail claim, and joins or leaves the release managers at
+every login according to the groups claim, so a change at the identity provider takes
+effect at the next login. Accounts that have a local password are never matched by
+single sign-on: an identity provider cannot log someone into the local admin.
+
+Local login (`RUNBOARD_LOCAL_LOGIN`) is `on` for everyone, `admins` (superusers only: the
+first admin's way in when single sign-on is down) or `off`.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import wraps
+
+import requests
+from django.conf import settings
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.backends import ModelBackend
+from django.http import Http404
+from mozilla_django_oidc.auth import OIDCAuthenticationBackend
+from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
+
+from dashboard.models import release_managers_group
+
+logger = logging.getLogger(__name__)
+
+
+def oidc_enabled() -> bool:
+    return bool(settings.OIDC_RP_CLIENT_ID)
+
+
+class LocalBackend(ModelBackend):
+    """Username and password, as far as RUNBOARD_LOCAL_LOGIN allows."""
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        mode = settings.RUNBOARD_LOCAL_LOGIN
+        if mode == "off":
+            return None
+        user = super().authenticate(request, username=username, password=password, **kwargs)
+        if user is not None and mode == "admins" and not user.is_superuser:
+            return None
+        return user
+
+
+class OIDCBackend(OIDCAuthenticationBackend):
+    def __init__(self, *args, **kwargs):
+        # Django instantiates every backend for every login, the local form's too:
+        # without single sign-on configured there is nothing to read.
+        if oidc_enabled():
+            super().__init__(*args, **kwargs)
+
+    def authenticate(self, request, **kwargs):
+        if not oidc_enabled():
+            return None
+        try:
+            return super().authenticate(request, **kwargs)
+        except requests.RequestException as exc:
+            # The identity provider is down or refused the code: a failed login, not a 500.
+            logger.warning("single sign-on failed: %s", exc)
+            return None
+
+    def get_username(self, claims):
+        return claims["email"][:150]
+
+    def verify_claims(self, claims):
+        # An address the provider says it has not verified could be anyone's.
+        return bool(claims.get("email")) and claims.get("email_verified", True) is not False
+
+    def filter_users_by_claims(self, claims):
+        users = self.UserModel.objects.filter(username=self.get_username(claims))
+        return [user for user in users if not user.has_usable_password()]
+
+    def create_user(self, claims):
+        user = self.UserModel.objects.create_user(
+            self.get_username(claims), email=claims["email"],
+            first_name=str(claims.get("given_name", ""))[:150],
+            last_name=str(claims.get("family_name", ""))[:150],
+        )
+        return self.update_user(user, claims)
+
+    def update_user(self, user, claims):
+        groups = claims.get(settings.RUNBOARD_OIDC_GROUPS_CLAIM) or []
+        if isinstance(groups, str):
+            groups = [groups]
+        managers = release_managers_group()
+        if set(map(str, groups)) & set(settings.RUNBOARD_OIDC_MANAGER_GROUPS):
+            user.groups.add(managers)
+        else:
+            user.groups.remove(managers)
+        return user
+
+
+def _only_with_oidc(view):
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not oidc_enabled():
+            raise Http404("Single sign-on is not configured.")
+        return view(request, *args, **kwargs)
+    return wrapper
+
+
+oidc_login = _only_with_oidc(OIDCAuthenticationRequestView.as_view())
+oidc_callback = _only_with_oidc(OIDCAuthenticationCallbackView.as_view())
+
+
+class LoginView(auth_views.LoginView):
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(
+            oidc_enabled=oidc_enabled(), oidc_label=settings.RUNBOARD_OIDC_LABEL,
+            local_login=settings.RUNBOARD_LOCAL_LOGIN != "off",
+            sso_failed="sso" in self.request.GET, **kwargs,
+        )
