@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_filters",
     "mozilla_django_oidc",
+    "ninja",  # serves the API docs page's scripts from here, not a CDN
     "dashboard",
 ]
 
@@ -48,6 +49,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "dashboard.middleware.ApiJsonErrors",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
