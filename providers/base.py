@@ -242,6 +242,8 @@ class Provider:
     has_force_cancel: ClassVar[bool] = False
     force_cancel_help: ClassVar[str] = ""  # what forcing does, shown beside the checkbox
     cancel_requires_comment: ClassVar[bool] = False
+    # Why an action the platform lacks cannot be offered, in one line for the run page.
+    unsupported_reasons: ClassVar[Mapping[str, str]] = {}
     # True where actions address the environment's current deployment rather than one
     # run (Qovery): only an environment's newest run can be acted on.
     acts_on_environment: ClassVar[bool] = False

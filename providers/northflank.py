@@ -1,31 +1,45 @@
-"""Northflank: release-flow runs of a project's pipeline stages.
+"""Northflank: release-flow runs of a project's pipeline stages, and workflow runs of the
+newer Environments + Workflows model.
 
-A run is one release-flow run of one pipeline stage; the stage is its environment.
+A release-flow run belongs to one stage of one pipeline; that stage is its environment. A
+workflow run belongs to one workflow; with no environment in the workflow's API answer,
+the workflow stands for its environment. A project on the newer model has no pipelines.
 
-Documented (seed page): POST .../pipelines/{pipelineId}/release-flows/{stage}/runs/{runId}/abort
-(permission Project > Pipelines > General > Update) answers {"data": run}; the run carries the
-template that ran (apiVersion, triggers, options, gitops, spec) plus id, name, description,
-status (pending, running, success, failure, aborted, aborting, queued, unknown, skipped),
-concluded, startedAt, concludedAt, createdAt, updatedAt, with times like
-"2021-01-01 12:01:00.000Z"; Bearer API token.
-From Northflank's public API reference:
-- GET /v1/projects/{projectId}/pipelines (per_page up to 100, page, cursor) and
-  GET /v1/projects/{projectId}/pipelines/{pipelineId} ({"data": {"name", ...}});
-- GET .../release-flows/{stage}/runs (per_page up to 100, page, cursor) answering
-  {"data": {"runs": [...]}, "pagination": {"hasNextPage", "cursor", "count"}}, and
-  GET .../release-flows/{stage}/runs/{runId} answering {"data": run};
-- the current status enum adds waiting, retrying, async_wait and approval_wait;
-- stage path values development, staging and production (the reference's examples);
-- every answer carries x-ratelimit-limit, x-ratelimit-remaining and x-ratelimit-reset
-  (seconds until the hourly window resets);
-- error bodies {"error": {"status", "message", "id", "details"}};
-- no endpoint approves, rejects or retries a release-flow run: only abort exists.
+Documented (the seed page and Northflank's public API reference, whose examples and enums
+are in tests/fixtures/northflank/):
+- every project route also in its team form /v1/teams/{teamId}/projects/{projectId}/...;
+  used here when the connection's scope names a `team`;
+- GET /v1/projects/{p}/pipelines and GET /v1/projects/{p}/workflows (the latter's items
+  under data.pipelines); GET /v1/projects/{p}/pipelines/{id} answers name, stages and
+  nfObjects[].stage (Development, Staging, Production): stages are read from there;
+- release flows: GET .../release-flows/{stage}/runs, GET .../runs/{runId},
+  POST .../runs/{runId}/abort ({"data": run}), POST .../release-flows/{stage}/runs (run
+  the release flow); workflows: GET/POST .../workflows/{workflowId}/runs, GET
+  .../runs/{runId}, POST .../runs/{runId}/abort;
+- lists take per_page (at most 100; 50 by default), page and cursor and answer
+  pagination {hasNextPage, cursor, count};
+- run status pending, running, success, failure, aborted, aborting, queued, unknown,
+  skipped, waiting, retrying, async_wait, approval_wait (the same enum for both kinds);
+  concluded, startedAt, concludedAt, createdAt, updatedAt, times like
+  "2021-01-01 12:01:00.000Z";
+- 1000 requests per hour by default, the window resetting one hour after its first
+  request; x-ratelimit-limit, x-ratelimit-remaining and x-ratelimit-reset (seconds to the
+  reset) on answers; error bodies {"error": {"status", "message", "id", "details"}};
+- no endpoint approves or rejects a run waiting in approval_wait: that is done in
+  Northflank's UI. Abort is the only action on a run; retry starts a new run.
 Not documented anywhere we could read, and so assumed here:
-- runs are listed newest first;
-- listing the runs of a stage that has no release flow answers 404: that stage is skipped;
-- aborting a run that has concluded (or is already aborting) answers 409 with an error body;
-- a 429 carries the same x-ratelimit-* headers, so x-ratelimit-reset is the wait (Retry-After
-  is honoured if it is there);
+- what run-release-flow and run-workflow answer ("200 OK: success", no schema): retry
+  reads a run id from data.id where there is one, and otherwise takes the stage's (or
+  workflow's) newest run that was not there before it asked;
+- the item type of GET pipeline's `stages` (strings or objects naming the stage are both
+  read); without any stage in the answer the pipeline has no release flow to list;
+- stage path values are the stage names in lower case (the reference's examples);
+- runs are listed newest first; listing the runs of a stage with no release flow answers
+  404 (that stage is skipped); aborting a concluded or aborting run answers 409;
+- a 429 carries the same x-ratelimit-* headers, so x-ratelimit-reset is the wait
+  (Retry-After is honoured if it is there);
+- the run's retry body: only a description naming the run retried; the release flow's
+  arguments and overrides are not repeated (the run's answer does not say which it used);
 - there is no documented link to a run in Northflank's UI, so web_url stays empty.
 """
 
@@ -36,6 +50,7 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -61,7 +76,7 @@ from providers.base import (
 
 logger = logging.getLogger(__name__)
 
-# The run status enum: the seed's nine values plus the four the current reference adds.
+# The run status enum of release-flow runs and workflow runs alike.
 STATUS_MAP: dict[str, Status] = {
     "pending": Status.QUEUED,
     "queued": Status.QUEUED,
@@ -79,17 +94,27 @@ STATUS_MAP: dict[str, Status] = {
     "unknown": Status.UNKNOWN,  # documented: Northflank itself does not know
 }
 
+# nfObjects[].stage's documented enum, as path values (lower case, as in the examples).
 STAGES = ("development", "staging", "production")
-PAGE_SIZE = 50  # the reference's default; its maximum is 100
+# The documented maximum: the fewest requests from an hourly budget of 1000.
+PAGE_SIZE = 100
+# How many of a stage's newest runs retry compares before and after it starts a run.
+RETRY_LOOKBACK = 20
 
 
 class NorthflankProvider(Provider):
     key = "northflank"
     label = "Northflank"
-    # Abort is the only run action the API has; it takes no comment and has no force.
-    actions = frozenset({Action.CANCEL})
+    # Abort and run-again are all the API offers; abort takes no comment and has no force.
+    actions = frozenset({Action.CANCEL, Action.RETRY})
+    unsupported_reasons = {
+        Action.APPROVE: "Northflank's API has no endpoint to approve a run waiting for "
+                        "approval: approve it in Northflank.",
+        Action.REJECT: "Northflank's API has no endpoint to reject a run waiting for "
+                       "approval: reject it in Northflank, or cancel (abort) it here.",
+    }
     scope_required = ("project",)
-    scope_optional = ("pipeline", "stage")
+    scope_optional = ("team", "pipeline", "stage", "workflow")
     status_map = STATUS_MAP
     default_base_url = "https://api.northflank.com"
 
@@ -98,7 +123,12 @@ class NorthflankProvider(Provider):
         stage = self.scope.get("stage")
         if stage and stage not in STAGES:
             raise InvalidRequest(f"Northflank stage must be one of {', '.join(STAGES)}")
-        self._pipeline_names: dict[str, str] = {}
+        if self.scope.get("workflow") and (self.scope.get("pipeline") or stage):
+            raise InvalidRequest("A Northflank connection follows a workflow or a pipeline, "
+                                 "not both")
+        self._pipeline_info: dict[str, dict[str, Any]] = {}  # id -> {"name", "stages"}
+        self._workflow_names: dict[str, str] = {}
+        self._unnamed: set[str] = set()  # pipelines whose name could not be read
 
     # -- rate limits -------------------------------------------------------------------
 
@@ -110,7 +140,7 @@ class NorthflankProvider(Provider):
             return None
 
     def rate_limit_info(self, response: httpx.Response) -> RateLimitInfo:
-        reset = self._int_header(response, "x-ratelimit-reset")
+        reset = self._int_header(response, "x-ratelimit-reset")  # seconds, not a time
         return RateLimitInfo(
             limit=self._int_header(response, "x-ratelimit-limit"),
             remaining=self._int_header(response, "x-ratelimit-remaining"),
@@ -123,56 +153,95 @@ class NorthflankProvider(Provider):
         reset = self._int_header(response, "x-ratelimit-reset")
         return float(max(0, reset)) if reset is not None else retry_after_seconds(response)
 
-    # -- discovery -------------------------------------------------------------------
+    # -- paths -----------------------------------------------------------------------
 
     @property
     def _project(self) -> str:
         return str(self.scope["project"])
 
+    def _project_path(self) -> str:
+        project = quote(self._project, safe="")
+        team = self.scope.get("team")
+        if team:  # a team's project is addressed through its team
+            return f"/v1/teams/{quote(str(team), safe='')}/projects/{project}"
+        return f"/v1/projects/{project}"
+
     def _pipelines_path(self) -> str:
-        return f"/v1/projects/{self._project}/pipelines"
+        return f"{self._project_path()}/pipelines"
 
-    def _pipelines(self) -> list[dict[str, str]]:
-        """The pipelines in scope, as {"id", "name"}; a scoped pipeline is checked to exist."""
-        if self.scope.get("pipeline"):
-            pipeline_id = str(self.scope["pipeline"])
-            body = self.request("GET", f"{self._pipelines_path()}/{pipeline_id}")
+    def _runs_path(self, pipeline_id: str, stage: str) -> str:
+        return (f"{self._pipelines_path()}/{quote(pipeline_id, safe='')}"
+                f"/release-flows/{quote(stage, safe='')}/runs")
+
+    def _workflow_runs_path(self, workflow_id: str) -> str:
+        return f"{self._project_path()}/workflows/{quote(workflow_id, safe='')}/runs"
+
+    def _collection_path(self, locator: Mapping[str, Any]) -> str:
+        """Where a run's siblings are listed and a new one is started."""
+        if locator.get("workflow"):
+            return self._workflow_runs_path(str(locator["workflow"]))
+        return self._runs_path(str(locator["pipeline"]), str(locator["stage"]))
+
+    def _run_path(self, locator: Mapping[str, Any]) -> str:
+        return f"{self._collection_path(locator)}/{quote(str(locator['id']), safe='')}"
+
+    # -- pipelines, their stages, and workflows --------------------------------------
+
+    def _pipeline(self, pipeline_id: str) -> dict[str, Any]:
+        """The pipeline's name and stages (path values), read once per client."""
+        if pipeline_id not in self._pipeline_info:
+            body = self.request("GET", f"{self._pipelines_path()}/{quote(pipeline_id, safe='')}")
             data = self._data(body)
-            pipelines = [{"id": pipeline_id, "name": text(data.get("name"), 200)}]
-        else:
-            pipelines = []
-            for item in self._paged(self._pipelines_path(), "pipelines"):
-                pipelines.append({"id": text(require(item, "id"), 200),
-                                  "name": text(item.get("name"), 200)})
-        for pipeline in pipelines:
-            pipeline["name"] = pipeline["name"] or pipeline["id"]
-            self._pipeline_names[pipeline["id"]] = pipeline["name"]
-        return pipelines
+            self._pipeline_info[pipeline_id] = {
+                "name": text(data.get("name"), 200) or pipeline_id,
+                "stages": pipeline_stages(data),
+            }
+        return self._pipeline_info[pipeline_id]
 
-    def _pipeline_name(self, pipeline_id: str) -> str:
-        """The pipeline's display name, read once per client; its id if it cannot be read."""
-        if pipeline_id not in self._pipeline_names:
-            try:
-                body = self.request("GET", f"{self._pipelines_path()}/{pipeline_id}")
-                name = text(self._data(body).get("name"), 200)
-            except ProviderError as exc:
-                logger.info("northflank: pipeline %s name unavailable: %s", pipeline_id, exc)
-                return pipeline_id
-            self._pipeline_names[pipeline_id] = name or pipeline_id
-        return self._pipeline_names[pipeline_id]
+    def _pipeline_ids(self) -> list[str]:
+        if self.scope.get("pipeline"):
+            return [str(self.scope["pipeline"])]
+        return [text(require(item, "id"), 200)
+                for item in self._paged(self._pipelines_path(), "pipelines")]
 
-    def _stages(self) -> tuple[str, ...]:
-        return (self.scope["stage"],) if self.scope.get("stage") else STAGES
+    def _stages(self, pipeline_id: str) -> tuple[str, ...]:
+        if self.scope.get("stage"):
+            return (self.scope["stage"],)
+        stages = self._pipeline(pipeline_id)["stages"]
+        if not stages:
+            logger.info("northflank: pipeline %s reports no stages", pipeline_id)
+        return stages
+
+    def _workflows(self) -> list[str]:
+        if self.scope.get("pipeline") or self.scope.get("stage"):
+            return []
+        if self.scope.get("workflow"):
+            workflow_id = str(self.scope["workflow"])
+            self._workflow_names.setdefault(workflow_id, workflow_id)
+            return [workflow_id]
+        ids = []
+        for item in self._paged(f"{self._project_path()}/workflows", "pipelines"):
+            workflow_id = text(require(item, "id"), 200)
+            self._workflow_names[workflow_id] = text(item.get("name"), 200) or workflow_id
+            ids.append(workflow_id)
+        return ids
+
+    def _follows_pipelines(self) -> bool:
+        return not self.scope.get("workflow")
 
     def discover(self) -> Discovery:
         project = ProjectData(self._project, self._project)
         found = Discovery(projects=[project])
-        for pipeline in self._pipelines():
-            found.pipelines.append(
-                {"project": self._project, "id": pipeline["id"], "name": pipeline["name"]}
-            )
-            for stage in self._stages():
-                found.environments.append(self._environment(pipeline["id"], stage))
+        if self._follows_pipelines():
+            for pipeline_id in self._pipeline_ids():
+                found.pipelines.append({"project": self._project, "id": pipeline_id,
+                                        "name": self._pipeline(pipeline_id)["name"]})
+                for stage in self._stages(pipeline_id):
+                    found.environments.append(self._environment(pipeline_id, stage))
+        for workflow_id in self._workflows():
+            found.pipelines.append({"project": self._project, "id": workflow_id,
+                                    "name": self._workflow_names[workflow_id]})
+            found.environments.append(self._workflow_environment(workflow_id))
         return found
 
     # -- paging ----------------------------------------------------------------------
@@ -184,9 +253,11 @@ class NorthflankProvider(Provider):
             raise BadPayload("response has no 'data' object")
         return data
 
-    def _pages(self, path: str, key: str) -> Iterator[list[dict[str, Any]]]:
+    def _pages(self, path: str, key: str, per_page: int | None = None
+               ) -> Iterator[list[dict[str, Any]]]:
         """Pages of a documented list endpoint, following its cursor (or page number)."""
-        params: dict[str, Any] = {"per_page": PAGE_SIZE, "page": 1}
+        size = per_page or PAGE_SIZE
+        params: dict[str, Any] = {"per_page": size, "page": 1}
         while True:
             body = self.request("GET", path, params=params)
             items = self._data(body).get(key)
@@ -200,9 +271,9 @@ class NorthflankProvider(Provider):
                 return
             cursor = pagination.get("cursor")
             if cursor:
-                params = {"per_page": PAGE_SIZE, "cursor": cursor}
+                params = {"per_page": size, "cursor": cursor}
             else:
-                params = {"per_page": PAGE_SIZE, "page": params.get("page", 1) + 1}
+                params = {"per_page": size, "page": params.get("page", 1) + 1}
 
     def _paged(self, path: str, key: str) -> Iterator[dict[str, Any]]:
         for page in self._pages(path, key):
@@ -210,54 +281,86 @@ class NorthflankProvider(Provider):
 
     # -- runs ------------------------------------------------------------------------
 
-    def _runs_path(self, pipeline_id: str, stage: str) -> str:
-        return f"{self._pipelines_path()}/{pipeline_id}/release-flows/{stage}/runs"
-
-    def _run_path(self, locator: Mapping[str, Any]) -> str:
-        return f"{self._runs_path(locator['pipeline'], locator['stage'])}/{locator['id']}"
-
     def list_runs(self, since: datetime | None = None) -> Iterator[list[RunData]]:
-        for pipeline in self._pipelines():
-            for stage in self._stages():
-                yield from self._list_stage(pipeline["id"], stage, since)
+        if self._follows_pipelines():
+            for pipeline_id in self._pipeline_ids():
+                for stage in self._stages(pipeline_id):
+                    yield from self._list_stage(pipeline_id, stage, since)
+        for workflow_id in self._workflows():
+            yield from self._list(self._workflow_runs_path(workflow_id), since,
+                                  lambda item, w=workflow_id: self.parse_workflow_run(item, w))
 
     def _list_stage(self, pipeline_id: str, stage: str, since) -> Iterator[list[RunData]]:
-        pages = self._pages(self._runs_path(pipeline_id, stage), "runs")
-        while True:
-            try:
-                items = next(pages)
-            except StopIteration:
-                return
-            except NotFound:
-                if self.scope.get("stage"):
-                    raise  # the connection asked for this stage: say it is not there
-                logger.info("northflank: %s/%s has no release flow", pipeline_id, stage)
-                return
-            runs = [self.parse_run(item, pipeline_id, stage) for item in items]
+        try:
+            yield from self._list(self._runs_path(pipeline_id, stage), since,
+                                  lambda item: self.parse_run(item, pipeline_id, stage))
+        except NotFound:
+            if self.scope.get("stage"):
+                raise  # the connection asked for this stage: say it is not there
+            logger.info("northflank: %s/%s has no release flow", pipeline_id, stage)
+
+    def _list(self, path: str, since, parse) -> Iterator[list[RunData]]:
+        for items in self._pages(path, "runs"):
+            runs = [parse(item) for item in items]
             if runs:
                 yield runs
             if since and all(r.created_at and r.created_at < since for r in runs):
                 return
 
+    def _parse_any(self, item: Any, locator: Mapping[str, Any]) -> RunData:
+        if locator.get("workflow"):
+            return self.parse_workflow_run(item, str(locator["workflow"]))
+        return self.parse_run(item, str(locator["pipeline"]), str(locator["stage"]))
+
     def get_run(self, locator: Mapping[str, Any]) -> RunData:
-        body = self.request("GET", self._run_path(locator))
-        return self.parse_run(self._data(body), locator["pipeline"], locator["stage"])
+        return self._parse_any(self._data(self.request("GET", self._run_path(locator))), locator)
 
     def cancel(self, locator, comment="", force=False) -> RunData:
         # Abort takes no body: the comment stays in Runboard's audit trail.
         body = self.request("POST", f"{self._run_path(locator)}/abort")
-        return self.parse_run(self._data(body), locator["pipeline"], locator["stage"])
+        return self._parse_any(self._data(body), locator)
+
+    def retry(self, locator: Mapping[str, Any]) -> RunData | None:
+        """Run the release flow (or workflow) again; answer the new run where it is known.
+
+        Northflank has no retry of a run: run-release-flow / run-workflow start a new one.
+        """
+        path = self._collection_path(locator)
+        before = {item.get("id") for item in next(self._pages(path, "runs", RETRY_LOOKBACK))}
+        body = {"description": f"Retry of run {text(locator['id'], 100)} from Runboard"}
+        answer = self.request("POST", path, json=body)
+        data = answer.get("data") if isinstance(answer, dict) else None
+        new_id = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(new_id, str) or not new_id:
+            # The answer does not say which run it started: the newest one we had not seen.
+            items = next(self._pages(path, "runs", RETRY_LOOKBACK))
+            fresh = [item for item in items if item.get("id") not in before]
+            if not fresh:
+                logger.info("northflank: the run started by a retry of %s is not listed yet",
+                            locator["id"])
+                return None
+            return self._parse_any(fresh[0], locator)
+        return self.get_run({**locator, "id": new_id})
 
     # -- parsing ---------------------------------------------------------------------
 
     def _environment(self, pipeline_id: str, stage: str) -> EnvironmentData:
+        name = self._pipeline_info.get(pipeline_id, {}).get("name") or pipeline_id
         return EnvironmentData(
             external_id=f"{pipeline_id}/{stage}",
-            name=f"{self._pipeline_name(pipeline_id)} · {stage}",
+            name=f"{name} · {stage}",
             project=ProjectData(self._project, self._project),
         )
 
-    def parse_run(self, item: Any, pipeline_id: str, stage: str) -> RunData:
+    def _workflow_environment(self, workflow_id: str) -> EnvironmentData:
+        # A pipeline id cannot hold a colon, so this never meets a pipeline's stage.
+        return EnvironmentData(
+            external_id=f"workflow:{workflow_id}",
+            name=f"{self._workflow_names.get(workflow_id, workflow_id)} · workflow",
+            project=ProjectData(self._project, self._project),
+        )
+
+    def _parse_common(self, item: Any) -> dict[str, Any]:
         run_id = text(require(item, "id"), 100)
         raw_status = text(require(item, "status"), 64)
         concluded = require_bool(item, "concluded")
@@ -268,22 +371,66 @@ class NorthflankProvider(Provider):
             # run nor a guessed outcome, and offer no action on it.
             logger.warning("northflank: run %s is concluded but %r", run_id, raw_status)
             status = Status.UNKNOWN
-        pipeline_name = self._pipeline_name(pipeline_id)
+        return {
+            "status": status, "raw_status": raw_status,
+            "name": text(item.get("name"), 300) or run_id,
+            "project": ProjectData(self._project, self._project),
+            "created_at": created,
+            "started_at": parse_time(item.get("startedAt")),
+            "finished_at": parse_time(item.get("concludedAt")),
+            "raw": item,
+        }, run_id
+
+    def parse_run(self, item: Any, pipeline_id: str, stage: str) -> RunData:
+        fields, run_id = self._parse_common(item)
+        if pipeline_id not in self._pipeline_info and pipeline_id not in self._unnamed:
+            try:  # the pipeline's display name, once per client
+                self._pipeline(pipeline_id)
+            except ProviderError as exc:  # an answer in hand is never lost over a name
+                logger.info("northflank: pipeline %s name unavailable: %s", pipeline_id, exc)
+                self._unnamed.add(pipeline_id)
+        environment = self._environment(pipeline_id, stage)
         return RunData(
             external_id=f"{pipeline_id}/{stage}/{run_id}",
             locator={"pipeline": pipeline_id, "stage": stage, "id": run_id},
-            status=status,
-            raw_status=raw_status,
-            name=text(item.get("name"), 300) or run_id,
             pipeline_id=pipeline_id,
-            pipeline_name=pipeline_name,
-            project=ProjectData(self._project, self._project),
-            environment=self._environment(pipeline_id, stage),
-            created_at=created,
-            started_at=parse_time(item.get("startedAt")),
-            finished_at=parse_time(item.get("concludedAt")),
-            raw=item,
+            pipeline_name=environment.name.rsplit(" · ", 1)[0],
+            environment=environment,
+            **fields,
         )
+
+    def parse_workflow_run(self, item: Any, workflow_id: str) -> RunData:
+        fields, run_id = self._parse_common(item)
+        return RunData(
+            external_id=f"workflow:{workflow_id}/{run_id}",
+            locator={"workflow": workflow_id, "id": run_id},
+            pipeline_id=workflow_id,
+            pipeline_name=self._workflow_names.get(workflow_id, workflow_id),
+            environment=self._workflow_environment(workflow_id),
+            **fields,
+        )
+
+
+def pipeline_stages(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The stages a pipeline reports (GET pipeline), as path values, in pipeline order.
+
+    `stages` has no documented item type: a string or an object naming the stage is read.
+    nfObjects[].stage (documented) adds the stages that hold resources.
+    """
+    names: list[str] = []
+    stages = data.get("stages")
+    for stage in stages if isinstance(stages, list) else []:
+        if isinstance(stage, dict):
+            stage = stage.get("name") or stage.get("id") or stage.get("stage")
+        if isinstance(stage, str):
+            names.append(stage)
+    objects = data.get("nfObjects")
+    for nf_object in objects if isinstance(objects, list) else []:
+        if isinstance(nf_object, dict) and isinstance(nf_object.get("stage"), str):
+            names.append(nf_object["stage"])
+    found = {name.strip().lower() for name in names if name.strip()}
+    ordered = [s for s in STAGES if s in found]
+    return (*ordered, *sorted(found - set(STAGES)))
 
 
 def require_bool(payload: Mapping[str, Any], key: str) -> bool:

@@ -142,7 +142,7 @@ class Simulator:
         self.requests: list[tuple[str, str, Any]] = []  # (method, path, body), for tests
         self.request_times: list[float] = []  # time.monotonic() of each, beside `requests`
         self._faults: list[dict[str, Any]] = []
-        self._window_started = time.monotonic()
+        self._window_started: float | None = None  # set by the window's first request
         self._window_count = 0
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
         self._host, self._port = host, port
@@ -174,9 +174,15 @@ class Simulator:
         with self.lock:
             return max(0, self.rate_limit - self._window_count)
 
+    def rate_clock(self) -> float:
+        """Seconds on the clock rate windows are measured with; a subclass may use its SimClock."""
+        return time.monotonic()
+
     def seconds_to_window_reset(self) -> int:
         with self.lock:
-            return max(1, int(self.rate_window - (time.monotonic() - self._window_started)) + 1)
+            if self._window_started is None:
+                return int(self.rate_window)
+            return max(1, int(self.rate_window - (self.rate_clock() - self._window_started)) + 1)
 
     def seed_demo(self, rng) -> dict[str, str]:
         """Fill the simulator with sample runs for the demo; return the connection scope."""
@@ -198,12 +204,13 @@ class Simulator:
         with self.lock:
             self.requests.append((request.method, request.path, request.body))
             self.request_times.append(time.monotonic())
-            if time.monotonic() - self._window_started >= self.rate_window:
-                self._window_started, self._window_count = time.monotonic(), 0
+            now = self.rate_clock()
+            if self._window_started is None or now - self._window_started >= self.rate_window:
+                self._window_started, self._window_count = now, 0
             self._window_count += 1
             if self._window_count > self.rate_limit:
                 return self._fault_response({"kind": "rate_limit", "retry_after": int(
-                    self.rate_window - (time.monotonic() - self._window_started)) + 1})
+                    self.rate_window - (now - self._window_started)) + 1})
         fault = self._take_fault()
         if fault and fault["kind"] in {"rate_limit", "error_500", "error_503"}:
             return self._fault_response(fault)

@@ -1,17 +1,62 @@
-"""Northflank simulator: a project's pipelines and their release-flow runs, per stage."""
+"""Northflank simulator: a project's pipelines with their release-flow runs per stage, and
+its workflows (the newer Environments + Workflows model) with their runs.
+
+Written from Northflank's public API reference pages (Pipelines, Workflows, "Use the API",
+the API overview), never from Runboard's client. What the reference documents:
+- every project route also in its team form, /v1/teams/{teamId}/projects/{projectId}/...;
+- lists take per_page (at most 100; 50 by default), page and cursor, and answer
+  {"data": {...}, "pagination": {"hasNextPage", "cursor", "count"}};
+- the release-flow runs list also filters by status and concluded;
+- GET pipeline answers name, description, preview, stages and nfObjects[] {id, type, stage}
+  with stage one of Development, Staging, Production;
+- the list of workflows answers its items under data.pipelines (sic);
+- run statuses pending, running, success, failure, aborted, aborting, queued, unknown,
+  skipped, waiting, retrying, async_wait, approval_wait; a run's root node has its own enum;
+- run-release-flow POST .../release-flows/{stage}/runs and run-workflow
+  POST .../workflows/{workflowId}/runs take {name, description, arguments, overrides,
+  releaseNodeOverrides}, name 3-39 characters and description at most 200, both patterned;
+- 1000 requests per hour, the window resetting one hour after its first request, and
+  x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset (seconds to reset) on answers;
+- error bodies {"error": {"status", "message", "id", "details"}}.
+Assumed here, because the reference does not say (see the client's docstring too):
+- what run-release-flow and run-workflow answer ("200 OK: success", no schema): by default
+  {"data": <the new run, as get shows it>}; `run_answer = "empty"` answers {"data": {}};
+- the items of GET pipeline's `stages` (their type is not given): stage names, as
+  nfObjects[].stage spells them; `serve_stages = False` leaves the field out, as the
+  reference's own example does;
+- stage path values are the stage names in lower case (the reference's examples use
+  "development"); any other spelling is an unknown release flow (404);
+- per_page above 100 or below 1, or a page below 1, is refused with 400 rather than clamped;
+- a project that belongs to a team is found only under its team form (404 otherwise);
+- a 429 carries the same x-ratelimit-* headers, the wait being x-ratelimit-reset;
+- aborting a concluded or aborting run answers 409; unknown query parameters are ignored.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
 import random
+import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from providers.simulators.base import HttpError, Phase, Request, SimRun, Simulator, iso
 
-STAGES = ("development", "staging", "production")
+RATE_LIMIT_PER_HOUR = 1000  # Use the API, "Rate limits": the default
+RATE_WINDOW_SECONDS = 3600.0  # "resets one hour after the first request is sent"
+PER_PAGE_DEFAULT = 50  # API overview, "Pagination": default page size
+PER_PAGE_MAX = 100  # every list endpoint: "Maximum of 100 results per page"
+# GET pipeline: nfObjects[].stage is one of these.
+PIPELINE_STAGES = ("Development", "Staging", "Production")
+STAGES = tuple(s.lower() for s in PIPELINE_STAGES)  # path values (assumed: lower case)
+RUN_STATUSES = {"pending", "running", "success", "failure", "aborted", "aborting", "queued",
+                "unknown", "skipped", "waiting", "retrying", "async_wait", "approval_wait"}
+# Run release flow / run workflow request body.
+RUN_BODY_KEYS = {"name", "description", "arguments", "overrides", "releaseNodeOverrides"}
+RUN_NAME = re.compile(r"^[a-zA-Z]((-|\s)?[a-zA-Z0-9]+((-|\s)[a-zA-Z0-9]+)*)?$")
+DESCRIPTION = re.compile(r"^[a-zA-Z0-9.,?\s\\/'\"()\[\];`%^&*\-_:!]+$")
 
 # Release flows: a node may wait on an asynchronous action (a build, a job run) on the way.
 RELEASE_PLAN = [Phase("pending", 3), Phase("running", 15), Phase("async_wait", 20),
@@ -28,13 +73,18 @@ APPROVAL_PLAN = [Phase("pending", 3), Phase("running", 20), Phase("approval_wait
 SKIPPED_PLAN = [Phase("pending", 3), Phase("skipped", None)]
 # Abort is asynchronous: the run passes through aborting.
 ABORT_PLAN = [Phase("aborting", 3), Phase("aborted", None)]
+# A workflow run: waits on its inputs, runs, then a node waits on a deployment.
+WORKFLOW_PLAN = [Phase("pending", 2), Phase("waiting", 5), Phase("running", 20),
+                 Phase("async_wait", 15), Phase("success", None)]
 
 RUNNING = {"running", "retrying", "async_wait", "waiting", "approval_wait"}
 FINAL = {"success", "failure", "aborted", "skipped"}
 # The run's root Workflow node has no pending/queued/running of its own (its enum differs).
 NODE_STATUS = {"pending": "waiting", "queued": "waiting", "running": "waiting"}
 
-DEMO_PIPELINES = {"web": "web", "api": "api"}
+DEMO_PIPELINES = {"web": ("web", PIPELINE_STAGES),
+                  # A pipeline need not use every stage: this one has no development.
+                  "api": ("api", PIPELINE_STAGES[1:])}
 PEOPLE = ["ana-lima", "kofi-mensah", "jo-tanaka", "mike-benson"]
 RUN_NAMES = ["Release v{v}", "Hotfix v{v}", "Promote v{v}", "Nightly release {v}"]
 DESCRIPTIONS = ["Promote the image built from main", "Roll out the new checkout flow",
@@ -52,12 +102,22 @@ class NorthflankSimulator(Simulator):
     running_statuses = RUNNING
     final_statuses = FINAL
     unknown_status_value = "quantum_wait"
+    rate_limit = RATE_LIMIT_PER_HOUR
+    rate_window = RATE_WINDOW_SECONDS
+    # What run-release-flow / run-workflow answer: "detail" or "empty" (see the docstring).
+    run_answer = "detail"
+    serve_stages = True
 
-    def __init__(self, *args, project: str = "shop", seed: int = 0, **kwargs):
+    def __init__(self, *args, project: str = "shop", team: str | None = None, seed: int = 0,
+                 rate_limit: int | None = None, **kwargs):
         self.project = project
-        self.pipelines: dict[str, str] = {}  # pipeline id -> name
+        self.team = team  # the team the project belongs to, if any
+        if rate_limit is not None:  # Northflank raises the limit on request
+            self.rate_limit = rate_limit
+        self.pipelines: dict[str, dict[str, Any]] = {}  # id -> {"name", "stages"}
         # Stages without a release flow: listing their runs answers 404.
         self.missing_flows: set[tuple[str, str]] = set()
+        self.workflows: dict[str, str] = {}  # id -> name
         self._ids = random.Random(seed)
         self._sequence = 0
         super().__init__(*args, **kwargs)
@@ -65,16 +125,37 @@ class NorthflankSimulator(Simulator):
     # -- wire details ------------------------------------------------------------------
 
     def routes(self) -> None:
-        pipelines = "/v1/projects/{project}/pipelines"
-        runs = pipelines + "/{pipeline}/release-flows/{stage}/runs"
-        self.route("GET", pipelines, self.list_pipelines)
-        self.route("GET", pipelines + "/{pipeline}", self.get_pipeline)
-        self.route("GET", runs, self.list_runs)
-        self.route("GET", runs + "/{run}", self.get_run)
-        self.route("POST", runs + "/{run}/abort", self.abort_run)
+        for project in ("/v1/projects/{project}", "/v1/teams/{team}/projects/{project}"):
+            pipelines = project + "/pipelines"
+            runs = pipelines + "/{pipeline}/release-flows/{stage}/runs"
+            self.route("GET", pipelines, self.list_pipelines)
+            self.route("GET", pipelines + "/{pipeline}", self.get_pipeline)
+            self.route("GET", runs, self.list_runs)
+            self.route("POST", runs, self.run_release_flow)
+            self.route("GET", runs + "/{run}", self.get_run)
+            self.route("POST", runs + "/{run}/abort", self.abort_run)
+            workflows = project + "/workflows"
+            workflow_runs = workflows + "/{workflow}/runs"
+            self.route("GET", workflows, self.list_workflows)
+            self.route("GET", workflow_runs, self.list_workflow_runs)
+            self.route("POST", workflow_runs, self.run_workflow)
+            self.route("GET", workflow_runs + "/{run}", self.get_workflow_run)
+            self.route("POST", workflow_runs + "/{run}/abort", self.abort_workflow_run)
+
+    def dispatch(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        status, body, headers = super().dispatch(request)
+        if status != -1 and not request.path.startswith("/_sim/"):
+            # "sent in the header for each response": refusals and errors included.
+            headers = {**self.response_headers(), **headers}
+        return status, body, headers
+
+    def rate_clock(self) -> float:
+        # The hour is measured on the simulated clock, so tests can fast-forward it.
+        return self.clock.now().timestamp()
 
     def error_body(self, status: int, message: str) -> Any:
-        return {"error": {"status": status, "message": message, "id": str(uuid.uuid4())}}
+        return {"error": {"status": status, "message": message, "id": str(uuid.uuid4()),
+                          "details": {}}}
 
     def auth_error(self) -> HttpError:
         return HttpError(401, self.error_body(401, "Invalid or missing API token"))
@@ -103,12 +184,29 @@ class NorthflankSimulator(Simulator):
 
     # -- sample data -------------------------------------------------------------------
 
-    def add_pipeline(self, pipeline_id: str, name: str | None = None) -> None:
+    def add_pipeline(self, pipeline_id: str, name: str | None = None,
+                     stages: tuple[str, ...] = PIPELINE_STAGES) -> None:
         with self.lock:
-            self.pipelines[pipeline_id] = name or pipeline_id
+            self.pipelines[pipeline_id] = {"name": name or pipeline_id, "stages": tuple(stages)}
+
+    def add_workflow(self, workflow_id: str, name: str | None = None) -> None:
+        with self.lock:
+            self.workflows[workflow_id] = name or workflow_id
 
     def new_id(self) -> str:
         return str(uuid.UUID(int=self._ids.getrandbits(128), version=4))
+
+    def _new_run(self, key_prefix: tuple, plan, age, **data) -> SimRun:
+        with self.lock:
+            run_id = self.new_id()
+            self._sequence += 1
+            run = self.add_run(
+                (*key_prefix, run_id), list(plan),
+                created_at=self.clock.now() - timedelta(seconds=age),
+                id=run_id, sequence=self._sequence, **data)
+            if run.status in FINAL and run.finished_at is None:  # a plan that starts final
+                run.finished_at = run.created_at
+            return run
 
     def add_release(self, pipeline_id: str, stage: str, plan: list[Phase] | None = None, *,
                     age: float = 0, name: str | None = "Release v1.0.0",
@@ -116,27 +214,29 @@ class NorthflankSimulator(Simulator):
                     version: str = "1.0.0") -> SimRun:
         if pipeline_id not in self.pipelines:
             self.add_pipeline(pipeline_id)
-        with self.lock:
-            run_id = self.new_id()
-            self._sequence += 1
-            return self.add_run(
-                (pipeline_id, stage, run_id), list(plan or RELEASE_PLAN),
-                created_at=self.clock.now() - timedelta(seconds=age),
-                pipeline=pipeline_id, stage=stage, id=run_id, name=name,
-                description=description, author=author, version=version,
-                sequence=self._sequence,
-            )
+        return self._new_run(("release", pipeline_id, stage), plan or RELEASE_PLAN, age,
+                             pipeline=pipeline_id, stage=stage, name=name,
+                             description=description, author=author, version=version)
+
+    def add_workflow_run(self, workflow_id: str, plan: list[Phase] | None = None, *,
+                         age: float = 0, name: str | None = "Deploy v1.0.0",
+                         description: str = "", author: str = "ana-lima") -> SimRun:
+        if workflow_id not in self.workflows:
+            self.add_workflow(workflow_id)
+        return self._new_run(("workflow", workflow_id), plan or WORKFLOW_PLAN, age,
+                             workflow=workflow_id, name=name, description=description,
+                             author=author, version="")
 
     # -- demo data ---------------------------------------------------------------------
 
     def seed_demo(self, rng) -> dict[str, str]:
-        """History for both pipelines in every stage, plus a few runs still going."""
-        for pipeline_id, name in DEMO_PIPELINES.items():
-            self.add_pipeline(pipeline_id, name)
+        """History for both pipelines in each of their stages, plus a few runs still going."""
+        for pipeline_id, (name, stages) in DEMO_PIPELINES.items():
+            self.add_pipeline(pipeline_id, name, stages)
             minor = rng.randint(3, 9)
             for hours in (60, 40, 26, 12, 6, 3):
                 minor += 1
-                for stage in STAGES:
+                for stage in (s.lower() for s in stages):
                     plan = rng.choices(
                         [*self._plans_for(stage), FAILING_PLAN, SKIPPED_PLAN,
                          RELEASE_PLAN[:3] + ABORT_PLAN], weights=[4, 4, 1, 1, 1])[0]
@@ -149,7 +249,7 @@ class NorthflankSimulator(Simulator):
 
     def spawn_demo(self, rng) -> None:
         pipeline_id = rng.choice(sorted(self.pipelines))
-        stage = rng.choice(STAGES)
+        stage = rng.choice(self.pipelines[pipeline_id]["stages"]).lower()
         plan = rng.choice([*self._plans_for(stage), FAILING_PLAN])
         self._demo_release(rng, pipeline_id, stage, plan,
                            f"2.{rng.randint(20, 40)}.{rng.randint(0, 9)}")
@@ -166,37 +266,65 @@ class NorthflankSimulator(Simulator):
             description=rng.choice(DESCRIPTIONS), author=rng.choice(PEOPLE),
         )
 
-    # -- handlers ----------------------------------------------------------------------
+    # -- handlers: lookups ---------------------------------------------------------------
+
+    def _not_found(self, message: str) -> HttpError:
+        return HttpError(404, self.error_body(404, message))
+
+    def _bad_request(self, message: str) -> HttpError:
+        return HttpError(400, self.error_body(400, message))
 
     def _check_project(self, request: Request) -> None:
-        if request.params["project"] != self.project:
-            raise HttpError(404, self.error_body(404, "Project not found"))
+        team = request.params.get("team")
+        if team is not None and team != self.team:
+            raise self._not_found("Team not found")
+        # A team's project is not among an account's own projects: only the team form finds it.
+        if request.params["project"] != self.project or (team is None and self.team):
+            raise self._not_found("Project not found")
 
     def _pipeline(self, request: Request) -> str:
         self._check_project(request)
         pipeline_id = request.params["pipeline"]
         if pipeline_id not in self.pipelines:
-            raise HttpError(404, self.error_body(404, "Pipeline not found"))
+            raise self._not_found("Pipeline not found")
         return pipeline_id
 
     def _flow(self, request: Request) -> tuple[str, str]:
         pipeline_id = self._pipeline(request)
         stage = request.params["stage"]
-        if stage not in STAGES or (pipeline_id, stage) in self.missing_flows:
-            raise HttpError(404, self.error_body(404, "Release flow not found"))
+        stages = [s.lower() for s in self.pipelines[pipeline_id]["stages"]]
+        if stage not in stages or (pipeline_id, stage) in self.missing_flows:
+            raise self._not_found("Release flow not found")
         return pipeline_id, stage
 
+    def _workflow(self, request: Request) -> str:
+        self._check_project(request)
+        workflow_id = request.params["workflow"]
+        if workflow_id not in self.workflows:
+            raise self._not_found("Workflow not found")
+        return workflow_id
+
+    # -- handlers: paging ----------------------------------------------------------------
+
     def _page(self, request: Request, items: list[Any]) -> tuple[list[Any], dict[str, Any]]:
-        """Cursor (or page number) pagination, as the reference documents it."""
+        """Cursor or page-number pagination, as the reference documents it."""
+        query = request.query
         try:
-            per_page = min(100, max(1, int(request.query.get("per_page", 50))))
-            if "cursor" in request.query:
-                cursor = json.loads(base64.urlsafe_b64decode(request.query["cursor"]))
-                offset = int(cursor["offset"])
-            else:
-                offset = (max(1, int(request.query.get("page", 1))) - 1) * per_page
-        except (ValueError, KeyError, TypeError):
-            raise HttpError(400, self.error_body(400, "Invalid pagination parameters")) from None
+            per_page = int(query.get("per_page", PER_PAGE_DEFAULT))
+            page = int(query.get("page", 1))
+        except ValueError:
+            raise self._bad_request("per_page and page must be integers") from None
+        if not 1 <= per_page <= PER_PAGE_MAX:
+            raise self._bad_request(f"per_page must be between 1 and {PER_PAGE_MAX}")
+        if page < 1:
+            raise self._bad_request("page must be 1 or more")
+        if "cursor" in query:
+            try:
+                offset = int(json.loads(base64.urlsafe_b64decode(query["cursor"]))["offset"])
+            except (ValueError, KeyError, TypeError):
+                raise self._bad_request("Invalid cursor") from None
+        else:
+            offset = (page - 1) * per_page
         chunk = items[offset: offset + per_page]
         more = offset + per_page < len(items)
         pagination: dict[str, Any] = {"hasNextPage": more, "count": len(chunk)}
@@ -205,53 +333,141 @@ class NorthflankSimulator(Simulator):
                 json.dumps({"offset": offset + per_page}).encode()).decode()
         return chunk, pagination
 
+    def _filtered(self, request: Request, runs: list[SimRun]) -> list[SimRun]:
+        """The release-flow runs list's documented filters: status and concluded."""
+        status = request.query.get("status")
+        if status is not None:
+            if status not in RUN_STATUSES:
+                raise self._bad_request(f"status must be one of {', '.join(sorted(RUN_STATUSES))}")
+            runs = [r for r in runs if r.status == status]
+        concluded = request.query.get("concluded")
+        if concluded is not None:
+            if concluded not in ("true", "false"):
+                raise self._bad_request("concluded must be true or false")
+            runs = [r for r in runs if (r.status in FINAL) == (concluded == "true")]
+        return runs
+
+    def _newest_first(self, prefix: tuple) -> list[SimRun]:
+        return sorted((r for key, r in self.runs.items() if key[:len(prefix)] == prefix),
+                      key=lambda r: (r.created_at, r.data["sequence"]), reverse=True)
+
+    # -- handlers: pipelines and release flows ----------------------------------------
+
     def list_pipelines(self, request: Request) -> Any:
         self._check_project(request)
-        items = [{"name": name, "id": pid, "description": f"{name} releases"}
-                 for pid, name in sorted(self.pipelines.items())]
+        items = [{"name": p["name"], "id": pid, "description": f"{p['name']} releases"}
+                 for pid, p in sorted(self.pipelines.items())]
         chunk, pagination = self._page(request, items)
         return {"data": {"pipelines": chunk}, "pagination": pagination}
 
     def get_pipeline(self, request: Request) -> Any:
-        pipeline_id = self._pipeline(request)
-        return {"data": {
-            "name": self.pipelines[pipeline_id],
-            "description": f"{self.pipelines[pipeline_id]} releases",
-            "nfObjects": [{"id": f"{pipeline_id}-{stage}", "type": "service",
-                           "stage": stage.title()} for stage in STAGES],
-        }}
+        pipeline = self.pipelines[self._pipeline(request)]
+        data: dict[str, Any] = {"name": pipeline["name"],
+                                "description": f"{pipeline['name']} releases"}
+        if self.serve_stages:
+            data["stages"] = list(pipeline["stages"])
+        data["nfObjects"] = [
+            {"id": f"{request.params['pipeline']}-{stage.lower()}", "type": "service",
+             "stage": stage} for stage in pipeline["stages"]]
+        return {"data": data}
 
     def list_runs(self, request: Request) -> Any:
         pipeline_id, stage = self._flow(request)
-        runs = sorted((r for key, r in self.runs.items() if key[:2] == (pipeline_id, stage)),
-                      key=lambda r: (r.created_at, r.data["sequence"]), reverse=True)
+        runs = self._filtered(request, self._newest_first(("release", pipeline_id, stage)))
         chunk, pagination = self._page(request, runs)
         return {"data": {"runs": [self.render_summary(r) for r in chunk]},
                 "pagination": pagination}
 
     def _run(self, request: Request) -> SimRun:
         pipeline_id, stage = self._flow(request)
-        run = self.runs.get((pipeline_id, stage, request.params["run"]))
+        run = self.runs.get(("release", pipeline_id, stage, request.params["run"]))
         if run is None:
-            raise HttpError(404, self.error_body(404, "Release flow run not found"))
+            raise self._not_found("Release flow run not found")
         return run
 
     def get_run(self, request: Request) -> Any:
         return {"data": self.render(self._run(request))}
 
     def abort_run(self, request: Request) -> Any:
-        run = self._run(request)
+        return {"data": self.render(self._abort(self._run(request), "Release flow run"))}
+
+    def _abort(self, run: SimRun, what: str) -> SimRun:
         if run.status in FINAL:
-            raise HttpError(409, self.error_body(409, "Release flow run has already concluded"))
+            raise HttpError(409, self.error_body(409, f"{what} has already concluded"))
         if run.status == "aborting":
-            raise HttpError(409, self.error_body(409, "Release flow run is already aborting"))
+            raise HttpError(409, self.error_body(409, f"{what} is already aborting"))
         self.transition(run, list(ABORT_PLAN))
-        return {"data": self.render(run)}
+        return run
+
+    def _run_body(self, request: Request) -> dict[str, Any]:
+        """A run request's body, checked as the reference describes it."""
+        body = request.body if request.body is not None else {}
+        if not isinstance(body, dict) or set(body) - RUN_BODY_KEYS:
+            raise self._bad_request(f"the body may only hold {', '.join(sorted(RUN_BODY_KEYS))}")
+        name, description = body.get("name"), body.get("description")
+        if name is not None and not (isinstance(name, str) and 3 <= len(name) <= 39
+                                     and RUN_NAME.match(name)):
+            raise self._bad_request('"name" does not match the required pattern')
+        if description is not None and not (isinstance(description, str)
+                                            and len(description) <= 200
+                                            and DESCRIPTION.match(description)):
+            raise self._bad_request('"description" does not match the required pattern')
+        for key in ("arguments", "overrides", "releaseNodeOverrides"):
+            if key in body and not isinstance(body[key], dict):
+                raise self._bad_request(f'"{key}" must be an object')
+        return body
+
+    def _run_answer(self, run: SimRun) -> Any:
+        return {"data": self.render(run)} if self.run_answer == "detail" else {"data": {}}
+
+    def run_release_flow(self, request: Request) -> Any:
+        pipeline_id, stage = self._flow(request)
+        body = self._run_body(request)
+        run = self.add_release(pipeline_id, stage, list(RELEASE_PLAN), name=body.get("name"),
+                               description=body.get("description", ""), author="api")
+        return self._run_answer(run)
+
+    # -- handlers: workflows ------------------------------------------------------------
+
+    def list_workflows(self, request: Request) -> Any:
+        self._check_project(request)
+        items = [{"name": name, "apiVersion": "v1.2",
+                  "options": {"autorun": False, "concurrencyPolicy": "queue"}, "id": wid}
+                 for wid, name in sorted(self.workflows.items())]
+        chunk, pagination = self._page(request, items)
+        # The reference lists workflows under data.pipelines.
+        return {"data": {"pipelines": chunk}, "pagination": pagination}
+
+    def list_workflow_runs(self, request: Request) -> Any:
+        workflow_id = self._workflow(request)
+        chunk, pagination = self._page(request, self._newest_first(("workflow", workflow_id)))
+        return {"data": {"runs": [self.render_summary(r) for r in chunk]},
+                "pagination": pagination}
+
+    def _workflow_run(self, request: Request) -> SimRun:
+        workflow_id = self._workflow(request)
+        run = self.runs.get(("workflow", workflow_id, request.params["run"]))
+        if run is None:
+            raise self._not_found("Workflow run not found")
+        return run
+
+    def get_workflow_run(self, request: Request) -> Any:
+        return {"data": self.render(self._workflow_run(request))}
+
+    def abort_workflow_run(self, request: Request) -> Any:
+        return {"data": self.render(self._abort(self._workflow_run(request), "Workflow run"))}
+
+    def run_workflow(self, request: Request) -> Any:
+        workflow_id = self._workflow(request)
+        body = self._run_body(request)
+        run = self.add_workflow_run(workflow_id, name=body.get("name"),
+                                    description=body.get("description", ""), author="api")
+        return self._run_answer(run)
 
     # -- rendering ---------------------------------------------------------------------
 
     def render_summary(self, run: SimRun) -> dict[str, Any]:
-        """A run as the list endpoint shows it (without the template that ran)."""
+        """A run as the list endpoints show it (without the template that ran)."""
         d = run.data
         body: dict[str, Any] = {"id": d["id"]}
         if d["name"]:
@@ -269,9 +485,12 @@ class NorthflankSimulator(Simulator):
         return body
 
     def render(self, run: SimRun) -> dict[str, Any]:
-        """A run as get and abort show it: the release-flow template, then the run."""
+        """A run as get and abort show it: the template that ran, then the run."""
         d = run.data
-        repo = f"https://github.com/acme-shop/{d['pipeline']}"
+        source = d.get("pipeline") or d.get("workflow")
+        repo = f"https://github.com/acme-shop/{source}"
+        file_path = (f"/release-flows/{d['stage']}.json" if "stage" in d
+                     else f"/workflows/{source}.json")
         response: dict[str, Any] = {
             "status": NODE_STATUS.get(run.status, run.status),
             "retries": {"attempts": 2 if run.status == "retrying" else 1, "maxAttempts": 3,
@@ -287,7 +506,7 @@ class NorthflankSimulator(Simulator):
                           "pathIgnoreRules": ["README.md"], "ciIgnoreFlags": ["[skip ci]"]}],
             "options": {"concurrencyPolicy": "queue", "paused": False},
             "gitops": {"vcsService": "github", "accountLogin": d["author"], "repoUrl": repo,
-                       "branch": "main", "filePath": f"/release-flows/{d['stage']}.json"},
+                       "branch": "main", "filePath": file_path},
             "spec": {
                 "settings": {"maxAttempts": 3, "backoff": {"type": "fixed", "delay": 60}},
                 "kind": "Workflow",
