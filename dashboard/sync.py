@@ -67,6 +67,7 @@ class SyncResult:
     runs_written: int = 0
     pages: int = 0
     requests: int = 0
+    spacing: float = 0.0  # seconds the provider's rate budget asks between passes
 
 
 # --- the lease ---------------------------------------------------------------------
@@ -342,8 +343,12 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
         heartbeat = now - timedelta(seconds=settings.RUNBOARD_LIVE_HEARTBEAT)
         visible = (Q(last_error__gt="") | Q(last_success_at__isnull=True)
                    | Q(updated_at__lt=heartbeat))
+        # A provider with an hourly budget (Northflank) is not asked again sooner than
+        # its budget allows; the others follow beat's interval.
+        spacing = result.spacing if result.spacing > settings.RUNBOARD_SYNC_INTERVAL else 0
+        next_attempt = now + timedelta(seconds=spacing) if spacing else None
         Connection.objects.filter(pk=connection_id).update(
-            cursor=cursor, last_success_at=now, last_error="", next_attempt_at=None,
+            cursor=cursor, last_success_at=now, last_error="", next_attempt_at=next_attempt,
             runs_synced=F("runs_synced") + result.runs_written,
             updated_at=now if result.runs_written else Case(
                 When(visible, then=Value(now)), default=F("updated_at")),
@@ -389,6 +394,7 @@ def _sync_pass(connection: Connection, owner: str, result: SyncResult) -> dateti
                     updated_at=timezone.now())
                 data_changed()
         result.requests = client.requests_made
+        result.spacing = client.pass_spacing()
     return newest
 
 

@@ -116,6 +116,7 @@ class NorthflankProvider(Provider):
     scope_required = ("project",)
     scope_optional = ("team", "pipeline", "stage", "workflow")
     status_map = STATUS_MAP
+    rate_window = 3600.0  # 1000 requests an hour by default
     default_base_url = "https://api.northflank.com"
 
     def __init__(self, *args, **kwargs):

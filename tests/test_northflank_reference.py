@@ -9,7 +9,6 @@ simulator's answers are validated against those schemas; the client is fed the e
 import json
 import re
 import threading
-from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -516,16 +515,25 @@ def test_approval_is_declared_impossible_with_a_reason(sim, django_user_model):
     assert len(sim.requests) == sent
 
 
-def test_a_full_pass_over_the_demo_costs_nine_requests(clock):
-    """Requests per pass, the figure the README's rate budget is worked out from; a pass
-    asks for no stage a pipeline does not have."""
+@pytest.mark.django_db
+def test_passes_are_spaced_so_the_hourly_budget_lasts_the_hour(clock):
+    """A demo pass costs 9 requests (1 pipelines list, 2 pipelines, 3 + 2 stages, 1
+    workflows list). At beat's 10 s that would be 3240 an hour against Northflank's 1000:
+    the next pass waits for its share of the hour instead."""
     import random
+
+    from django.utils import timezone
 
     with NorthflankSimulator(token="t", clock=clock) as sim:
         scope = sim.seed_demo(random.Random(2))
-        clock.advance(timedelta(minutes=1).total_seconds())
-        with connect(sim, scope) as client:
-            list(client.list_runs())
-            used = client.requests_made
-    # 1 pipelines list + 2 pipelines + (3 + 2) stages + 1 workflows list.
-    assert used == 9
+        connection = Connection.objects.create(provider="northflank", name="NF",
+                                               base_url=sim.url, token=sim.token, scope=scope)
+        before = timezone.now()
+        result = sync.sync_connection(connection.pk)
+    assert result.requests == 9
+    assert not [p for _, p, _ in sim.requests if "/api/release-flows/development" in p]
+    connection.refresh_from_db()
+    assert connection.last_error == ""
+    wait = (connection.next_attempt_at - before).total_seconds()
+    assert wait == pytest.approx(9 * 3600 / 1000, abs=1.5)
+    assert 3600 / result.spacing * result.requests <= REFERENCE["rate_limit"]["requests"]
