@@ -41,6 +41,13 @@ Not documented anywhere we could read, and so assumed here:
 - the run's retry body: only a description naming the run retried; the release flow's
   arguments and overrides are not repeated (the run's answer does not say which it used);
 - there is no documented link to a run in Northflank's UI, so web_url stays empty.
+Where the reference disagrees with itself, the endpoint's own page wins: the API overview
+lists POST .../release-flows/{flowId}/run and POST .../workflows/{workflowId}/run, the
+endpoint pages (and the seed) .../release-flows/{stage}/runs and .../workflows/{id}/runs.
+Rate budget: a pass costs 1 (pipelines) + 1 per pipeline + 1 per stage with a release
+flow + 1 (workflows) + 1 per workflow requests, plus one per active run outside the
+incremental window; `rate_window` makes the engine space passes so they spend at most
+1000 an hour (the demo: 9 requests a pass, one pass every 32 s).
 """
 
 from __future__ import annotations
