@@ -399,7 +399,13 @@ class Provider:
         stays within the provider's budget per window (0: no need to wait)."""
         if not self.rate_window or not self.rate_limit.limit:
             return 0.0
-        return self.requests_made * self.rate_window / self.rate_limit.limit
+        spacing = self.requests_made * self.rate_window / self.rate_limit.limit
+        info = self.rate_limit
+        if info.remaining is not None and info.reset_at is not None:
+            # Others may spend the same budget: what is left must last until the reset.
+            left = max(0.0, info.reset_at - time.time())
+            spacing = max(spacing, self.requests_made * left / max(1, info.remaining))
+        return spacing
 
     def seconds_until_reset(self) -> float:
         if self.rate_limit.reset_at is not None:

@@ -537,3 +537,26 @@ def test_passes_are_spaced_so_the_hourly_budget_lasts_the_hour(clock):
     wait = (connection.next_attempt_at - before).total_seconds()
     assert wait == pytest.approx(9 * 3600 / 1000, abs=1.5)
     assert 3600 / result.spacing * result.requests <= REFERENCE["rate_limit"]["requests"]
+
+
+@pytest.mark.django_db
+def test_a_budget_others_have_spent_spaces_passes_further(clock):
+    """The budget is the account's: whatever another client of it spent, what is left
+    must last until the reset."""
+    import random
+
+    from django.utils import timezone
+
+    with NorthflankSimulator(token="t", clock=clock, rate_limit=100) as sim:
+        scope = sim.seed_demo(random.Random(2))
+        with httpx.Client(base_url=sim.url, headers={"Authorization": "Bearer t"}) as other:
+            for _ in range(50):
+                other.get("/v1/projects/shop/pipelines")
+        connection = Connection.objects.create(provider="northflank", name="NF",
+                                               base_url=sim.url, token=sim.token, scope=scope)
+        before = timezone.now()
+        sync.sync_connection(connection.pk)
+    connection.refresh_from_db()
+    # 41 requests left for the hour (not 100): a 9-request pass every 3600 * 9 / 41 s.
+    wait = (connection.next_attempt_at - before).total_seconds()
+    assert wait == pytest.approx(3600 * 9 / 41, rel=0.02)
