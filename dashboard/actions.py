@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from dashboard.models import ActionRecord, Run
+from dashboard.secrets import UNREADABLE_MESSAGE
 from dashboard.sync import upsert_runs
 from providers.base import Action, ProviderError, RateLimited, RunData
 
@@ -38,6 +39,8 @@ def refusal(run: Run, kind: str) -> str | None:
     provider = run.connection.provider_class
     if kind not in provider.actions:
         return f"{provider.label} does not support {kind}."
+    if not run.connection.token_readable:
+        return f"{run.connection}: {UNREADABLE_MESSAGE}"
     if provider.acts_on_environment and run.is_superseded():
         return (f"A newer run exists in {run.environment}: {provider.label} acts on an "
                 "environment's current run only.")

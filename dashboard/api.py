@@ -40,15 +40,21 @@ class InvalidToken(Exception):
     pass
 
 
+class ReadOnlyToken(Exception):
+    pass
+
+
 class BearerToken(HttpBearer):
     """A personal API token from the profile page."""
 
     def authenticate(self, request, token):
-        user = ApiToken.authenticate(token)
-        if user is None:
+        found = ApiToken.find(token)
+        if found is None:
             raise InvalidToken
-        request.user = user
-        return user
+        if found.read_only and request.method not in ("GET", "HEAD", "OPTIONS"):
+            raise ReadOnlyToken
+        request.user = found.user
+        return found.user
 
 
 def _signed_in(view):
@@ -60,7 +66,7 @@ def _signed_in(view):
         if header.startswith("Bearer "):
             user = ApiToken.authenticate(header.removeprefix("Bearer ").strip())
             if user is None:
-                return error(401, "Invalid or revoked API token.")
+                return error(401, "Invalid, expired or revoked API token.")
             request.user = user
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
@@ -97,7 +103,12 @@ def error(status: int, message: str, **extra) -> JsonResponse:
 
 @api.exception_handler(InvalidToken)
 def _invalid_token(request, exc):
-    return error(401, "Invalid or revoked API token.")
+    return error(401, "Invalid, expired or revoked API token.")
+
+
+@api.exception_handler(ReadOnlyToken)
+def _read_only_token(request, exc):
+    return error(403, "This API token is read-only: it cannot act on runs.")
 
 
 @api.exception_handler(AuthenticationError)

@@ -16,5 +16,10 @@ class CommentForm(forms.Form):
 
 
 class TokenForm(forms.Form):
+    EXPIRY_DAYS = [(7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "1 year")]
+
     name = forms.CharField(max_length=100, label="Token name",
                            widget=forms.TextInput(attrs={"placeholder": "e.g. chat bot"}))
+    expires_in = forms.TypedChoiceField(choices=EXPIRY_DAYS, coerce=int, initial=90,
+                                        label="Expires in")
+    read_only = forms.BooleanField(required=False, label="Read only (cannot act)")

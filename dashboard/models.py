@@ -11,8 +11,8 @@ from django.db import models, transaction
 from django.db.models import OuterRef, Q, Subquery
 from django.urls import reverse
 from django.utils import timezone
-from encrypted_fields.fields import EncryptedTextField
 
+from dashboard.secrets import SecretTextField, TokenUnreadable, UnreadableSecret
 from providers import registry
 from providers.base import FINISHED, Action, Provider, Status
 
@@ -23,7 +23,7 @@ class Connection(models.Model):
     provider = models.CharField(max_length=32, choices=registry.choices)
     name = models.CharField(max_length=100, unique=True)
     base_url = models.URLField(max_length=300)
-    token = EncryptedTextField(help_text="Stored encrypted; never shown again.")
+    token = SecretTextField(help_text="Stored encrypted; never shown again.")
     scope = models.JSONField(
         default=dict, blank=True,
         help_text='Provider scope, e.g. {"workspace": "acme"} or {"project": "<id>"}.',
@@ -52,7 +52,14 @@ class Connection(models.Model):
     def provider_class(self) -> type[Provider]:
         return registry.provider_class(self.provider)
 
+    @property
+    def token_readable(self) -> bool:
+        """False when no configured key decrypts the stored token: it must be re-entered."""
+        return not isinstance(self.token, UnreadableSecret)
+
     def client(self) -> Provider:
+        if not self.token_readable:
+            raise TokenUnreadable()  # never send the ciphertext as the token
         return self.provider_class(
             self.base_url, self.token, self.scope, timeout=settings.RUNBOARD_PROVIDER_TIMEOUT,
             rate_limit_reserve=settings.RUNBOARD_RATE_LIMIT_RESERVE,
@@ -273,7 +280,9 @@ class ActionRecord(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="actions")
+    # PROTECT: the audit is append-only, so a run (or a connection) with action history
+    # cannot be deleted; disable the connection instead.
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="actions")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
     kind = models.CharField(max_length=16, choices=Action.choices)
     comment = models.TextField(blank=True)
@@ -300,7 +309,9 @@ class ActionRecord(models.Model):
 
 class ApiTokenQuerySet(models.QuerySet):
     def active(self):
-        return self.filter(revoked_at__isnull=True)
+        return self.filter(revoked_at__isnull=True).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+        )
 
 
 class ApiToken(models.Model):
@@ -318,6 +329,11 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Tokens issued before expiry existed have none (null); new ones always do.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    read_only = models.BooleanField(
+        default=False, help_text="Can read (GET) but never act on runs."
+    )
 
     objects = ApiTokenQuerySet.as_manager()
 
@@ -331,20 +347,31 @@ class ApiToken(models.Model):
     def hash(key: str) -> str:
         return hashlib.sha256(key.encode()).hexdigest()
 
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
     @classmethod
-    def issue(cls, user, name: str) -> tuple[ApiToken, str]:
+    def issue(cls, user, name: str, *, expires_in: timedelta = timedelta(days=90),
+              read_only: bool = False) -> tuple[ApiToken, str]:
         key = f"rb_{secrets.token_urlsafe(32)}"
-        token = cls.objects.create(user=user, name=name, prefix=key[:10], key_hash=cls.hash(key))
+        token = cls.objects.create(user=user, name=name, prefix=key[:10], key_hash=cls.hash(key),
+                                   expires_at=timezone.now() + expires_in, read_only=read_only)
         return token, key
 
     @classmethod
-    def authenticate(cls, key: str):
+    def find(cls, key: str) -> ApiToken | None:
+        """The active (unrevoked, unexpired) token of an active user with this key."""
         token = (cls.objects.active().select_related("user")
                  .filter(key_hash=cls.hash(key), user__is_active=True).first())
-        if token is None:
-            return None
-        cls.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-        return token.user
+        if token is not None:
+            cls.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        return token
+
+    @classmethod
+    def authenticate(cls, key: str):
+        token = cls.find(key)
+        return token.user if token else None
 
 
 RELEASE_MANAGERS = "Release managers"

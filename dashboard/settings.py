@@ -19,6 +19,9 @@ if (BASE_DIR / ".env").exists():
 DEBUG = env.bool("DEBUG", default=False)
 # No default outside DEBUG: a production deployment must choose its own key.
 SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-key" if DEBUG else environ.Env.NOTSET)
+# Former keys, comma-separated, newest first: still decrypt tokens and sessions signed
+# with them while `manage.py rotate_tokens` re-encrypts every token under SECRET_KEY.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 # Provider tokens are encrypted with keys derived from SECRET_KEY and this salt
 # (django-fernet-encrypted-fields); rotating either makes stored tokens unreadable.
 SALT_KEY = env.list("FIELD_ENCRYPTION_SALT", default=["runboard-provider-tokens"])
@@ -36,6 +39,7 @@ INSTALLED_APPS = [
     "django_filters",
     "mozilla_django_oidc",
     "ninja",  # serves the API docs page's scripts from here, not a CDN
+    "axes",
     "dashboard",
 ]
 
@@ -50,6 +54,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "dashboard.middleware.ApiJsonErrors",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it answers a locked-out login attempt.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -99,7 +106,12 @@ LOGOUT_REDIRECT_URL = "login"
 # Single sign-on with OpenID Connect (mozilla-django-oidc), on when a client id is set.
 # The endpoints are the provider's discovery document's (`manage.py oidc_endpoints ISSUER`
 # prints them as lines for the environment).
-AUTHENTICATION_BACKENDS = ["dashboard.auth.LocalBackend", "dashboard.auth.OIDCBackend"]
+AUTHENTICATION_BACKENDS = [
+    # First (django-axes): refuses a locked-out username/address before a password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "dashboard.auth.LocalBackend",
+    "dashboard.auth.OIDCBackend",
+]
 OIDC_RP_CLIENT_ID = env.str("OIDC_RP_CLIENT_ID", default="")
 OIDC_RP_CLIENT_SECRET = env.str("OIDC_RP_CLIENT_SECRET", default="")
 OIDC_OP_AUTHORIZATION_ENDPOINT = env.str("OIDC_OP_AUTHORIZATION_ENDPOINT", default="")
@@ -134,6 +146,46 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# HTTPS: production is served over TLS (as the secure cookies above assume). Behind a
+# proxy that terminates TLS, set SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO,https
+# (only if the proxy always sets or strips that header), or the redirect loops.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=SESSION_COOKIE_SECURE)
+if env.str("SECURE_PROXY_SSL_HEADER", default=""):
+    SECURE_PROXY_SSL_HEADER = tuple(env.list("SECURE_PROXY_SSL_HEADER"))
+# HSTS is remembered by browsers for this long: opt in once HTTPS works (e.g. 31536000).
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+
+# Content-Security-Policy (django-csp): pages run only Runboard's own scripts and
+# styles (static/), no inline code, no eval; nothing may frame them.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+
+# Login throttling (django-axes): after AXES_FAILURE_LIMIT failed logins for a
+# username from one address, that pair is locked out for AXES_COOLOFF_MINUTES.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_MINUTES", default=15.0) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Behind N reverse proxies the client's address is taken from X-Forwarded-For; with
+# 0 (the default) only the socket's address counts, which a client cannot forge.
+AXES_IPWARE_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0) or None
+if AXES_IPWARE_PROXY_COUNT:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR")
 
 # A cache shared by the web processes (the run list is rendered once per data change):
 # per-process memory by default, e.g. redis://redis:6379/1 in production.
@@ -189,5 +241,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}},
+    # axes: failed logins and lockouts (WARNING) stay, every successful login does not.
+    "loggers": {"httpx": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

@@ -14,6 +14,7 @@ urlpatterns = [
     path("environments/", views.environment_board, name="environment-board"),
     path("connections/", views.connections, name="connections"),
     path("audit/", views.audit, name="audit"),
+    path("audit/export.<str:fmt>", views.audit_export, name="audit-export"),
     path("profile/", views.profile, name="profile"),
     path("api/", api.api.urls),
     path("accounts/login/", auth.LoginView.as_view(), name="login"),

@@ -1,12 +1,12 @@
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.cache import cache
 from django.db.models import OuterRef, Subquery
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import reswap, retarget
 
 from dashboard import actions
+from dashboard import audit_export as audit_export_formats
 from dashboard.filters import ActionFilter, RunFilter
 from dashboard.forms import CancelForm, CommentForm, TokenForm
 from dashboard.models import (
@@ -231,6 +232,21 @@ def audit(request):
 
 
 @login_required
+def audit_export(request, fmt):
+    """The audit, with the page's filters, as a download streamed row by row."""
+    if fmt not in audit_export_formats.FORMATS:
+        raise Http404("No such format")
+    action_filter = ActionFilter(request.GET, queryset=ActionRecord.objects.all())
+    if not action_filter.is_valid():
+        return HttpResponse("Invalid filter.", status=400, content_type="text/plain")
+    response = StreamingHttpResponse(audit_export_formats.STREAMS[fmt](action_filter.qs),
+                                     content_type=audit_export_formats.FORMATS[fmt])
+    response["Content-Disposition"] = (
+        f'attachment; filename="{audit_export_formats.filename(fmt)}"')
+    return response
+
+
+@login_required
 def profile(request):
     new_key = None
     form = TokenForm(request.POST or None)
@@ -243,7 +259,11 @@ def profile(request):
                 messages.success(request, "Token revoked.")
             return redirect("profile")
         if form.is_valid():
-            _, new_key = ApiToken.issue(request.user, form.cleaned_data["name"])
+            _, new_key = ApiToken.issue(
+                request.user, form.cleaned_data["name"],
+                expires_in=timedelta(days=form.cleaned_data["expires_in"]),
+                read_only=form.cleaned_data["read_only"],
+            )
             form = TokenForm()
     return render(request, "profile.html", {
         "form": form, "new_key": new_key,

@@ -39,6 +39,15 @@
   document.addEventListener("htmx:load", (event) => refreshTimes(event.target));
   setInterval(() => refreshTimes(document), 1000);
 
+  // Live polls (hx-trigger="every Ns") pause while the tab is hidden. This is done here,
+  // not with an hx-trigger filter, because htmx evaluates filters and the CSP forbids eval.
+  document.addEventListener("htmx:beforeRequest", (event) => {
+    const trigger = event.detail.elt.getAttribute("hx-trigger") || "";
+    if (document.visibilityState !== "visible" && /^\s*every\s/.test(trigger)) {
+      event.preventDefault();
+    }
+  });
+
   // Copy-link buttons.
   document.addEventListener("click", (event) => {
     const button = event.target.closest("[data-copy]");

@@ -1,3 +1,5 @@
+import contextlib
+import os
 import random
 import secrets
 import signal
@@ -14,6 +16,25 @@ from django.core.management.base import BaseCommand
 from dashboard.models import Connection, release_managers_group
 from providers import registry
 from providers.simulators import SIMULATORS
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)  # the group outlives its leader: reach what is left
+
+
+def _stop_groups(processes: list[subprocess.Popen], grace: float = 10.0) -> None:
+    """SIGTERM every process's group, wait up to `grace` seconds, SIGKILL what remains."""
+    for process in processes:
+        _signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+    time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))  # children exiting too
+    for process in processes:
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
 
 
 class Command(BaseCommand):
@@ -51,11 +72,15 @@ class Command(BaseCommand):
 
         processes = []
         if not no_processes:
+            # Each in a process group of its own, so stopping one stops its children too:
+            # the worker's pool and its embedded beat, which would otherwise outlive a
+            # worker that died and go on queueing syncs.
             processes = [
                 subprocess.Popen([sys.executable, "-m", "celery", "-A", "dashboard", "worker",
-                                  "--beat", "--loglevel", "warning", "--concurrency", "2"]),
+                                  "--beat", "--loglevel", "warning", "--concurrency", "2"],
+                                 start_new_session=True),
                 subprocess.Popen([sys.executable, "manage.py", "runserver", "--noreload",
-                                  f"127.0.0.1:{port}"]),
+                                  f"127.0.0.1:{port}"], start_new_session=True),
             ]
         self.stdout.write(self.style.SUCCESS(
             f"\nRunboard is starting at http://127.0.0.1:{port}/\n"
@@ -73,13 +98,7 @@ class Command(BaseCommand):
             pass
         finally:
             stop.set()
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            _stop_groups(processes)
             for sim in simulators:
                 sim.stop()
 
