@@ -29,7 +29,7 @@ def test_requires_a_valid_token(client, runs):
     assert client.get("/api/runs/").status_code == 401
     response = client.get("/api/runs/", headers={"Authorization": "Bearer rb_nope"})
     assert response.status_code == 401
-    assert response.json() == {"error": "Invalid or revoked API token."}
+    assert response.json() == {"error": "Invalid, expired or revoked API token."}
 
 
 def test_lists_runs_with_the_pages_filters(client, viewer, runs):
