@@ -20,6 +20,7 @@ class TokenForm(forms.Form):
 
     name = forms.CharField(max_length=100, label="Token name",
                            widget=forms.TextInput(attrs={"placeholder": "e.g. chat bot"}))
+    # Not required: a form posted without it (an older page) gets the default.
     expires_in = forms.TypedChoiceField(choices=EXPIRY_DAYS, coerce=int, initial=90,
-                                        label="Expires in")
+                                        required=False, empty_value=90, label="Expires in")
     read_only = forms.BooleanField(required=False, label="Read only (cannot act)")

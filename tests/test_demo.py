@@ -1,5 +1,6 @@
 """`manage.py demo`: when its worker dies, nothing of the demo keeps running."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,10 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
+        with contextlib.suppress(OSError):
             found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
     return found
 
 
