@@ -150,6 +150,8 @@ SECURE_REFERRER_POLICY = "same-origin"
 # proxy that terminates TLS, set SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO,https
 # (only if the proxy always sets or strips that header), or the redirect loops.
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=SESSION_COOKIE_SECURE)
+# Probes call these on the server's own address, over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 if env.str("SECURE_PROXY_SSL_HEADER", default=""):
     SECURE_PROXY_SSL_HEADER = tuple(env.list("SECURE_PROXY_SSL_HEADER"))
 # HSTS is remembered by browsers for this long: opt in once HTTPS works (e.g. 31536000).

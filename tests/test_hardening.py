@@ -199,3 +199,9 @@ def test_an_admin_lists_and_revokes_everyones_tokens(client, viewer, manager):
     assert client.get("/api/runs/", headers={"Authorization": f"Bearer {key}"}).status_code \
         == 401
     assert client.get(f"/admin/dashboard/apitoken/{theirs.pk}/delete/").status_code == 403
+
+
+def test_health_probes_are_not_redirected_to_https(client, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get("/runs/").status_code == 301  # everything else goes to HTTPS
+    assert client.get("/healthz").status_code == 200

@@ -28,7 +28,7 @@ def test_no_page_trips_the_policy_and_live_polls_still_run(page, log_in, buddy_s
                              and "/runs/" in r.url, timeout=10_000):
         pass
     for url in (f"/runs/{run.pk}/", "/environments/", "/connections/", "/audit/",
-                "/profile/", "/admin/", "/admin/dashboard/connection/add/",
+                "/profile/", "/api/docs", "/admin/", "/admin/dashboard/connection/add/",
                 f"/admin/dashboard/run/{run.pk}/change/"):
         page.goto(url)
         page.wait_for_load_state("load")
