@@ -5,6 +5,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
+from django.test import RequestFactory
 
 from dashboard.management.commands.oidc_endpoints import discover
 
@@ -60,8 +61,11 @@ def test_local_login_modes(client, db, settings, mode, manager_ok, admin_ok):
     User.objects.create_user("manager", password="pw-manager-1")
     User.objects.create_superuser("admin", password="pw-admin-1")
 
-    assert client.login(username="manager", password="pw-manager-1") is manager_ok
-    assert client.login(username="admin", password="pw-admin-1") is admin_ok
+    # django-axes checks every login attempt against the request it came with.
+    request = RequestFactory().post("/accounts/login/")
+    assert client.login(request=request, username="manager", password="pw-manager-1") \
+        is manager_ok
+    assert client.login(request=request, username="admin", password="pw-admin-1") is admin_ok
 
 
 def test_login_form_is_hidden_when_local_login_is_off(client, db, settings):
