@@ -71,3 +71,8 @@ class ActionRecordAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# --- notification channels (dashboard/notifications.py) -------------------------------
+
+from dashboard.notifications_admin import ChannelAdmin, DeliveryAdmin  # noqa: E402, F401
