@@ -3,14 +3,15 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
-from dashboard import api, auth, health, views
+from dashboard import api, auth, health, previews, views
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="run-list", permanent=False)),
     path("runs/", views.run_list, name="run-list"),
-    path("runs/<int:pk>/", views.run_detail, name="run-detail"),
+    path("runs/<int:pk>/", previews.public_preview(views.run_detail), name="run-detail"),
     path("runs/<int:pk>/<str:kind>/", views.run_action, name="run-action"),
-    path("runs/<str:provider>/<path:external_id>/", views.run_permalink, name="run-permalink"),
+    path("runs/<str:provider>/<path:external_id>/", previews.public_preview(views.run_permalink),
+         name="run-permalink"),
     path("environments/", views.environment_board, name="environment-board"),
     path("connections/", views.connections, name="connections"),
     path("audit/", views.audit, name="audit"),
