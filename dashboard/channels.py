@@ -38,7 +38,7 @@ def default_events():
 class Channel(models.Model):
     name = models.CharField(max_length=100, unique=True)
     url = EncryptedTextField(
-        blank=True,
+        blank=True, null=True,  # the field stores an empty value as NULL
         help_text="An Apprise URL (json://, slack://, msteams://, mailto://, …). "
                   "Stored encrypted; never shown again.",
     )

@@ -206,3 +206,6 @@ RUNBOARD_PUBLIC_PREVIEWS = env.bool("RUNBOARD_PUBLIC_PREVIEWS", default=False)
 RUNBOARD_SLACK_SIGNING_SECRET = env.str("RUNBOARD_SLACK_SIGNING_SECRET", default="")
 RUNBOARD_SLACK_BOT_TOKEN = env.str("RUNBOARD_SLACK_BOT_TOKEN", default="")
 RUNBOARD_SLACK_API_URL = env.str("RUNBOARD_SLACK_API_URL", default="https://slack.com/api/")
+# Answers go only to response_urls under this prefix (the payload names the URL).
+RUNBOARD_SLACK_RESPONSE_URL_PREFIX = env.str("RUNBOARD_SLACK_RESPONSE_URL_PREFIX",
+                                             default="https://hooks.slack.com/")

@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
-from dashboard import api, auth, health, previews, views
+from dashboard import api, auth, health, previews, slack, views
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="run-list", permanent=False)),
@@ -21,6 +21,7 @@ urlpatterns = [
     path("oidc/authenticate/", auth.oidc_login, name="oidc_authentication_init"),
     path("oidc/callback/", auth.oidc_callback, name="oidc_authentication_callback"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("slack/interactive/", slack.interactive, name="slack-interactive"),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
