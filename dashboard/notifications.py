@@ -277,7 +277,7 @@ def send_apprise(url: str, title: str, body: str) -> None:
     notifier = apprise.Apprise()
     if not url or not notifier.add(url):
         raise DeliveryFailed("Not a URL Apprise knows (see its list of services).")
-    with apprise.LogCapture(level=logging.WARNING) as log:
+    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as log:
         ok = notifier.notify(title=title, body=body, body_format=apprise.NotifyFormat.TEXT)
     if not ok:
         raise DeliveryFailed(log.getvalue().strip()[-1000:] or "Apprise could not deliver it.")
