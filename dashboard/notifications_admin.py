@@ -3,6 +3,9 @@
 import apprise
 from django import forms
 from django.contrib import admin, messages
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path
+from django.views.decorators.http import require_POST
 
 from dashboard.channels import RULE_EVENTS, Channel, Delivery
 from dashboard.notifications import send_test
@@ -49,15 +52,30 @@ class ChannelAdmin(admin.ModelAdmin):
     def event_list(self, channel):
         return ", ".join(channel.events)
 
+    def get_urls(self):
+        send = require_POST(self.admin_site.admin_view(self.send_test_view))
+        return [path("<int:pk>/send-test/", send, name="dashboard_channel_send_test"),
+                *super().get_urls()]
+
+    def send_test_view(self, request, pk):
+        channel = get_object_or_404(Channel, pk=pk)
+        if not self.has_change_permission(request, channel):
+            return redirect("admin:index")
+        self._test(request, channel)
+        return redirect("admin:dashboard_channel_change", pk)
+
     @admin.action(description="Send a test message")
     def send_test_message(self, request, queryset):
         for channel in queryset:
-            delivery = send_test(channel)
-            if delivery.state == Delivery.State.SENT:
-                self.message_user(request, f"{channel}: test message sent.", messages.SUCCESS)
-            else:
-                self.message_user(request, f"{channel}: not delivered: {delivery.error}",
-                                  messages.ERROR)
+            self._test(request, channel)
+
+    def _test(self, request, channel):
+        delivery = send_test(channel)
+        if delivery.state == Delivery.State.SENT:
+            self.message_user(request, f"{channel}: test message sent.", messages.SUCCESS)
+        else:
+            self.message_user(request, f"{channel}: not delivered: {delivery.error}",
+                              messages.ERROR)
 
 
 @admin.register(Delivery)

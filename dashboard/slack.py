@@ -149,10 +149,13 @@ def interactive(request):
     except (KeyError, TypeError, ValueError):
         return HttpResponse("Not an interaction payload.", status=400)
 
-    if kind == "block_actions":
-        return _button(payload, trigger, slack_user)
-    if kind == "view_submission" and payload.get("view", {}).get("callback_id") == CANCEL_MODAL:
-        return _cancel_submitted(payload, trigger, slack_user)
+    try:
+        if kind == "block_actions":
+            return _button(payload, trigger, slack_user)
+        if kind == "view_submission" and payload["view"]["callback_id"] == CANCEL_MODAL:
+            return _cancel_submitted(payload, trigger, slack_user)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return HttpResponse("Not a Runboard interaction.", status=400)
     return HttpResponse(status=200)  # nothing of ours: acknowledge and ignore
 
 
@@ -215,7 +218,7 @@ def _cancel_submitted(payload: dict, trigger: str, slack_user: str):
         view = payload["view"]
         meta = json.loads(view["private_metadata"])
         run_id = int(meta["run"])
-        comment = view["state"]["values"]["comment"]["comment"]["value"] or ""
+        comment = str(view["state"]["values"]["comment"]["comment"]["value"] or "")[:2000]
     except (KeyError, TypeError, ValueError):
         return HttpResponse("Not a Runboard dialog.", status=400)
     if not comment.strip():

@@ -46,11 +46,15 @@ def test_admin_keeps_the_url_secret_and_sends_a_test(client, admin_user):
         response = client.post("/admin/dashboard/channel/", {
             "action": "send_test_message", "_selected_action": [channel.pk]}, follow=True)
         assert b"Ops: test message sent." in response.content
+        assert b"Send a test" in client.get(
+            f"/admin/dashboard/channel/{channel.pk}/change/").content
+        response = client.post(f"/admin/dashboard/channel/{channel.pk}/send-test/", follow=True)
+        assert b"Ops: test message sent." in response.content
     posts = hook.to("/secret-hook-path")
-    assert len(posts) == 1 and posts[0].json["title"] == "Runboard test message"
+    assert len(posts) == 2 and posts[0].json["title"] == "Runboard test message"
     log = client.get("/admin/dashboard/delivery/").content.decode()
     assert "Runboard test message" in log
-    assert Delivery.objects.get().state == "sent"
+    assert list(Delivery.objects.values_list("state", flat=True)) == ["sent", "sent"]
 
 
 @pytest.mark.django_db

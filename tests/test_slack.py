@@ -234,3 +234,26 @@ def test_cancel_asks_for_a_comment_in_a_dialog_then_cancels_once(
     assert (record.user, record.kind, record.comment) == (
         manager, "cancel", "Wrong artefact, stopping it")
     assert responses(slack, "T-cancel")[0]["text"].startswith("Cancelled by manager at ")
+
+
+def test_signed_nonsense_is_a_clear_400_and_changes_nothing(client, slack, buddy_sim,
+                                                            buddy_connection):
+    base = {"trigger_id": "T-x", "user": {"id": "U0MANAGER"}}
+    bodies = [
+        "payload=not-json", "nothing=here", urlencode({"payload": "[1, 2]"}),
+        urlencode({"payload": json.dumps({**base, "type": "block_actions", "actions": []})}),
+        urlencode({"payload": json.dumps({**base, "type": "block_actions", "actions": [
+            {"action_id": "runboard:approve", "value": "abc"}]})}),
+        urlencode({"payload": json.dumps({**base, "type": "block_actions", "actions": [
+            {"action_id": "runboard:approve", "value": "999999"}]})}),
+        urlencode({"payload": json.dumps({**base, "type": "block_actions", "actions": [
+            {"action_id": "runboard:delete_everything", "value": "1"}]})}),
+        urlencode({"payload": json.dumps({**base, "type": "view_submission", "view": "x"})}),
+        urlencode({"payload": json.dumps({**base, "type": "view_submission", "view": {
+            "callback_id": "runboard:cancel", "private_metadata": "{]"}})}),
+    ]
+    for body in bodies:
+        response = post(client, body, signed(body))
+        assert response.status_code == 400, body
+    assert not SlackInteraction.objects.exists() and not ActionRecord.objects.exists()
+    assert slack.to("/api/users.info") == []
