@@ -141,3 +141,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset):
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {count} token(s).", messages.SUCCESS)
+
+
+# --- notification channels (dashboard/notifications.py) -------------------------------
+
+from dashboard.notifications_admin import ChannelAdmin, DeliveryAdmin  # noqa: E402, F401

@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class DashboardConfig(AppConfig):
     name = "dashboard"
     verbose_name = "Runboard"
+
+    def ready(self):
+        from dashboard import notifications  # noqa: F401 (connects its signal)

@@ -7,6 +7,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 app = Celery("runboard")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["dashboard"])
+app.autodiscover_tasks(["dashboard"], related_name="notifications")
+app.autodiscover_tasks(["dashboard"], related_name="slack")
 
 
 @app.on_after_finalize.connect
@@ -17,3 +19,7 @@ def schedule_sync(sender, **kwargs):
         settings.RUNBOARD_SYNC_INTERVAL, sender.signature("dashboard.tasks.sync_all"),
         name="sync every connection",
     )
+    sender.add_periodic_task(60.0, sender.signature("dashboard.notifications.check_stale"),
+                             name="announce stale connections")
+    sender.add_periodic_task(300.0, sender.signature("dashboard.notifications.requeue_stuck"),
+                             name="hand out lost notifications again")

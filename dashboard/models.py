@@ -427,3 +427,7 @@ def _epoch(value) -> float:
     if isinstance(value, str):  # SQLite returns MAX() of a datetime as text
         value = datetime.fromisoformat(value)
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+# Notification channels live in their own module; imported here so Django sees them.
+from dashboard.channels import Channel, Delivery, SlackInteraction  # noqa: E402, F401

@@ -246,3 +246,21 @@ LOGGING = {
     # axes: failed logins and lockouts (WARNING) stay, every successful login does not.
     "loggers": {"httpx": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }
+
+# --- notifications, link previews, Slack (dashboard/notifications.py, previews.py, slack.py)
+# Where users reach Runboard: the absolute run links in notifications start with it.
+RUNBOARD_BASE_URL = env.str("RUNBOARD_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+# A run that finished longer ago than this is not announced (a first sync's history).
+RUNBOARD_NOTIFY_MAX_AGE = env.float("RUNBOARD_NOTIFY_MAX_AGE", default=3600.0)
+# First retry delay of a notification that could not be delivered; doubles per retry (s).
+RUNBOARD_NOTIFY_BACKOFF = env.float("RUNBOARD_NOTIFY_BACKOFF", default=10.0)
+# Let chat unfurlers read a run link's title, status, environment and version (only
+# those) without logging in. Off: a run link shows the login page to anyone anonymous.
+RUNBOARD_PUBLIC_PREVIEWS = env.bool("RUNBOARD_PUBLIC_PREVIEWS", default=False)
+# The Slack app (README): its signing secret, its bot token, and the Web API's root.
+RUNBOARD_SLACK_SIGNING_SECRET = env.str("RUNBOARD_SLACK_SIGNING_SECRET", default="")
+RUNBOARD_SLACK_BOT_TOKEN = env.str("RUNBOARD_SLACK_BOT_TOKEN", default="")
+RUNBOARD_SLACK_API_URL = env.str("RUNBOARD_SLACK_API_URL", default="https://slack.com/api/")
+# Answers go only to response_urls under this prefix (the payload names the URL).
+RUNBOARD_SLACK_RESPONSE_URL_PREFIX = env.str("RUNBOARD_SLACK_RESPONSE_URL_PREFIX",
+                                             default="https://hooks.slack.com/")

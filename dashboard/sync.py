@@ -29,6 +29,7 @@ from django.db import connection as db
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
+from dashboard import notifications
 from dashboard.models import Connection, Environment, Job, Project, Run, data_changed
 from providers.base import (
     EnvironmentData,
@@ -184,6 +185,8 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
                 for r in latest.values() if r.external_id[:200] in run_ids
                 for job in r.jobs
             ])
+        # Tell channels about state changes once this commits (dashboard/notifications.py).
+        notifications.runs_written({pk: latest[key].status for key, pk in run_ids.items()})
     return len(run_ids)
 
 

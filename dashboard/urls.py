@@ -3,14 +3,15 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
-from dashboard import api, auth, health, views
+from dashboard import api, auth, health, previews, slack, views
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="run-list", permanent=False)),
     path("runs/", views.run_list, name="run-list"),
-    path("runs/<int:pk>/", views.run_detail, name="run-detail"),
+    path("runs/<int:pk>/", previews.public_preview(views.run_detail), name="run-detail"),
     path("runs/<int:pk>/<str:kind>/", views.run_action, name="run-action"),
-    path("runs/<str:provider>/<path:external_id>/", views.run_permalink, name="run-permalink"),
+    path("runs/<str:provider>/<path:external_id>/", previews.public_preview(views.run_permalink),
+         name="run-permalink"),
     path("environments/", views.environment_board, name="environment-board"),
     path("connections/", views.connections, name="connections"),
     path("audit/", views.audit, name="audit"),
@@ -21,6 +22,7 @@ urlpatterns = [
     path("oidc/authenticate/", auth.oidc_login, name="oidc_authentication_init"),
     path("oidc/callback/", auth.oidc_callback, name="oidc_authentication_callback"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("slack/interactive/", slack.interactive, name="slack-interactive"),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
