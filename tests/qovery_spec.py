@@ -71,18 +71,16 @@ def violations(exchanges) -> list[str]:
     found = []
     for exchange in exchanges:
         request, response = openapi_pair(exchange)
-        where = f"{exchange[0].method} {exchange[0].path} -> {exchange[1]}"
-        sent = exchange[0]
+        sent, status = exchange[0], exchange[1]
+        where = f"{sent.method} {sent.path} -> {status}"
         validator = spec()
-        if not response.data and documents_no_content(sent.method, sent.path, exchange[1]):
+        if not response.data and documents_no_content(sent.method, sent.path, status):
             validator = spec_without_content()
-        for check in (lambda: spec().validate_request(request),
-                      lambda v=validator: v.validate_response(request, response)):
-            try:
-                check()
-            except Exception as exc:  # openapi-core raises one class per kind of refusal
-                found.append(f"{where}: {type(exc).__name__}: {exc} {exc.__cause__ or ''}")
-                break
+        try:
+            spec().validate_request(request)
+            validator.validate_response(request, response)
+        except Exception as exc:  # openapi-core raises one class per kind of refusal
+            found.append(f"{where}: {type(exc).__name__}: {exc} {exc.__cause__ or ''}")
     return found
 
 
@@ -90,7 +88,7 @@ def violations(exchanges) -> list[str]:
 def _templates() -> list[tuple[re.Pattern, str, str, object]]:
     paths = spec().spec / "paths"
     found = []
-    for template in paths.keys():
+    for template in paths:
         regex = re.compile("^" + re.sub(r"\{\w+\}", "[^/]+", template) + "$")
         for method in ("get", "post", "put", "delete", "patch"):
             if method in paths / template:

@@ -73,7 +73,7 @@ def test_a_full_sync_and_every_action_validate_against_the_spec(demo_sim):
         client.discover()
     exchanges = list(sim.exchanges)
     used = {operation(r.method, r.path) for r, *_ in exchanges}
-    assert CLIENT_OPERATIONS <= used, CLIENT_OPERATIONS - used
+    assert used >= CLIENT_OPERATIONS, CLIENT_OPERATIONS - used
     assert {status for _, status, _, _ in exchanges} >= {200, 202, 404, 409}
     assert violations(exchanges) == []
 
