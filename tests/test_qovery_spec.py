@@ -136,3 +136,18 @@ def test_an_answer_with_an_undocumented_status_code_fails_validation(demo_sim):
     request, response = openapi_pair((cancel[0], 200, cancel[2], cancel[3]))
     with pytest.raises(ResponseNotFound):
         spec().validate_response(request, response)
+
+
+def test_the_live_demo_queues_requests_and_every_pass_validates(demo_sim):
+    """The demo adds deployments over time, queueing some behind busy environments."""
+    sim, scope = demo_sim
+    rng = random.Random(3)
+    queued_seen = set()
+    with QoveryProvider(sim.url, sim.token, scope) as client:
+        for _ in range(12):
+            sim.spawn_demo(rng)
+            runs = [r for page in client.list_runs() for r in page]
+            queued_seen |= {r.external_id for r in runs if "deployment_request" in r.locator}
+            sim.advance(15)
+    assert queued_seen, "the demo should show queued deployment requests"
+    assert violations(sim.exchanges) == []

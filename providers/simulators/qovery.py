@@ -323,7 +323,7 @@ class QoverySimulator(Simulator):
         busy environment's deployment (Qovery runs one operation at a time)."""
         with self.lock:
             idle = sorted(e for e in self.environments if not self._busy(e))
-            waiting = {r["environment"] for r in self._queued()}
+            waiting = {r["environment"] for _, r in self._queued()}
             busy = sorted(e for e in self.environments if self._busy(e) and e not in waiting)
             if busy and (not idle or rng.random() < 0.25):
                 self.queue_deployment(rng.choice(busy), triggered_by=rng.choice(PEOPLE),
