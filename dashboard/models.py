@@ -228,8 +228,11 @@ class Run(models.Model):
 
 def mark_superseded(runs) -> None:
     """Set `superseded` on each run, with one query for them all: for each environment,
-    its newest run's creation time, read off the (environment, -created_at) index."""
-    newest = Run.objects.filter(environment=OuterRef("pk")).order_by("-created_at")
+    its newest started run's creation time, read off the (environment, -created_at) index."""
+    # A run that has not started (a request waiting in Qovery's queue) supersedes nothing:
+    # the environment's current run is still the one before it.
+    newest = Run.objects.filter(environment=OuterRef("pk"), started_at__isnull=False).order_by(
+        "-created_at")
     environments = {run.environment_id for run in runs if run.environment_id}
     newest_by_environment = dict(
         Environment.objects.filter(pk__in=environments)

@@ -1,40 +1,56 @@
 """Qovery: deployments of the environments of an organization.
 
-A run is one deployment of one Qovery environment (external id
-"<environment id>/<deployment id>"). The environment is Runboard's environment, its
-Qovery project Runboard's project; the services the deployment touched are its jobs.
+A run is one *execution* of one Qovery environment (external id
+"<environment id>/<execution id>"), or one deployment request still waiting in the
+environment's queue ("<environment id>/request/<deployment request id>"). The
+environment is Runboard's environment, its Qovery project Runboard's project; the
+services of the execution's stages are its jobs.
 
-Documented (seed page): POST /environment/{environmentId}/cancelDeployment with body
-{"force_cancel": bool} (forcing also cancels everything else running in the environment,
-e.g. lifecycle jobs the deployment started); cancelling is only *requested* (asynchronous);
-the answer is the environment status {id, state, last_deployment_state,
-last_deployment_date, last_deployment_id, total_deployment_duration_in_seconds, origin,
-triggered_by, deployment_status}; the 28 `state` values and the `origin` and
-`deployment_status` values; JWTs are sent as "Authorization: Bearer <jwt>".
-From Qovery's public API reference (OpenAPI spec and generated clients):
-- API tokens are sent as "Authorization: Token <token>" (ApiKeyAuth);
-- GET /organization/{id}/project and GET /project/{id}/environment answer {"results": [...]};
-  GET /project/{id} and GET /environment/{id} (environment.project is a {id} reference);
-- GET /environment/{id}/status answers the environment status above;
-- GET /environment/{id}/deploymentHistory lists deployments newest first, 20 a page,
-  {page, page_size, results: [{id, created_at, updated_at, status, origin, triggered_by,
-  applications, containers, databases, jobs, helms}]}; the next page is asked with
-  ?startId=<last id of the page> ("starting point after which to return results"). Its
-  V2 (deploymentHistoryV2) has another shape; we use the first, stable one;
-- service entries: {id, created_at, updated_at, name, status, commit {git_commit_id, tag,
-  message, author_name}}; applications/containers/databases use GlobalDeploymentStatus
-  (adds BUILT, RUNNING, RUNNING_ERROR), jobs/helms the same 28 states;
-- cancelDeployment answers 202, or 409 "Environment deployment is already cancelled or an
-  operation is in progress"; POST /environment/{id}/redeploy answers 202 with the
-  environment status, or 409 "Operation is in progress";
+Documented (Qovery's public OpenAPI spec — a cut is in
+tests/fixtures/specs/qovery-openapi-subset.yaml and every request this client sends is
+validated against it — and the seed page):
+- auth: API tokens as "Authorization: Token <token>" (ApiKeyAuth), JWTs as
+  "Authorization: Bearer <jwt>" (bearerAuth); Qovery's CLI picks the scheme by the
+  token's shape, as we do;
+- GET /organization/{id}/project, GET /project/{id}/environment ({"results": [...]}),
+  GET /project/{id}, GET /environment/{id} (environment.project is a {id} reference);
+- GET /environment/{id}/status: {id, state, last_deployment_state, last_deployment_date,
+  last_deployment_id, total_deployment_duration_in_seconds, origin, triggered_by,
+  deployment_status, deployment_request_id}; `state` and `last_deployment_state` take the
+  29 StateEnum values (UNAVAILABLE included);
+- GET /environment/{id}/deploymentHistoryV2?pageSize=N (default 20): executions newest
+  first, {page, page_size, results: [{identifier {execution_id, environment_id},
+  auditing_data {created_at, updated_at, triggered_by, origin}, status, trigger_action,
+  total_duration, stages [{name, status, duration, services [...]}], action_status}]};
+  it has no page or startId parameter. `last_deployment_id` is an execution id: Qovery's
+  console matches it against `identifier.execution_id` (format "environment_id-version").
+  V1 deploymentHistory (startId paging, 20 a page) is not read: its item `id` is another
+  identifier, which matches nothing in the status, and it lacks trigger action and stages;
+- GET /environment/{id}/deploymentQueue: {"results": [{identifier
+  {deployment_request_id, environment_id}, auditing_data {triggered_by, origin},
+  trigger_action, stages}]}; POST /deploymentQueue/{id}/cancelDeployment answers 202
+  (no body) or 409 "Deployment request is already cancelled or an operation is in progress";
+- POST /environment/{id}/cancelDeployment {"force_cancel": bool} answers 202 with the
+  environment status (cancelling is only *requested*) or 409; POST
+  /environment/{id}/redeploy answers 202 with the environment status, or 409;
+- an action answer whose `deployment_request_id` is set went to the queue (Qovery's
+  console then says "Your service is queuing");
 - there is no approval step in this API (approve/reject stay unsupported).
 Not documented anywhere we could read, and so assumed here:
-- the error body shape: {"message": ...} (the spec gives error responses no schema);
+- error bodies (the spec gives them no schema): Qovery's Terraform provider reads
+  {"status", "detail"}; the base client reads `detail` (and `message`) from them;
 - rate limits: none documented, no rate-limit headers; we rely on 429 + Retry-After;
-- startId is exclusive (we also skip the start item should it come back);
-- `last_deployment_state` is the state of the deployment `last_deployment_id` names
-  (`state` is the environment's), so it is the run's status while it is current;
-- redeploy's answer names the NEW deployment in `last_deployment_id`;
+- paging: V2 can only be asked for its newest `pageSize`; we ask 100 (what Qovery's
+  console asks; no maximum is documented), so older executions are not listed;
+- `last_deployment_state` is the state of the execution `last_deployment_id` names;
+- a redeploy's answer may or may not name the new execution (the console notes it
+  cannot link an action answer to its execution id): we look for the new run in the
+  queue (by `deployment_request_id`), then in the newest execution;
+- a queued request carries no timestamp: its run has no creation time (it sorts as the
+  newest); a request that left the queue without our cancel started as an execution (or
+  was cancelled in Qovery): its run ends as SKIPPED with raw status "DEQUEUED" (a
+  Runboard word, not a Qovery value), the execution being a run of its own;
+- `details` of a V2 service: only `commit` is read (the spec's oneOf is ambiguous);
 - a link to a deployment in Qovery's console: no documented URL pattern, so no web_url.
 """
 
@@ -57,14 +73,13 @@ from providers.base import (
     Provider,
     RunData,
     Status,
-    map_status,
     parse_time,
     require,
     text,
 )
 
-# The 28 documented `state` values. Each names an operation (deploy, restart, stop, delete)
-# and how far it got; a deployment record may be any of these operations.
+# All 29 StateEnum values. Each names an operation (deploy, restart, stop, delete) and
+# how far it got; an execution may be any of these operations.
 STATUS_MAP: dict[str, Status] = {
     "QUEUED": Status.QUEUED,
     "DEPLOYMENT_QUEUED": Status.QUEUED,
@@ -86,7 +101,7 @@ STATUS_MAP: dict[str, Status] = {
     # RECAP: the engine's closing summary of a deployment still under way.
     "RECAP": Status.RUNNING,
     "DEPLOYED": Status.SUCCEEDED,
-    # Stopping, restarting or deleting was what this deployment record ran, and it worked.
+    # Stopping, restarting or deleting was what this execution ran, and it worked.
     "RESTARTED": Status.SUCCEEDED,
     "STOPPED": Status.SUCCEEDED,
     "DELETED": Status.SUCCEEDED,
@@ -99,17 +114,17 @@ STATUS_MAP: dict[str, Status] = {
     "CANCELED": Status.CANCELLED,
     # Created but never deployed: nothing ran.
     "READY": Status.SKIPPED,
+    # Qovery cannot tell the state ("Status unavailable" in its console): neither we.
+    "UNAVAILABLE": Status.UNKNOWN,
 }
 
-# Services in a deployment record: jobs and helms use the states above, applications,
-# containers and databases use GlobalDeploymentStatus, which adds these three.
-SERVICE_STATUS_MAP: dict[str, Status] = {
-    **STATUS_MAP,
-    "BUILT": Status.RUNNING,  # image built, not deployed yet
-    "RUNNING": Status.SUCCEEDED,  # deployed and running
-    "RUNNING_ERROR": Status.FAILED,
-}
-SERVICE_KINDS = ("databases", "applications", "containers", "helms", "jobs")
+# Runboard's raw status of a queued request's run (Qovery's console shows "QUEUED"),
+# and of one that left the queue without our cancel (see the module docstring).
+REQUEST_QUEUED = "QUEUED"
+REQUEST_DEQUEUED = "DEQUEUED"
+
+# deploymentHistoryV2 `pageSize`: what Qovery's console asks for (no documented maximum).
+HISTORY_PAGE_SIZE = 100
 
 IN_PROGRESS = frozenset({Status.QUEUED, Status.RUNNING, Status.WAITING})
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})
@@ -204,7 +219,7 @@ class QoveryProvider(Provider):
             projects.update(self._projects_by_id)  # projects without environments too
         return Discovery(projects=list(projects.values()), environments=environments)
 
-    # -- runs ------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------
 
     def _status(self, environment_id: str) -> dict[str, Any]:
         body = self.request("GET", f"/environment/{environment_id}/status")
@@ -212,56 +227,72 @@ class QoveryProvider(Provider):
             raise BadPayload("environment status is not an object")
         return body
 
-    def _history_pages(self, environment_id: str) -> Iterator[list[dict[str, Any]]]:
-        """The environment's deployment records, a page at a time, newest first."""
-        path = f"/environment/{environment_id}/deploymentHistory"
-        start_id = None
-        while True:
-            body = self.request("GET", path, params={"startId": start_id} if start_id else None)
-            items = [i for i in self._results(body) if i.get("id") != start_id]
-            if items:
-                yield items
-            page_size = body.get("page_size") if isinstance(body, dict) else None
-            last_id = items[-1].get("id") if items else None
-            full = isinstance(page_size, int | float) and len(items) >= page_size
-            if not items or not full or not last_id or last_id == start_id:
-                return
-            start_id = last_id
+    def _executions(self, environment_id: str, size: int = HISTORY_PAGE_SIZE) -> list[dict]:
+        """The environment's newest executions, newest first (V2 cannot page further)."""
+        body = self.request("GET", f"/environment/{environment_id}/deploymentHistoryV2",
+                            params={"pageSize": size})
+        return self._results(body)
+
+    def _queue(self, environment_id: str) -> list[dict[str, Any]]:
+        return self._results(
+            self.request("GET", f"/environment/{environment_id}/deploymentQueue"))
+
+    @staticmethod
+    def _execution_id(item: Mapping[str, Any]) -> str:
+        return text(require(require(item, "identifier"), "execution_id"), 100)
+
+    @staticmethod
+    def _request_id(item: Mapping[str, Any]) -> str:
+        return text(require(require(item, "identifier"), "deployment_request_id"), 100)
 
     def list_runs(self, since: datetime | None = None) -> Iterator[list[RunData]]:
+        # One page per environment: V2 has no further pages, so `since` saves nothing.
         for environment in self._environments():
             status = self._status(environment.external_id)
-            for items in self._history_pages(environment.external_id):
-                runs = [self.parse_history_item(item, environment, status) for item in items]
-                yield runs
-                if since and all(r.created_at and r.created_at < since for r in runs):
-                    break
-
-    def _find(self, environment_id: str, deployment_id: str) -> dict[str, Any]:
-        for items in self._history_pages(environment_id):
-            for item in items:
-                if item.get("id") == deployment_id:
-                    return item
-        raise NotFound(f"Qovery has no deployment {deployment_id} in this environment")
+            queued = [self.parse_request(item, environment)
+                      for item in self._queue(environment.external_id)]
+            executions = [self.parse_execution(item, environment, status)
+                          for item in self._executions(environment.external_id)]
+            if queued or executions:
+                yield queued + executions
 
     def get_run(self, locator: Mapping[str, Any]) -> RunData:
         environment = self._environment(locator["environment"])
+        if locator.get("deployment_request"):
+            return self._get_request(locator, environment)
+        if not locator.get("execution"):
+            # A run stored before executions were the identity (a V1 history id).
+            raise NotFound("Qovery knows this deployment by another id now")
         status = self._status(environment.external_id)
-        item = self._find(environment.external_id, locator["deployment"])
-        return self.parse_history_item(item, environment, status)
+        for item in self._executions(environment.external_id):
+            if self._execution_id(item) == locator["execution"]:
+                return self.parse_execution(item, environment, status)
+        raise NotFound(f"Qovery lists no execution {locator['execution']} among the "
+                       f"{HISTORY_PAGE_SIZE} newest of this environment")
+
+    def _get_request(self, locator: Mapping[str, Any], environment: EnvironmentData):
+        request_id = locator["deployment_request"]
+        for item in self._queue(environment.external_id):
+            if self._request_id(item) == request_id:
+                return self.parse_request(item, environment, locator)
+        # Gone from the queue: cancelled if we asked for it, otherwise it started.
+        cancelled = bool(locator.get("cancel_requested"))
+        return self.parse_request(
+            {"identifier": {"deployment_request_id": request_id}}, environment, locator,
+            raw_status="CANCELED" if cancelled else REQUEST_DEQUEUED)
 
     # -- actions ---------------------------------------------------------------------
 
     def _current(self, locator: Mapping[str, Any], verb: str) -> tuple[dict, Status]:
-        """The environment status, refusing unless this run is its current deployment:
-        Qovery's actions address the environment, not one deployment."""
+        """The environment status, refusing unless this run is its current execution:
+        Qovery's actions address the environment, not one execution."""
         status = self._status(locator["environment"])
         current = status.get("last_deployment_id")
-        if current != locator["deployment"]:
+        if not locator.get("execution") or current != locator["execution"]:
             raise Conflict(
-                f"Cannot {verb}: deployment {locator['deployment']} is no longer the "
-                f"environment's current deployment (that is {current or 'none'}); Qovery "
-                f"would act on that one instead."
+                f"Cannot {verb}: this deployment is no longer the environment's current "
+                f"deployment (that is {current or 'none'}); Qovery would act on that one "
+                "instead."
             )
         raw = text(require(status, "last_deployment_state"), 64)
         return status, self.map_status(raw)
@@ -269,110 +300,158 @@ class QoveryProvider(Provider):
     def cancel(self, locator, comment="", force=False) -> RunData:
         # Qovery's cancel takes no comment: it is kept in Runboard's audit only.
         environment = self._environment(locator["environment"])
+        if locator.get("deployment_request"):
+            return self._cancel_request(locator, environment)
         _, state = self._current(locator, "cancel")
         if state not in IN_PROGRESS:
             raise Conflict(f"Cannot cancel: the deployment is {state.label.lower()}, "
                            "not in progress.")
-        item = self._find(environment.external_id, locator["deployment"])
         answer = self.request(
             "POST", f"/environment/{environment.external_id}/cancelDeployment",
             json={"force_cancel": bool(force)},
         )
-        return self.parse_history_item(item, environment, answer)
+        for item in self._executions(environment.external_id):
+            if self._execution_id(item) == locator["execution"]:
+                return self.parse_execution(item, environment, answer)
+        raise NotFound(f"Qovery no longer lists execution {locator['execution']}")
+
+    def _cancel_request(self, locator, environment: EnvironmentData) -> RunData:
+        if self._get_request(locator, environment).raw_status != REQUEST_QUEUED:
+            raise Conflict("Cannot cancel: the deployment request has left the queue.")
+        self.request("POST", f"/deploymentQueue/{locator['deployment_request']}"
+                             "/cancelDeployment", json={})
+        # Cancelling is requested; the run ends once the request has left the queue.
+        return self.parse_request(
+            {"identifier": {"deployment_request_id": locator["deployment_request"]}},
+            environment, {**locator, "cancel_requested": True}, raw_status="CANCELING")
 
     def retry(self, locator) -> RunData | dict[str, Any]:
-        """Redeploy the environment: a NEW deployment, returned as its own run."""
+        """Redeploy the environment: a NEW run (a queued request or an execution),
+        returned so that Runboard can link to it."""
         environment = self._environment(locator["environment"])
         _, state = self._current(locator, "redeploy")
         if state not in RETRYABLE:
             raise Conflict(f"Cannot redeploy: the deployment is {state.label.lower()}; "
                            "only a failed or cancelled deployment is retried.")
         answer = self.request("POST", f"/environment/{environment.external_id}/redeploy")
-        new_id = answer.get("last_deployment_id") if isinstance(answer, dict) else None
-        if not new_id or new_id == locator["deployment"]:
-            # The answer does not name the new deployment yet: keep it as the record of
-            # the action and let the next sync pick the deployment up.
-            return answer
-        for item in next(self._history_pages(environment.external_id), []):
-            if item.get("id") == new_id:
-                return self.parse_history_item(item, environment, answer)
-        return self.parse_environment_status(answer, environment)
+        answer = answer if isinstance(answer, dict) else {}
+        request_id = answer.get("deployment_request_id")
+        if request_id:  # it went to the queue
+            for item in self._queue(environment.external_id):
+                if self._request_id(item) == request_id:
+                    return self.parse_request(item, environment)
+        newest = next(iter(self._executions(environment.external_id, size=1)), None)
+        if newest and self._execution_id(newest) != locator["execution"]:
+            return self.parse_execution(newest, environment, self._status(
+                environment.external_id))
+        # Qovery has not shown the new run yet: keep the answer as the action's record;
+        # the next sync picks the run up.
+        return answer
 
     # -- parsing ---------------------------------------------------------------------
 
-    def parse_history_item(self, item: Any, environment: EnvironmentData,
-                           status: Any = None) -> RunData:
-        require(item, "created_at")
-        return self.parse_deployment(item, environment, status)
+    @staticmethod
+    def _where(environment: EnvironmentData) -> str:
+        project = environment.project
+        return f"{project.name}/{environment.name}" if project else environment.name
 
-    def parse_environment_status(self, status: Any, environment: EnvironmentData) -> RunData:
-        """The current deployment from the environment status alone (e.g. just after a
-        redeploy, before the deployment shows in the history)."""
-        item = {"id": require(status, "last_deployment_id"),
-                "created_at": status.get("last_deployment_date")}
-        return self.parse_deployment(item, environment, status)
-
-    def parse_deployment(self, item: Any, environment: EnvironmentData,
-                         status: Any = None) -> RunData:
-        """A deployment record; when it is the environment's current deployment the
+    def parse_execution(self, item: Any, environment: EnvironmentData,
+                        status: Any = None) -> RunData:
+        """A V2 history record; when it is the environment's current execution the
         environment status is laid over it, as it is the fresher of the two."""
-        deployment_id = text(require(item, "id"), 100)
-        current = isinstance(status, dict) and status.get("last_deployment_id") == deployment_id
-        raw_status = text(item.get("status"), 64)
-        if current:
-            raw_status = text(require(status, "last_deployment_state"), 64)
+        execution_id = self._execution_id(item)
+        auditing = item.get("auditing_data")
+        auditing = auditing if isinstance(auditing, dict) else {}
+        current = isinstance(status, dict) and status.get("last_deployment_id") == execution_id
+        raw_status = text(require(item, "status"), 64)
+        if current and status.get("last_deployment_state"):
+            raw_status = text(status["last_deployment_state"], 64)
         run_status = self.map_status(raw_status)
-        latest = status if current else {}
-        services = self._parse_services(item)
-        # Qovery records a commit per service; the first one stands for the deployment.
-        commit = next((c for _, c in services if c), {})
-        created = parse_time(item.get("created_at"))
-        updated = parse_time(item.get("updated_at"))
+        jobs, commit = self._parse_stages(item.get("stages"))
+        created = parse_time(auditing.get("created_at"))
+        updated = parse_time(auditing.get("updated_at"))
         raw = dict(item)
         if current:
             raw["environment_status"] = status
             # deployment_status (NEVER_DEPLOYED / UP_TO_DATE / OUT_OF_DATE) describes the
-            # environment against its configuration, not this run: kept here for display.
+            # environment against its configuration, not this run: kept for display.
             raw["deployment_status"] = status.get("deployment_status")
         commit_id = text(commit.get("git_commit_id"), 64)
-        project = environment.project
-        where = f"{project.name}/{environment.name}" if project else environment.name
+        # "environment_id-version": the version is what tells executions apart.
+        prefix = f"{environment.external_id}-"
+        short = execution_id[len(prefix):] if execution_id.startswith(prefix) else execution_id
+        action = text(item.get("trigger_action"), 32).lower() or "deployment"
         return RunData(
-            external_id=f"{environment.external_id}/{deployment_id}",
-            locator={"environment": environment.external_id, "deployment": deployment_id},
+            external_id=f"{environment.external_id}/{execution_id}",
+            locator={"environment": environment.external_id, "execution": execution_id},
             status=run_status,
             raw_status=raw_status,
-            name=f"{where} deployment {deployment_id[:8]}",
+            name=f"{self._where(environment)} {action} #{short[:40]}",
             version=text(commit.get("tag"), 200) or commit_id[:12],
             commit=commit_id,
-            triggered_by=text(item.get("triggered_by") or latest.get("triggered_by"), 200),
+            triggered_by=text(auditing.get("triggered_by"), 200),
             project=environment.project,
             environment=environment,
             created_at=created,
             started_at=created,
             finished_at=(updated or created) if run_status in FINISHED else None,
             raw=raw,
-            jobs=[job for job, _ in services],
+            jobs=jobs,
         )
 
-    def _parse_services(self, item: Mapping[str, Any]) -> list[tuple[JobData, dict]]:
-        """The services this deployment touched, as jobs, each with its commit (or {})."""
-        services: list[tuple[JobData, dict]] = []
-        for kind in SERVICE_KINDS:
-            entries = item.get(kind)
-            for entry in entries if isinstance(entries, list) else []:
-                if not isinstance(entry, dict):
+    def _parse_stages(self, stages: Any) -> tuple[list[JobData], dict[str, Any]]:
+        """The services of every stage, in order, as jobs; and the first commit found
+        (Qovery records one per service; the first stands for the execution)."""
+        jobs: list[JobData] = []
+        commit: dict[str, Any] = {}
+        for stage in stages if isinstance(stages, list) else []:
+            services = stage.get("services") if isinstance(stage, dict) else None
+            for service in services if isinstance(services, list) else []:
+                if not isinstance(service, dict):
                     continue
-                raw = text(entry.get("status"), 64)
-                state = map_status(self.key, SERVICE_STATUS_MAP, raw) if raw else Status.UNKNOWN
-                commit = entry.get("commit")
-                services.append((JobData(
-                    external_id=f"{kind}/{text(entry.get('id'), 100)}",
-                    name=text(entry.get("name"), 300) or kind[:-1],
+                identifier = service.get("identifier")
+                identifier = identifier if isinstance(identifier, dict) else {}
+                auditing = service.get("auditing_data")
+                auditing = auditing if isinstance(auditing, dict) else {}
+                details = service.get("details")
+                found = details.get("commit") if isinstance(details, dict) else None
+                if not commit and isinstance(found, dict):
+                    commit = found
+                raw = text(service.get("status"), 64)
+                state = self.map_status(raw) if raw else Status.UNKNOWN
+                kind = text(identifier.get("service_type"), 32).lower() or "service"
+                jobs.append(JobData(
+                    external_id=f"{kind}/{text(identifier.get('service_id'), 100)}",
+                    name=text(identifier.get("name"), 300) or kind,
                     status=state,
                     raw_status=raw,
-                    order=len(services),
-                    started_at=parse_time(entry.get("created_at")),
-                    finished_at=parse_time(entry.get("updated_at")) if state in FINISHED else None,
-                ), commit if isinstance(commit, dict) else {}))
-        return services
+                    order=len(jobs),
+                    started_at=parse_time(auditing.get("created_at")),
+                    finished_at=parse_time(auditing.get("updated_at"))
+                    if state in FINISHED else None,
+                ))
+        return jobs, commit
+
+    def parse_request(self, item: Any, environment: EnvironmentData,
+                      locator: Mapping[str, Any] | None = None,
+                      raw_status: str = REQUEST_QUEUED) -> RunData:
+        """A deployment request of the queue (or one that left it): a run of its own,
+        without a creation time, as Qovery gives it none."""
+        request_id = self._request_id(item)
+        auditing = item.get("auditing_data")
+        auditing = auditing if isinstance(auditing, dict) else {}
+        status = {REQUEST_QUEUED: Status.QUEUED, "CANCELING": Status.CANCELLING,
+                  "CANCELED": Status.CANCELLED, REQUEST_DEQUEUED: Status.SKIPPED}[raw_status]
+        return RunData(
+            external_id=f"{environment.external_id}/request/{request_id}",
+            locator={**(locator or {}), "environment": environment.external_id,
+                     "deployment_request": request_id},
+            status=status,
+            raw_status=raw_status,
+            name=f"{self._where(environment)} queued request {request_id[:8]}",
+            triggered_by=text(auditing.get("triggered_by"), 200),
+            project=environment.project,
+            environment=environment,
+            # The stages it will run are kept for display; they are a plan, not jobs.
+            raw=dict(item),
+        )

@@ -1,8 +1,8 @@
 """Qovery: status mapping, the seed's payloads, and the client against its simulator."""
 
-from datetime import timedelta
 from types import SimpleNamespace
 
+import httpx
 import pytest
 
 from providers.base import (
@@ -17,13 +17,16 @@ from providers.base import (
     RateLimited,
     Status,
 )
-from providers.qovery import SERVICE_STATUS_MAP, STATUS_MAP, QoveryProvider
+from providers.qovery import STATUS_MAP, QoveryProvider
+from providers.simulators.base import Phase
 from providers.simulators.qovery import (
     BUILD_FAILS_PLAN,
     CANCEL_REFUSED,
     CANCELLED_PLAN,
     DEPLOY_FAILS_PLAN,
     DEPLOY_PLAN,
+    REQUEST_CANCEL_REFUSED,
+    STATES,
     QoverySimulator,
 )
 from tests.conftest import load_fixture
@@ -41,10 +44,8 @@ EXPECTED = {
     "STOP_QUEUED": Status.QUEUED, "WAITING_DELETING": Status.QUEUED,
     "WAITING_RESTARTING": Status.QUEUED, "WAITING_RUNNING": Status.QUEUED,
     "WAITING_STOPPING": Status.QUEUED,
-}
-# GlobalDeploymentStatus (applications, containers, databases) adds these three.
-EXPECTED_SERVICE_ONLY = {
-    "BUILT": Status.RUNNING, "RUNNING": Status.SUCCEEDED, "RUNNING_ERROR": Status.FAILED,
+    # Added to the spec in 2026-03; Qovery's console shows it as "Status unavailable".
+    "UNAVAILABLE": Status.UNKNOWN,
 }
 SERVICES = [("databases", "postgres-main"), ("applications", "web-frontend"),
             ("jobs", "db-migrations")]
@@ -52,7 +53,7 @@ SERVICES = [("databases", "postgres-main"), ("applications", "web-frontend"),
 
 @pytest.fixture
 def world(clock):
-    with QoverySimulator(token="qovery-test-token", clock=clock) as sim:
+    with QoverySimulator(token="qov_test_token", clock=clock) as sim:
         org = sim.add_organization("Acme Retail")
         storefront = sim.add_project(org, "storefront")
         yield SimpleNamespace(
@@ -75,7 +76,7 @@ def client(world):
 
 
 def locator(run):
-    return {"environment": run.data["environment"], "deployment": run.id}
+    return {"environment": run.data["environment"], "execution": run.id}
 
 
 def all_runs(client, **kwargs):
@@ -96,63 +97,79 @@ def test_every_documented_status_maps(raw, expected):
 
 
 def test_status_map_has_no_untested_values():
-    assert set(STATUS_MAP) == set(EXPECTED)
-    assert len(EXPECTED) == 28
+    assert set(STATUS_MAP) == set(EXPECTED) == set(STATES)
+    assert len(EXPECTED) == 29
 
 
-@pytest.mark.parametrize(("raw", "expected"),
-                         {**EXPECTED, **EXPECTED_SERVICE_ONLY}.items())
-def test_every_documented_service_status_maps(raw, expected):
-    assert SERVICE_STATUS_MAP[raw] == expected
+def test_unavailable_is_mapped_not_guessed(caplog):
+    provider = QoveryProvider.__new__(QoveryProvider)
+    assert provider.map_status("UNAVAILABLE") == Status.UNKNOWN
+    assert "unrecognised" not in caplog.text  # a documented value, not a surprise
 
 
-def test_service_status_map_has_no_untested_values():
-    assert set(SERVICE_STATUS_MAP) == set(EXPECTED) | set(EXPECTED_SERVICE_ONLY)
+@pytest.mark.parametrize(("raw", "expected"), EXPECTED.items())
+def test_every_state_served_by_the_simulator_reaches_the_run(clock, raw, expected):
+    with QoverySimulator(token="qov_states", clock=clock) as sim:
+        org = sim.add_organization("Acme")
+        env = sim.add_environment(sim.add_project(org, "shop"), "production")
+        sim.add_deployment(env, [Phase(raw, None)])
+        with QoveryProvider(sim.url, sim.token, {"organization": org}) as client:
+            [run] = all_runs(client)
+    assert (run.raw_status, run.status) == (raw, expected)
 
 
 # -- the seed page's payloads ------------------------------------------------------------
 
 
-def test_seed_example_payload_parses():
+def v2_item(execution_id, status="DEPLOYED"):
+    return {"identifier": {"execution_id": execution_id, "environment_id": "e"},
+            "auditing_data": {"created_at": "2023-11-07T05:30:00Z",
+                              "updated_at": "2023-11-07T05:31:56Z", "triggered_by": "Lena"},
+            "status": status, "trigger_action": "DEPLOY", "total_duration": "PT1M",
+            "stages": [], "action_status": "ONGOING"}
+
+
+def test_seed_example_status_overlays_the_execution_it_names():
     payload = load_fixture("qovery_environment_status.json")
     provider = QoveryProvider.__new__(QoveryProvider)
     environment = EnvironmentData(payload["id"], "production", ProjectData("p1", "storefront"))
-    run = provider.parse_environment_status(payload, environment)
+    run = provider.parse_execution(v2_item("<string>", "QUEUED"), environment, payload)
     assert run.external_id == "3c90c3cc-0d44-4b50-8888-8dd25736052a/<string>"
     assert run.locator == {"environment": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
-                           "deployment": "<string>"}
+                           "execution": "<string>"}
     assert (run.status, run.raw_status) == (Status.RUNNING, "BUILDING")
-    assert run.created_at.isoformat() == "2023-11-07T05:31:56+00:00"
+    assert run.created_at.isoformat() == "2023-11-07T05:30:00+00:00"
     assert run.finished_at is None
-    assert run.triggered_by == "<string>"
+    assert run.triggered_by == "Lena"
     assert run.environment is environment and run.project.name == "storefront"
     assert run.raw["deployment_status"] == "NEVER_DEPLOYED"
     assert run.raw["environment_status"]["origin"] == "API"
     assert run.web_url == ""  # Qovery documents no console link pattern
+    other = provider.parse_execution(v2_item("another"), environment, payload)
+    assert (other.raw_status, "deployment_status") == ("DEPLOYED", "deployment_status")
+    assert "environment_status" not in other.raw
 
 
-def test_missing_required_field_is_a_bad_payload():
-    payload = load_fixture("qovery_environment_status.json")
-    del payload["last_deployment_state"]
+def test_an_execution_without_its_identifier_is_a_bad_payload():
     provider = QoveryProvider.__new__(QoveryProvider)
-    with pytest.raises(BadPayload, match="last_deployment_state"):
-        provider.parse_environment_status(payload, EnvironmentData("e", "production"))
+    item = v2_item("x")
+    del item["identifier"]["execution_id"]
+    with pytest.raises(BadPayload, match="execution_id"):
+        provider.parse_execution(item, EnvironmentData("e", "production"))
 
 
 # -- auth and scope ----------------------------------------------------------------------
+
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJl"
 
 
 def test_api_tokens_use_the_token_scheme_and_jwts_bearer():
     provider = QoveryProvider.__new__(QoveryProvider)
     assert provider.auth_headers("qov_abc123") == {"Authorization": "Token qov_abc123"}
-    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJl"
-    assert provider.auth_headers(jwt) == {"Authorization": f"Bearer {jwt}"}
+    assert provider.auth_headers(JWT) == {"Authorization": f"Bearer {JWT}"}
 
 
-@pytest.mark.parametrize(("token", "scheme"), [
-    ("qov_plain_api_token", "Token"),
-    ("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJl", "Bearer"),
-])
+@pytest.mark.parametrize(("token", "scheme"), [("qov_plain_api_token", "Token"), (JWT, "Bearer")])
 def test_both_token_forms_are_accepted_end_to_end(clock, token, scheme):
     with QoverySimulator(token=token, clock=clock) as sim:
         org = sim.add_organization("Acme Retail")
@@ -162,13 +179,27 @@ def test_both_token_forms_are_accepted_end_to_end(clock, token, scheme):
             assert [e.name for e in client.discover().environments] == ["production"]
 
 
+@pytest.mark.parametrize(("token", "header"), [
+    ("qov_plain_api_token", "Bearer qov_plain_api_token"),  # an API token is not a JWT
+    (JWT, f"Token {JWT}"),
+    ("qov_plain_api_token", "qov_plain_api_token"),
+])
+def test_the_simulator_refuses_a_token_under_the_wrong_scheme(clock, token, header):
+    with QoverySimulator(token=token, clock=clock) as sim:
+        org = sim.add_organization("Acme Retail")
+        answer = httpx.get(f"{sim.url}/organization/{org}/project",
+                           headers={"Authorization": header})
+    assert answer.status_code == 401
+    assert answer.json() == {"status": 401, "detail": "Access token is missing or invalid"}
+
+
 def test_organization_scope_is_required():
     with pytest.raises(InvalidRequest, match="organization"):
         QoveryProvider("http://127.0.0.1:9", "t", {})
 
 
 def test_bad_token_is_an_auth_error(world):
-    bad = QoveryProvider(world.sim.url, "wrong", {"organization": world.org})
+    bad = QoveryProvider(world.sim.url, "qov_wrong", {"organization": world.org})
     with pytest.raises(AuthError, match="Access token is missing or invalid"):
         list(bad.list_runs())
 
@@ -205,26 +236,78 @@ def test_environment_scope_reads_the_environment_and_its_project(client, world):
         (world.storefront, "storefront")]
 
 
-def test_lists_deployments_across_pages_newest_first(sim, world, client):
-    sim.page_size = 2
+def test_runs_are_identified_by_the_execution_id_the_status_names(sim, world, client):
     made = [sim.add_deployment(world.production, DEPLOY_PLAN, age=age)
-            for age in (5000, 4000, 3000, 2000, 1000)]
-    pages = list(client.list_runs())
-    assert [len(p) for p in pages] == [2, 2, 1]
-    ids = [r.locator["deployment"] for page in pages for r in page]
-    assert ids == [r.id for r in reversed(made)]
-    history = [p for m, p, _ in sim.requests if p.endswith("/deploymentHistory")]
-    assert len(history) == 3  # the third page was short: no fourth request
-    first = pages[0][0]
-    assert first.external_id == f"{world.production}/{made[-1].id}"
-    assert (first.environment.name, first.project.name) == ("production", "storefront")
-    assert first.status == Status.SUCCEEDED and first.finished_at is not None
-    assert [j.name for j in first.jobs] == ["postgres-main", "web-frontend", "db-migrations"]
-    assert {j.status for j in first.jobs} == {Status.SUCCEEDED}
-    assert first.commit == made[-1].data["commit"] and first.version == first.commit[:12]
-    assert first.triggered_by == "Priya Raman"
-    assert first.raw["deployment_status"] == "UP_TO_DATE"  # the current deployment
-    assert "deployment_status" not in pages[0][1].raw
+            for age in (5000, 4000, 3000)]
+    runs = all_runs(client)
+    assert [r.locator for r in runs] == [locator(m) for m in reversed(made)]
+    # The environment status names the current deployment by its execution id ...
+    status = client._status(world.production)
+    assert status["last_deployment_id"] == runs[0].locator["execution"] == made[-1].id
+    # ... which the V1 history does not know: its ids are another identifier.
+    v1 = client.request("GET", f"/environment/{world.production}/deploymentHistory")
+    assert made[-1].id not in {item["id"] for item in v1["results"]}
+    assert runs[0].external_id == f"{world.production}/{made[-1].id}"
+    assert runs[0].raw["deployment_status"] == "UP_TO_DATE"  # the current deployment
+    assert "deployment_status" not in runs[1].raw
+
+
+def test_an_execution_reads_its_stages_services_and_commit(sim, world, client):
+    made = sim.add_deployment(world.production, DEPLOY_FAILS_PLAN, age=600)
+    [run] = all_runs(client)
+    assert (run.status, run.raw_status) == (Status.FAILED, "DEPLOYMENT_ERROR")
+    assert run.raw["trigger_action"] == "DEPLOY" and run.raw["action_status"] == "ERROR"
+    assert [s["name"] for s in run.raw["stages"]] == [
+        "DATABASE DEFAULT", "JOB DEFAULT", "APPLICATION DEFAULT"]
+    assert [(j.name, j.status) for j in run.jobs] == [
+        ("postgres-main", Status.SUCCEEDED), ("db-migrations", Status.SKIPPED),
+        ("web-frontend", Status.FAILED)]
+    assert run.commit == made.data["commit"] and run.version == run.commit[:12]
+    assert run.triggered_by == "Priya Raman"
+    assert run.name == f"storefront/production deploy #{made.id.rsplit('-', 1)[1]}"
+    assert run.finished_at is not None
+
+
+def test_history_is_read_with_one_v2_request_of_a_hundred(sim, world, client):
+    for age in range(130, 0, -1):
+        sim.add_deployment(world.production, DEPLOY_PLAN, age=age * 600)
+    runs = all_runs(client)
+    assert len(runs) == 100  # V2 has no further page: the newest 100 are what Qovery gives
+    history = [(r.path, r.query) for r, *_ in sim.exchanges if "deploymentHistory" in r.path]
+    assert history == [(f"/environment/{world.production}/deploymentHistoryV2",
+                        {"pageSize": "100"})]
+
+
+def test_v2_pages_by_page_size_with_its_documented_default(sim, world):
+    for age in range(30, 0, -1):
+        sim.add_deployment(world.production, DEPLOY_PLAN, age=age * 600)
+    path = f"{sim.url}/environment/{world.production}/deploymentHistoryV2"
+    headers = {"Authorization": f"Token {sim.token}"}
+    default = httpx.get(path, headers=headers).json()
+    assert (default["page_size"], len(default["results"])) == (20, 20)
+    small = httpx.get(path, headers=headers, params={"pageSize": 5, "startId": "x",
+                                                     "page": 3}).json()  # unknown: ignored
+    assert len(small["results"]) == 5
+    assert small["results"] == default["results"][:5]
+    assert httpx.get(path, headers=headers, params={"pageSize": "many"}).status_code == 400
+
+
+def test_v1_history_pages_by_start_id_twenty_a_page(sim, world):
+    made = [sim.add_deployment(world.production, DEPLOY_PLAN, age=age * 600)
+            for age in range(45, 0, -1)]
+    path = f"{sim.url}/environment/{world.production}/deploymentHistory"
+    headers = {"Authorization": f"Token {sim.token}"}
+    pages, start = [], None
+    while True:
+        body = httpx.get(path, headers=headers,
+                         params={"startId": start} if start else None).json()
+        if not body["results"]:
+            break
+        pages.append(body["results"])
+        start = body["results"][-1]["id"]
+    assert [len(p) for p in pages] == [20, 20, 5]
+    ids = [item["id"] for page in pages for item in page]
+    assert len(set(ids)) == 45 and not set(ids) & {m.id for m in made}
 
 
 def test_lists_every_environment_of_the_organization(sim, world):
@@ -236,16 +319,6 @@ def test_lists_every_environment_of_the_organization(sim, world):
         ("production", Status.SUCCEEDED), ("staging", Status.FAILED)]
 
 
-def test_incremental_listing_stops_at_older_pages(sim, world, client):
-    sim.page_size = 2
-    for age in (5000, 4000, 3000, 20, 10):
-        sim.add_deployment(world.production, DEPLOY_PLAN, age=age)
-    since = sim.clock.now() - timedelta(seconds=100)
-    pages = list(client.list_runs(since=since))
-    # Page 1 holds the two recent deployments, page 2 is all older than `since`: no page 3.
-    assert [len(p) for p in pages] == [2, 2]
-
-
 def test_a_live_deployment_moves_through_its_states(sim, world, client):
     run = sim.add_deployment(world.production, DEPLOY_PLAN)
     seen = [client.get_run(locator(run)).raw_status]
@@ -255,20 +328,77 @@ def test_a_live_deployment_moves_through_its_states(sim, world, client):
     assert seen == ["DEPLOYMENT_QUEUED", "BUILDING", "DEPLOYING", "DEPLOYED"]
 
 
-def test_get_run_finds_an_older_deployment_on_a_later_page(sim, world, client):
-    sim.page_size = 2
-    old = sim.add_deployment(world.production, DEPLOY_FAILS_PLAN, age=9000)
-    for age in (300, 200, 100):
-        sim.add_deployment(world.production, DEPLOY_PLAN, age=age)
-    run = client.get_run(locator(old))
-    assert (run.external_id, run.status) == (f"{world.production}/{old.id}", Status.FAILED)
-    assert run.raw_status == "DEPLOYMENT_ERROR"
-
-
-def test_get_run_of_an_unknown_deployment_is_not_found(sim, world, client):
+def test_get_run_of_an_unknown_execution_is_not_found(sim, world, client):
     sim.add_deployment(world.production, DEPLOY_PLAN, age=100)
     with pytest.raises(NotFound):
-        client.get_run({"environment": world.production, "deployment": "no-such-id"})
+        client.get_run({"environment": world.production, "execution": "no-such-id"})
+
+
+def test_a_run_stored_under_a_v1_history_id_is_not_found(sim, world, client):
+    made = sim.add_deployment(world.production, DEPLOY_PLAN, age=100)
+    with pytest.raises(NotFound):
+        client.get_run({"environment": world.production,
+                        "deployment": made.data["history_id"]})
+
+
+# -- the deployment queue ----------------------------------------------------------------
+
+
+def test_queued_requests_are_queued_runs(sim, world, client):
+    running = sim.add_deployment(world.production, DEPLOY_PLAN)
+    request_id = sim.queue_deployment(world.production, triggered_by="Lena Fischer")
+    assert client._status(world.production)["deployment_request_id"] == request_id
+    runs = all_runs(client)
+    queued, current = runs
+    assert queued.external_id == f"{world.production}/request/{request_id}"
+    assert queued.locator == {"environment": world.production,
+                              "deployment_request": request_id}
+    assert (queued.status, queued.raw_status, queued.created_at) == (
+        Status.QUEUED, "QUEUED", None)
+    assert queued.triggered_by == "Lena Fischer"
+    assert current.locator == locator(running)
+
+
+def test_a_queued_request_is_cancelled_through_the_deployment_queue(sim, world, client):
+    running = sim.add_deployment(world.production, DEPLOY_PLAN)
+    request_id = sim.queue_deployment(world.production)
+    [queued] = [r for r in all_runs(client) if r.status == Status.QUEUED and
+                "deployment_request" in r.locator]
+    answer = client.cancel(queued.locator, comment="not now")
+    assert posts(sim) == [(f"/deploymentQueue/{request_id}/cancelDeployment", {})]
+    [cancel] = [e for e in sim.exchanges if e[0].method == "POST"]
+    assert (cancel[1], cancel[2]) == (202, b"")
+    assert (answer.external_id, answer.status) == (queued.external_id, Status.CANCELLING)
+    assert client.get_run(answer.locator).status == Status.CANCELLED
+    assert sim._latest(world.production) is running  # the running one was left alone
+    sim.advance(600)
+    assert [r.locator for r in all_runs(client)] == [locator(running)]  # never started
+
+
+def test_cancelling_a_request_twice_is_refused(sim, world, client):
+    sim.add_deployment(world.production, DEPLOY_PLAN)
+    request_id = sim.queue_deployment(world.production)
+    path = f"/deploymentQueue/{request_id}/cancelDeployment"
+    client.request("POST", path, json={})
+    with pytest.raises(Conflict) as err:
+        client.request("POST", path, json={})
+    assert (err.value.status_code, err.value.message) == (409, REQUEST_CANCEL_REFUSED)
+    with pytest.raises(NotFound):
+        client.request("POST", "/deploymentQueue/7d1c6b1e-5d5f-4d4f-9d2e-1a2b3c4d5e6f"
+                               "/cancelDeployment", json={})
+
+
+def test_a_request_that_started_ends_as_dequeued_and_its_execution_is_listed(
+        sim, world, client):
+    sim.add_deployment(world.production, DEPLOY_PLAN)
+    request_id = sim.queue_deployment(world.production)
+    [queued] = [r for r in all_runs(client) if "deployment_request" in r.locator]
+    sim.advance(600)  # the running deployment ends; the request starts and ends
+    gone = client.get_run(queued.locator)
+    assert (gone.status, gone.raw_status) == (Status.SKIPPED, "DEQUEUED")
+    newest = all_runs(client)[0]
+    assert newest.locator["execution"] == sim.deployment_requests[request_id]["execution_id"]
+    assert newest.status == Status.SUCCEEDED
 
 
 # -- actions -----------------------------------------------------------------------------
@@ -284,6 +414,7 @@ def test_cancel_passes_through_canceling(sim, world, client):
     assert answer.created_at == client.get_run(locator(run)).created_at
     assert posts(sim) == [(f"/environment/{world.production}/cancelDeployment",
                            load_fixture("qovery_cancel_request.json"))]
+    assert [status for r, status, *_ in sim.exchanges if r.method == "POST"] == [202]
     sim.advance(5)
     assert client.get_run(locator(run)).status == Status.CANCELLED
 
@@ -301,6 +432,16 @@ def test_cancel_refuses_a_deployment_that_is_no_longer_current(sim, world, clien
     with pytest.raises(Conflict, match="no longer the environment's current deployment"):
         client.cancel(locator(older))
     assert posts(sim) == []  # cancelling would have hit the newer deployment
+
+
+def test_the_current_deployment_is_told_by_execution_id_not_v1_id(sim, world, client):
+    """The old client compared last_deployment_id with V1's `id`: never equal."""
+    run = sim.add_deployment(world.production, DEPLOY_PLAN)
+    with pytest.raises(Conflict):
+        client.cancel({"environment": world.production, "execution": run.data["history_id"]})
+    assert posts(sim) == []
+    client.cancel(locator(run))
+    assert len(posts(sim)) == 1
 
 
 def test_cancel_refuses_a_finished_deployment_without_asking_qovery(sim, world, client):
@@ -323,19 +464,43 @@ def test_qoverys_own_refusal_message_is_kept(sim, world, client, monkeypatch):
     with pytest.raises(Conflict) as err:
         client.cancel(locator(run))
     assert (err.value.status_code, err.value.message) == (409, CANCEL_REFUSED)
+    [refusal] = [e for e in sim.exchanges if e[0].method == "POST"]
+    assert refusal[2] == {"status": 409, "detail": CANCEL_REFUSED}
 
 
-def test_retry_redeploys_as_a_new_deployment(sim, world, client):
+def test_retry_redeploys_and_returns_the_new_execution(sim, world, client):
     failed = sim.add_deployment(world.production, BUILD_FAILS_PLAN, age=600)
     assert client.get_run(locator(failed)).status == Status.FAILED
     answer = client.retry(locator(failed))
     assert posts(sim) == [(f"/environment/{world.production}/redeploy", None)]
-    assert answer.external_id != f"{world.production}/{failed.id}"
+    [redeploy] = [e for e in sim.exchanges if e[0].method == "POST"]
+    assert redeploy[1] == 202
+    # Qovery's answer still names the failed execution: the new one is found in V2.
+    assert redeploy[2]["last_deployment_id"] == failed.id
+    new = sim._latest(world.production)
+    assert answer.locator == locator(new) != locator(failed)
     assert (answer.raw_status, answer.status) == ("DEPLOYMENT_QUEUED", Status.QUEUED)
     assert answer.triggered_by == "Runboard API token"
     sim.advance(120)
     assert client.get_run(answer.locator).status == Status.SUCCEEDED
     assert client.get_run(locator(failed)).status == Status.FAILED  # the old one stays
+
+
+def test_a_redeploy_that_is_queued_returns_the_queued_request(sim, world, client, monkeypatch):
+    failed = sim.add_deployment(world.production, BUILD_FAILS_PLAN, age=600)
+    send = client.request
+
+    def someone_deploys_first(method, path, **kwargs):
+        if method == "POST":
+            sim.add_deployment(world.production, DEPLOY_PLAN, triggered_by="Romain Dupont")
+        return send(method, path, **kwargs)
+
+    monkeypatch.setattr(client, "request", someone_deploys_first)
+    answer = client.retry(locator(failed))
+    [(request_id, _)] = sim._queued(world.production)
+    assert answer.locator == {"environment": world.production,
+                              "deployment_request": request_id}
+    assert (answer.status, answer.triggered_by) == (Status.QUEUED, "Runboard API token")
 
 
 def test_retry_of_a_cancelled_deployment(sim, world, client):
@@ -388,8 +553,8 @@ def test_missing_optional_fields_still_parse(sim, world, client):
     sim.inject("missing_fields", times=5)
     [run] = all_runs(client)
     assert (run.status, run.raw_status) == (Status.RUNNING, "BUILDING")
-    assert (run.triggered_by, run.commit, run.version, run.jobs) == ("", "", "", [])
-    assert run.created_at is not None
+    assert (run.commit, run.version) == ("", "")
+    assert run.created_at is not None and run.jobs
 
 
 @pytest.mark.django_db
@@ -407,7 +572,9 @@ def test_retry_through_runboard_adds_the_new_deployment_as_a_run(sim, world, man
     record = actions.perform(old, manager, "retry")
     assert record.state == ActionRecord.State.SUCCEEDED
     new = Run.objects.filter(connection=connection).exclude(pk=old.pk).get()
-    assert new.status == Status.QUEUED and new.locator["deployment"] != failed.id
+    assert new.status == Status.QUEUED and new.locator["execution"] != failed.id
+    assert new.locator == {"environment": world.production,
+                           "execution": sim._latest(world.production).id}
     old.refresh_from_db()
     assert old.status == Status.FAILED
     # The old run is now superseded in its environment: Runboard offers and sends nothing.
@@ -416,3 +583,32 @@ def test_retry_through_runboard_adds_the_new_deployment_as_a_run(sim, world, man
     with pytest.raises(actions.ActionRefused, match="A newer run exists in production"):
         actions.perform(old, manager, "retry")
     assert len(posts(sim)) == sent
+
+
+@pytest.mark.django_db
+def test_a_queued_request_neither_blocks_the_running_deployment_nor_is_blocked(
+        sim, world, manager):
+    from dashboard import actions, sync
+    from dashboard.models import Connection, Run
+
+    sim.add_deployment(world.production, BUILD_FAILS_PLAN, age=900)
+    sim.add_deployment(world.production, DEPLOY_PLAN, age=10)
+    sim.queue_deployment(world.production)
+    connection = Connection.objects.create(
+        provider="qovery", name="Qovery", base_url=sim.url, token=sim.token,
+        scope={"organization": world.org})
+    sync.sync_connection(connection.pk)
+    request_run = Run.objects.get(connection=connection, locator__has_key="deployment_request")
+    running = Run.objects.get(connection=connection, status=Status.RUNNING)
+    failed = Run.objects.get(connection=connection, status=Status.FAILED)
+    assert Run.objects.filter(connection=connection).first() == request_run  # newest first
+    assert running.available_actions() == ["cancel"]
+    assert failed.available_actions() == []  # superseded by the running one
+    actions.perform(request_run, manager, "cancel", comment="not this one")
+    request_run.refresh_from_db()
+    assert request_run.status == Status.CANCELLING
+    sync.sync_connection(connection.pk)
+    request_run.refresh_from_db()
+    assert request_run.status == Status.CANCELLED
+    actions.perform(running, manager, "cancel", comment="and not this one")
+    assert [path for path, _ in posts(sim)][-1].endswith("/cancelDeployment")
