@@ -69,6 +69,7 @@ class SyncResult:
     pages: int = 0
     requests: int = 0
     spacing: float = 0.0  # seconds the provider's rate budget asks between passes
+    rate_limit_seen: int | None = None  # the provider's rate-limit header, for the scheduler
 
 
 # --- the lease ---------------------------------------------------------------------
@@ -398,6 +399,7 @@ def _sync_pass(connection: Connection, owner: str, result: SyncResult) -> dateti
                 data_changed()
         result.requests = client.requests_made
         result.spacing = client.pass_spacing()
+        result.rate_limit_seen = client.rate_limit.limit
     return newest
 
 

@@ -213,7 +213,15 @@ def environment_board(request):
 @login_required
 def connections(request):
     """Sync health of every connection: what users check when data looks stale."""
-    return render(request, "connections.html", {"connections": Connection.objects.all()})
+    connections = list(Connection.objects.defer("token", "cursor"))
+    for connection in connections:  # webhook URL and setup steps, per provider
+        provider = connection.provider_class
+        connection.webhook_url = request.build_absolute_uri(
+            reverse("webhook", args=[connection.webhook_key]))
+        connection.webhook_steps = (provider.webhook_setup.format(url=connection.webhook_url)
+                                    if provider.webhook_events else "")
+        connection.recent_deliveries = connection.webhook_deliveries.all()[:5]
+    return render(request, "connections.html", {"connections": connections})
 
 
 # --- audit and profile ---------------------------------------------------------------------
