@@ -112,3 +112,10 @@ def watching(connection_ids, now: datetime | None = None) -> None:
         Connection.objects.filter(pk=connection.pk).update(
             watched_until=now + timedelta(seconds=window),
             next_poll_at=Least(F("next_poll_at"), soon))
+
+
+def watching_all(now: datetime | None = None) -> None:
+    """A page shows every connection's runs (the run list): all of them are watched."""
+    if cache.add("runboard:watched:all", 1, max(1, settings.RUNBOARD_WATCH_SECONDS / 3)):
+        watching(list(Connection.objects.filter(enabled=True).values_list("pk", flat=True)),
+                 now)

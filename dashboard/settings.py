@@ -197,8 +197,11 @@ RUNBOARD_FRAGMENT_CACHE_SECONDS = env.int("RUNBOARD_FRAGMENT_CACHE_SECONDS", def
 # A sync that found nothing new tells live pages so at most this often (seconds).
 RUNBOARD_LIVE_HEARTBEAT = env.float("RUNBOARD_LIVE_HEARTBEAT", default=30.0)
 
-# How long the data version live pages poll may be served from the cache (seconds).
-RUNBOARD_DATA_VERSION_SECONDS = env.float("RUNBOARD_DATA_VERSION_SECONDS", default=1.0)
+# How long the data version live pages poll may be served from the cache (seconds). With a
+# shared cache (CACHE_URL=redis://...) writers invalidate it at once; with the default
+# per-process cache this bounds how late a page sees a worker's write. Open pages poll
+# every 0.5 s, so a change shows within 0.25 + 0.5 s plus one render.
+RUNBOARD_DATA_VERSION_SECONDS = env.float("RUNBOARD_DATA_VERSION_SECONDS", default=0.25)
 
 # Celery: a broker that needs no server by default, Redis in production.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")

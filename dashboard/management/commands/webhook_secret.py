@@ -20,7 +20,9 @@ class Command(BaseCommand):
         except Connection.DoesNotExist:
             raise CommandError(f"No connection named {connection!r}") from None
         if off:
-            Connection.objects.filter(pk=conn.pk).update(webhooks_enabled=False)
+            # Poll at once: deliveries the platform sends from now on are refused.
+            Connection.objects.filter(pk=conn.pk).update(webhooks_enabled=False,
+                                                         next_poll_at=None)
             self.stdout.write(f"Webhooks off for {conn.name}: polling only.")
             return
         provider = conn.provider_class
