@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from dashboard.secrets import SecretTextField, TokenUnreadable, UnreadableSecret
 from providers import registry
-from providers.base import FINISHED, Action, Provider, Status
+from providers.base import FINISHED, Action, Provider, RateLimitInfo, Status
 
 
 class Connection(models.Model):
@@ -57,6 +57,10 @@ class Connection(models.Model):
     quiet_passes = models.PositiveIntegerField(default=0)
     last_pass_requests = models.PositiveIntegerField(null=True, blank=True)
     rate_limit_seen = models.PositiveIntegerField(null=True, blank=True)
+    # What the provider last said is left of its window, shared by every client of this
+    # connection (sync passes, webhook reads), so none of them runs into a 429.
+    rate_limit_remaining = models.PositiveIntegerField(null=True, blank=True)
+    rate_limit_reset_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -76,10 +80,17 @@ class Connection(models.Model):
     def client(self) -> Provider:
         if not self.token_readable:
             raise TokenUnreadable()  # never send the ciphertext as the token
-        return self.provider_class(
+        client = self.provider_class(
             self.base_url, self.token, self.scope, timeout=settings.RUNBOARD_PROVIDER_TIMEOUT,
             rate_limit_reserve=settings.RUNBOARD_RATE_LIMIT_RESERVE,
         )
+        if (self.rate_limit_remaining is not None and self.rate_limit_reset_at
+                and self.rate_limit_reset_at > timezone.now()):
+            # The window another client of this connection saw is still running.
+            client.rate_limit = RateLimitInfo(
+                limit=self.rate_limit_seen, remaining=self.rate_limit_remaining,
+                reset_at=self.rate_limit_reset_at.timestamp())
+        return client
 
     @property
     def is_stale(self) -> bool:

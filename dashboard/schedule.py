@@ -16,7 +16,7 @@ its provider's rate budget allows, instead of at one fixed interval.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
@@ -25,7 +25,7 @@ from django.db.models.functions import Least
 from django.utils import timezone
 
 from dashboard.models import Connection
-from providers.base import RateBudget
+from providers.base import RateBudget, RateLimitInfo
 
 # A pass whose cost is not known yet (the connection's first) is planned as this many requests.
 FIRST_PASS_COST = 10
@@ -63,9 +63,12 @@ def plan(connection: Connection, *, live: bool, watched: bool,
 
 
 def after_pass(connection_id: int, *, requests: int, runs_written: int,
-               rate_limit_seen: int | None, now: datetime | None = None) -> Plan:
+               rate_limit_seen: int | None, now: datetime | None = None,
+               rate_limit: RateLimitInfo | None = None) -> Plan:
     """Record what a pass cost and when the next one is due."""
     now = now or timezone.now()
+    if rate_limit:
+        record_rate_limit(connection_id, rate_limit)
     connection = Connection.objects.defer("token", "cursor").get(pk=connection_id)
     connection.last_pass_requests = requests or connection.last_pass_requests
     connection.rate_limit_seen = rate_limit_seen or connection.rate_limit_seen
@@ -119,3 +122,24 @@ def watching_all(now: datetime | None = None) -> None:
     if cache.add("runboard:watched:all", 1, max(1, settings.RUNBOARD_WATCH_SECONDS / 3)):
         watching(list(Connection.objects.filter(enabled=True).values_list("pk", flat=True)),
                  now)
+
+
+def record_rate_limit(connection_id: int, info: RateLimitInfo) -> None:
+    """Keep what the provider said is left of its window, for the connection's next client."""
+    if info.remaining is None or info.reset_at is None:
+        return
+    Connection.objects.filter(pk=connection_id).update(
+        rate_limit_remaining=info.remaining,
+        rate_limit_reset_at=datetime.fromtimestamp(info.reset_at, tz=UTC))
+
+
+def spend(connection_id: int, requests: int) -> None:
+    """Requests spent outside a pass (webhook reads) come out of the same budget: the
+    next pass moves back by the time the share allows for them."""
+    if requests <= 0:
+        return
+    connection = Connection.objects.defer("token", "cursor").get(pk=connection_id)
+    budget = connection.provider_class.budget_for(connection.rate_limit_seen)
+    seconds = requests / (settings.RUNBOARD_BUDGET_SHARE * budget.requests / budget.window)
+    Connection.objects.filter(pk=connection_id, next_poll_at__isnull=False).update(
+        next_poll_at=F("next_poll_at") + timedelta(seconds=seconds))

@@ -48,7 +48,8 @@ def sync_connection(self, connection_id: int) -> dict:
     if not result.skipped:
         schedule.after_pass(connection_id, requests=result.requests,
                             runs_written=result.runs_written,
-                            rate_limit_seen=result.rate_limit_seen)
+                            rate_limit_seen=result.rate_limit_seen,
+                            rate_limit=result.rate_limit)
     return {"connection": connection_id, "skipped": result.skipped,
             "runs_written": result.runs_written}
 
@@ -70,9 +71,14 @@ def process_webhook(self, delivery_id: int) -> dict:
     written = 0
     try:
         if delivery.hints:
-            with connection.client() as client:
+            client = connection.client()
+            try:
                 runs = client.runs_from_webhook(
                     WebhookEvent(delivery.event, hints=delivery.hints))
+            finally:
+                client.close()
+                schedule.record_rate_limit(connection.pk, client.rate_limit)
+                schedule.spend(connection.pk, client.requests_made)
             written = sync.upsert_runs(connection, runs)
         else:  # the delivery names no run: read the run list (an incremental pass)
             result = sync.sync_connection(connection.pk)
@@ -80,6 +86,9 @@ def process_webhook(self, delivery_id: int) -> dict:
                 # A pass is under way; it may have read the list before this change.
                 raise self.retry(countdown=1)
             written = result.runs_written
+            schedule.after_pass(connection.pk, requests=result.requests,
+                                runs_written=written, rate_limit_seen=result.rate_limit_seen,
+                                rate_limit=result.rate_limit)
     except RateLimited as exc:
         raise self.retry(exc=exc, countdown=exc.retry_after + random.uniform(0, 2)) from exc
     except Unavailable as exc:

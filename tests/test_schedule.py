@@ -136,3 +136,26 @@ def test_turning_webhooks_off_falls_back_to_polling_with_no_lost_change(
     conn = Connection.objects.get(pk=buddy_connection.pk)
     assert not conn.webhooks_enabled and conn.next_poll_at < timezone.now() + timedelta(
         seconds=60)
+
+
+def test_webhook_reads_come_out_of_the_same_budget(buddy_connection):
+    now = timezone.now()
+    Connection.objects.filter(pk=buddy_connection.pk).update(next_poll_at=now)
+    schedule.spend(buddy_connection.pk, 5)  # conservative 600/h at half: 12 s a request
+    assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == now + timedelta(
+        seconds=60)
+
+
+def test_a_window_nearly_used_up_by_one_client_stops_the_next_before_a_429(
+        buddy_sim, buddy_connection):
+    from providers.base import RateLimited, RateLimitInfo
+
+    buddy_sim.add_execution("web-shop", 1, BUILD_PLAN)
+    schedule.record_rate_limit(buddy_connection.pk, RateLimitInfo(
+        limit=1000, remaining=1, reset_at=(timezone.now() + timedelta(seconds=30)).timestamp()))
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    asked = len(buddy_sim.requests)
+    with pytest.raises(RateLimited) as refused, conn.client() as client:
+        client.get_run({"project": "web-shop", "pipeline": "1", "id": 1})
+    assert len(buddy_sim.requests) == asked  # nothing was sent
+    assert 25 < refused.value.retry_after <= 30

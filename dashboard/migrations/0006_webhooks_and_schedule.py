@@ -23,6 +23,16 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddField(
             model_name='connection',
+            name='rate_limit_remaining',
+            field=models.PositiveIntegerField(blank=True, null=True),
+        ),
+        migrations.AddField(
+            model_name='connection',
+            name='rate_limit_reset_at',
+            field=models.DateTimeField(blank=True, null=True),
+        ),
+        migrations.AddField(
+            model_name='connection',
             name='last_pass_requests',
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
