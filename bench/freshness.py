@@ -14,7 +14,7 @@ tick (sync_all every RUNBOARD_SCHEDULER_TICK) from a thread here. A page per pro
 the run list's live answer every 0.5 s, as an open browser tab does; a change counts as
 shown when that answer first carries the run's new status (or a later one).
 
-    .venv/bin/python bench/freshness.py [--idle 60] [--load 120] [--tail 30]
+    .venv/bin/python bench/freshness.py [--idle 240] [--load 240] [--tail 60] [--modes on,off]
 
 Prints per provider and mode: change->page delay p50/p95 (all changes, and those the
 platform announces by webhook), changes never shown, requests/hour at idle and under load
@@ -405,12 +405,12 @@ def report(mode: str, results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--idle", type=float, default=60.0)
-    parser.add_argument("--load", type=float, default=120.0)
-    parser.add_argument("--tail", type=float, default=30.0)
+    parser.add_argument("--idle", type=float, default=240.0)
+    parser.add_argument("--load", type=float, default=240.0)
+    parser.add_argument("--tail", type=float, default=60.0)
     parser.add_argument("--period", type=float, default=2.0,
                         help="seconds between new runs, per provider")
-    parser.add_argument("--nf-divisor", type=int, default=12)
+    parser.add_argument("--nf-divisor", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--modes", default="on,off")
     args = parser.parse_args()
