@@ -424,28 +424,6 @@ class NorthflankProvider(Provider):
         )
 
 
-def pipeline_stages(data: Mapping[str, Any]) -> tuple[str, ...]:
-    """The stages a pipeline reports (GET pipeline), as path values, in pipeline order.
-
-    `stages` has no documented item type: a string or an object naming the stage is read.
-    nfObjects[].stage (documented) adds the stages that hold resources.
-    """
-    names: list[str] = []
-    stages = data.get("stages")
-    for stage in stages if isinstance(stages, list) else []:
-        if isinstance(stage, dict):
-            stage = stage.get("name") or stage.get("id") or stage.get("stage")
-        if isinstance(stage, str):
-            names.append(stage)
-    objects = data.get("nfObjects")
-    for nf_object in objects if isinstance(objects, list) else []:
-        if isinstance(nf_object, dict) and isinstance(nf_object.get("stage"), str):
-            names.append(nf_object["stage"])
-    found = {name.strip().lower() for name in names if name.strip()}
-    ordered = [s for s in STAGES if s in found]
-    return (*ordered, *sorted(found - set(STAGES)))
-
-
     # -- webhooks and rate budget (appended) -----------------------------------------
     # Documented: 1000 requests an hour, the hour starting at the first request;
     # notification integrations of type RAW_WEBHOOK (POST /v1/teams/{teamId}/integrations/
@@ -497,6 +475,28 @@ def pipeline_stages(data: Mapping[str, Any]) -> tuple[str, ...]:
         return [self.get_run(hint) for hint in event.hints
                 if (not pipeline or hint["pipeline"] == pipeline)
                 and (not stage or hint["stage"] == stage)]
+
+
+def pipeline_stages(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The stages a pipeline reports (GET pipeline), as path values, in pipeline order.
+
+    `stages` has no documented item type: a string or an object naming the stage is read.
+    nfObjects[].stage (documented) adds the stages that hold resources.
+    """
+    names: list[str] = []
+    stages = data.get("stages")
+    for stage in stages if isinstance(stages, list) else []:
+        if isinstance(stage, dict):
+            stage = stage.get("name") or stage.get("id") or stage.get("stage")
+        if isinstance(stage, str):
+            names.append(stage)
+    objects = data.get("nfObjects")
+    for nf_object in objects if isinstance(objects, list) else []:
+        if isinstance(nf_object, dict) and isinstance(nf_object.get("stage"), str):
+            names.append(nf_object["stage"])
+    found = {name.strip().lower() for name in names if name.strip()}
+    ordered = [s for s in STAGES if s in found]
+    return (*ordered, *sorted(found - set(STAGES)))
 
 
 def require_bool(payload: Mapping[str, Any], key: str) -> bool:

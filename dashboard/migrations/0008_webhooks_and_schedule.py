@@ -17,7 +17,7 @@ def give_each_connection_a_key(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dashboard', '0005_run_fingerprint'),
+        ('dashboard', '0007_notifications'),
     ]
 
     operations = [
