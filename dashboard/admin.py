@@ -15,7 +15,7 @@ class ConnectionForm(forms.ModelForm):
 
     class Meta:
         model = Connection
-        fields = ["provider", "name", "base_url", "token", "scope", "enabled"]
+        fields = ["provider", "name", "base_url", "token", "scope", "enabled", "webhooks_enabled"]
 
     def clean_token(self):
         # A new token, or None: then the stored one is kept as it is (see save_model).
@@ -62,6 +62,17 @@ class ConnectionAdmin(admin.ModelAdmin):
                                     "updated_at"])
         else:
             obj.save()
+
+    actions = ["new_webhook_secret"]
+
+    @admin.action(description="Generate a new webhook secret (shown once) and turn webhooks on")
+    def new_webhook_secret(self, request, queryset):
+        for connection in queryset:
+            secret = connection.set_webhook_secret()
+            Connection.objects.filter(pk=connection.pk).update(webhooks_enabled=True)
+            # Shown once, in this message; only its hash is stored.
+            self.message_user(request, f"{connection.name}: webhook secret {secret}",
+                              messages.WARNING)
 
 
 @admin.register(Project, Environment)

@@ -16,8 +16,8 @@ def schedule_sync(sender, **kwargs):
     from django.conf import settings
 
     sender.add_periodic_task(
-        settings.RUNBOARD_SYNC_INTERVAL, sender.signature("dashboard.tasks.sync_all"),
-        name="sync every connection",
+        settings.RUNBOARD_SCHEDULER_TICK, sender.signature("dashboard.tasks.sync_all"),
+        name="sync the connections the scheduler says are due",
     )
     sender.add_periodic_task(60.0, sender.signature("dashboard.notifications.check_stale"),
                              name="announce stale connections")

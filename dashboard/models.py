@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -14,7 +16,7 @@ from django.utils import timezone
 
 from dashboard.secrets import SecretTextField, TokenUnreadable, UnreadableSecret
 from providers import registry
-from providers.base import FINISHED, Action, Provider, Status
+from providers.base import FINISHED, Action, Provider, RateLimitInfo, Status
 
 
 class Connection(models.Model):
@@ -42,6 +44,24 @@ class Connection(models.Model):
     runs_synced = models.PositiveIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
+    # Webhooks: /hooks/<webhook_key>/ authenticated by a secret shown once, kept hashed.
+    webhook_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    webhook_secret_hash = models.CharField(max_length=64, blank=True, editable=False)
+    webhooks_enabled = models.BooleanField(
+        default=False, help_text="Accept deliveries (set a secret first); off: polling only.")
+    last_webhook_at = models.DateTimeField(null=True, blank=True)
+    last_webhook_accepted = models.BooleanField(null=True, blank=True)
+    # The polling scheduler's state (dashboard/schedule.py).
+    next_poll_at = models.DateTimeField(null=True, blank=True)
+    watched_until = models.DateTimeField(null=True, blank=True)
+    quiet_passes = models.PositiveIntegerField(default=0)
+    last_pass_requests = models.PositiveIntegerField(null=True, blank=True)
+    rate_limit_seen = models.PositiveIntegerField(null=True, blank=True)
+    # What the provider last said is left of its window, shared by every client of this
+    # connection (sync passes, webhook reads), so none of them runs into a 429.
+    rate_limit_remaining = models.PositiveIntegerField(null=True, blank=True)
+    rate_limit_reset_at = models.DateTimeField(null=True, blank=True)
+
     class Meta:
         ordering = ["name"]
 
@@ -60,10 +80,17 @@ class Connection(models.Model):
     def client(self) -> Provider:
         if not self.token_readable:
             raise TokenUnreadable()  # never send the ciphertext as the token
-        return self.provider_class(
+        client = self.provider_class(
             self.base_url, self.token, self.scope, timeout=settings.RUNBOARD_PROVIDER_TIMEOUT,
             rate_limit_reserve=settings.RUNBOARD_RATE_LIMIT_RESERVE,
         )
+        if (self.rate_limit_remaining is not None and self.rate_limit_reset_at
+                and self.rate_limit_reset_at > timezone.now()):
+            # The window another client of this connection saw is still running.
+            client.rate_limit = RateLimitInfo(
+                limit=self.rate_limit_seen, remaining=self.rate_limit_remaining,
+                reset_at=self.rate_limit_reset_at.timestamp())
+        return client
 
     @property
     def is_stale(self) -> bool:
@@ -75,6 +102,64 @@ class Connection(models.Model):
         return age > timedelta(seconds=settings.RUNBOARD_STALE_AFTER) or (
             self.last_error_at is not None and self.last_error_at > self.last_success_at
         )
+
+
+    # -- webhooks (appended) ---------------------------------------------------------
+
+    def set_webhook_secret(self) -> str:
+        """A new webhook secret (the old one stops working at once); returned once."""
+        secret = secrets.token_urlsafe(32)
+        self.webhook_secret_hash = hash_secret(secret)
+        Connection.objects.filter(pk=self.pk).update(webhook_secret_hash=self.webhook_secret_hash)
+        return secret
+
+    def webhook_secret_matches(self, presented: str) -> bool:
+        """Constant time, whatever `presented` is."""
+        stored = self.webhook_secret_hash
+        return bool(stored) and hmac.compare_digest(hash_secret(presented or ""), stored)
+
+    @property
+    def webhooks_healthy(self) -> bool:
+        """Deliveries on, and the last one accepted: polling may slow to reconciling."""
+        return bool(self.webhooks_enabled and self.webhook_secret_hash
+                    and self.last_webhook_accepted)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class WebhookDelivery(models.Model):
+    """The log of webhook deliveries: what arrived, and what Runboard made of it."""
+
+    class Outcome(models.TextChoices):
+        ACCEPTED = "accepted", "Accepted"
+        DUPLICATE = "duplicate", "Duplicate (ignored)"
+        IGNORED = "ignored", "Not about runs (ignored)"
+        REJECTED = "rejected", "Rejected"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE,
+                                   related_name="webhook_deliveries", db_index=False)
+    received_at = models.DateTimeField(default=timezone.now)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    http_status = models.PositiveSmallIntegerField()
+    event = models.CharField(max_length=100, blank=True)
+    delivery_id = models.CharField(max_length=128, blank=True)
+    reason = models.CharField(max_length=300, blank=True)
+    # What the delivery named (locators to re-read); empty: the run list is re-read.
+    hints = models.JSONField(default=list, blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    runs_written = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [
+            models.Index(fields=["connection", "-received_at"], name="delivery_newest"),
+            models.Index(fields=["connection", "delivery_id"], name="delivery_id_lookup"),
+        ]
+
+    def __str__(self):
+        return f"{self.connection} {self.event or '?'} {self.outcome}"
 
 
 class Project(models.Model):

@@ -197,8 +197,11 @@ RUNBOARD_FRAGMENT_CACHE_SECONDS = env.int("RUNBOARD_FRAGMENT_CACHE_SECONDS", def
 # A sync that found nothing new tells live pages so at most this often (seconds).
 RUNBOARD_LIVE_HEARTBEAT = env.float("RUNBOARD_LIVE_HEARTBEAT", default=30.0)
 
-# How long the data version live pages poll may be served from the cache (seconds).
-RUNBOARD_DATA_VERSION_SECONDS = env.float("RUNBOARD_DATA_VERSION_SECONDS", default=1.0)
+# How long the data version live pages poll may be served from the cache (seconds). With a
+# shared cache (CACHE_URL=redis://...) writers invalidate it at once; with the default
+# per-process cache this bounds how late a page sees a worker's write. Open pages poll
+# every 0.5 s, so a change shows within 0.25 + 0.5 s plus one render.
+RUNBOARD_DATA_VERSION_SECONDS = env.float("RUNBOARD_DATA_VERSION_SECONDS", default=0.25)
 
 # Celery: a broker that needs no server by default, Redis in production.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
@@ -264,3 +267,30 @@ RUNBOARD_SLACK_API_URL = env.str("RUNBOARD_SLACK_API_URL", default="https://slac
 # Answers go only to response_urls under this prefix (the payload names the URL).
 RUNBOARD_SLACK_RESPONSE_URL_PREFIX = env.str("RUNBOARD_SLACK_RESPONSE_URL_PREFIX",
                                              default="https://hooks.slack.com/")
+
+# --- webhooks and the polling scheduler ----------------------------------------------
+# A webhook body larger than this is refused with 413 (bytes).
+RUNBOARD_WEBHOOK_MAX_BYTES = env.int("RUNBOARD_WEBHOOK_MAX_BYTES", default=256 * 1024)
+# A delivery seen (accepted) this recently is a duplicate or a replay: answered 200,
+# no work done (seconds).
+RUNBOARD_WEBHOOK_REPLAY_WINDOW = env.float("RUNBOARD_WEBHOOK_REPLAY_WINDOW", default=86400.0)
+# Refused deliveries are logged always, and written to the delivery log at most this
+# often per connection and minute (a flood of forgeries must not flood the database).
+RUNBOARD_WEBHOOK_REJECTED_LOG_PER_MINUTE = env.int(
+    "RUNBOARD_WEBHOOK_REJECTED_LOG_PER_MINUTE", default=30)
+# Share of each provider's documented request budget the sync may spend (0..1).
+RUNBOARD_BUDGET_SHARE = env.float("RUNBOARD_BUDGET_SHARE", default=0.5)
+# Fastest poll of a connection with live runs or a watched page (seconds).
+RUNBOARD_POLL_MIN = env.float("RUNBOARD_POLL_MIN", default=2.0)
+# Poll of a connection with nothing live; doubles per quiet pass up to RUNBOARD_POLL_MAX.
+RUNBOARD_POLL_IDLE = env.float("RUNBOARD_POLL_IDLE", default=15.0)
+RUNBOARD_POLL_MAX = env.float("RUNBOARD_POLL_MAX", default=600.0)
+# With healthy webhooks and nothing live, reconcile this often (seconds).
+RUNBOARD_WEBHOOK_RECONCILE = env.float("RUNBOARD_WEBHOOK_RECONCILE", default=300.0)
+# A page open on a connection's runs keeps it "watched" this long after its last poll.
+RUNBOARD_WATCH_SECONDS = env.float("RUNBOARD_WATCH_SECONDS", default=30.0)
+# How often beat asks the scheduler which connections are due (seconds).
+RUNBOARD_SCHEDULER_TICK = env.float("RUNBOARD_SCHEDULER_TICK", default=1.0)
+# Runboard's address as providers reach it, for the webhook URLs it prints (e.g.
+# https://runboard.example.com); the connections page uses the address it is viewed at.
+RUNBOARD_PUBLIC_URL = env.str("RUNBOARD_PUBLIC_URL", default="")

@@ -37,6 +37,7 @@ from providers.base import (
     ProjectData,
     ProviderError,
     RateLimited,
+    RateLimitInfo,
     RunData,
     Status,
     parse_time,
@@ -69,6 +70,8 @@ class SyncResult:
     pages: int = 0
     requests: int = 0
     spacing: float = 0.0  # seconds the provider's rate budget asks between passes
+    rate_limit_seen: int | None = None  # the provider's rate-limit header, for the scheduler
+    rate_limit: RateLimitInfo | None = None  # what is left of the provider's window
 
 
 # --- the lease ---------------------------------------------------------------------
@@ -398,6 +401,8 @@ def _sync_pass(connection: Connection, owner: str, result: SyncResult) -> dateti
                 data_changed()
         result.requests = client.requests_made
         result.spacing = client.pass_spacing()
+        result.rate_limit_seen = client.rate_limit.limit
+        result.rate_limit = client.rate_limit
     return newest
 
 

@@ -14,7 +14,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 from django_htmx.http import reswap, retarget
 
-from dashboard import actions
+from dashboard import actions, schedule
 from dashboard import audit_export as audit_export_formats
 from dashboard.filters import ActionFilter, RunFilter
 from dashboard.forms import CancelForm, CommentForm, TokenForm
@@ -102,6 +102,7 @@ def rendered_once(template: str, request, version: str, context) -> str:
 
 @login_required
 def run_list(request):
+    schedule.watching_all()  # an open list speeds its connections' polling up
     version = data_version()
     if unchanged(request, version):
         return HttpResponse(status=204)
@@ -140,6 +141,7 @@ def _detail_context(request, run, **extra):
 @login_required
 def run_detail(request, pk):
     run = get_object_or_404(Run.objects.for_list(), pk=pk)
+    schedule.watching([run.connection_id])
     if unchanged(request, f"{run.updated_at.timestamp():.6f}"):
         return HttpResponse(status=204)
     template = "runs/_live.html" if request.htmx else "runs/detail.html"
@@ -213,7 +215,15 @@ def environment_board(request):
 @login_required
 def connections(request):
     """Sync health of every connection: what users check when data looks stale."""
-    return render(request, "connections.html", {"connections": Connection.objects.all()})
+    connections = list(Connection.objects.defer("token", "cursor"))
+    for connection in connections:  # webhook URL and setup steps, per provider
+        provider = connection.provider_class
+        connection.webhook_url = request.build_absolute_uri(
+            reverse("webhook", args=[connection.webhook_key]))
+        connection.webhook_steps = (provider.webhook_setup.format(url=connection.webhook_url)
+                                    if provider.webhook_events else "")
+        connection.recent_deliveries = connection.webhook_deliveries.all()[:5]
+    return render(request, "connections.html", {"connections": connections})
 
 
 # --- audit and profile ---------------------------------------------------------------------

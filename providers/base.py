@@ -9,6 +9,7 @@ typed `ProviderError`s.
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -411,3 +412,97 @@ class Provider:
         if self.rate_limit.reset_at is not None:
             return max(1.0, self.rate_limit.reset_at - time.time())
         return 60.0  # the provider does not say when its window resets
+
+
+    # -- webhooks and rate budgets (appended; each provider overrides at its end) ------
+
+    # Event names the platform sends that Runboard subscribes to; empty: no webhooks.
+    webhook_events: ClassVar[tuple[str, ...]] = ()
+    # Setup steps shown on the connections page; {url} is filled in.
+    webhook_setup: ClassVar[str] = ""
+    # The documented request allowance; None: none is documented (CONSERVATIVE_BUDGET).
+    rate_budget: ClassVar[RateBudget | None] = None
+
+    @classmethod
+    def webhook_secret(cls, headers: Mapping[str, str], query: Mapping[str, str],
+                       body: bytes) -> str:
+        """The secret a delivery presents (the caller compares it in constant time)."""
+        raise WebhookRejected("this provider sends no webhooks", 404)
+
+    @classmethod
+    def parse_webhook(cls, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        """What a delivery names; WebhookRejected for anything malformed."""
+        raise WebhookRejected("this provider sends no webhooks", 404)
+
+    def runs_from_webhook(self, event: WebhookEvent) -> list[RunData]:
+        """Read the runs a delivery names back from the API (never from the body)."""
+        return [self.get_run(locator) for locator in event.hints]
+
+    @classmethod
+    def budget_for(cls, seen_limit: int | None = None) -> RateBudget:
+        """The allowance to plan with: the documented one, else the conservative default.
+        `seen_limit` is the last rate-limit header the provider sent (if any)."""
+        return cls.rate_budget or CONSERVATIVE_BUDGET
+
+
+# --- webhooks and rate budgets: shared data ---------------------------------------
+
+
+class WebhookRejected(Exception):
+    """A delivery Runboard refuses: `status` is the 4xx to answer, `message` the log line."""
+
+    def __init__(self, message: str, status: int = 400):
+        self.message, self.status = message, status
+        super().__init__(message)
+
+
+@dataclass
+class WebhookEvent:
+    """What a verified delivery asks for: which runs to re-read from the API.
+
+    Nothing in it is the run's state: a body only names what changed; the run itself
+    is always read back from the provider (`Provider.runs_from_webhook`).
+    """
+
+    event: str
+    delivery_id: str = ""  # the provider's id of this delivery, where it sends one
+    # Locators (as get_run takes them) of runs to re-read; empty: re-read the run list.
+    hints: list[dict[str, Any]] = field(default_factory=list)
+    relevant: bool = True  # False: an event about something else (a build, a backup)
+
+
+@dataclass(frozen=True)
+class RateBudget:
+    """A provider's request allowance: `requests` per `window` seconds."""
+
+    requests: int
+    window: float
+    documented: bool = True
+
+    @property
+    def per_hour(self) -> float:
+        return self.requests * 3600.0 / self.window
+
+
+# No limit documented: plan with this little, so an undocumented limit is not hit.
+CONSERVATIVE_BUDGET = RateBudget(600, 3600.0, documented=False)
+
+
+def webhook_header(headers: Mapping[str, str], name: str) -> str:
+    """A header by case-insensitive name ("" when absent)."""
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return ""
+
+
+def webhook_json(body: bytes) -> dict[str, Any]:
+    """A delivery's body as a JSON object, or WebhookRejected."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise WebhookRejected("body is not JSON") from None
+    if not isinstance(data, dict):
+        raise WebhookRejected("body is not a JSON object")
+    return data

@@ -72,13 +72,18 @@ from providers.base import (
     ProjectData,
     Provider,
     ProviderError,
+    RateBudget,
     RateLimitInfo,
     RunData,
     Status,
+    WebhookEvent,
+    WebhookRejected,
     parse_time,
     require,
     retry_after_seconds,
     text,
+    webhook_header,
+    webhook_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -419,6 +424,59 @@ class NorthflankProvider(Provider):
         )
 
 
+    # -- webhooks and rate budget (appended) -----------------------------------------
+    # Documented: 1000 requests an hour, the hour starting at the first request;
+    # notification integrations of type RAW_WEBHOOK (POST /v1/teams/{teamId}/integrations/
+    # notifications, permission Account > Team > Notifications > Manage) with an optional
+    # `secret` "sent in the webhook header"; events trigger:release-flow-template-run:
+    # {start,update,success,failure,aborted}; headers X-Northflank-Notification-Integration-
+    # {Id,Name,Token,Event-Id,Event-Type} (Token is the secret itself); body {event, data}.
+    # ASSUMED (no payload reference we could read): `data` names the run as `id` (or
+    # `runId`), its pipeline as `pipelineId` (or pipeline.id) and its stage as `stage`;
+    # where it does not, the delivery re-reads the run lists instead.
+
+    rate_budget = RateBudget(1000, 3600.0)
+    webhook_events = tuple(f"trigger:release-flow-template-run:{e}"
+                           for e in ("start", "update", "success", "failure", "aborted"))
+    webhook_setup = (
+        "In Northflank: Team → Integrations → Notification integrations → Add, type Raw "
+        "webhook (or POST /v1/teams/<team>/integrations/notifications). Webhook URL: {url}. "
+        "Secret: the webhook secret Runboard showed you. Events: every Release flow run "
+        "event (start, update, success, failure, aborted). Restrict it to this connection's "
+        "project."
+    )
+
+    @classmethod
+    def webhook_secret(cls, headers, query, body: bytes) -> str:
+        return webhook_header(headers, NF_WEBHOOK_PREFIX + "Token")
+
+    @classmethod
+    def parse_webhook(cls, headers, body: bytes) -> WebhookEvent:
+        data = webhook_json(body)
+        event = text(webhook_header(headers, NF_WEBHOOK_PREFIX + "Event-Type")
+                     or data.get("event"), 100)
+        if not event:
+            raise WebhookRejected("no event type in the headers or the body")
+        delivery = text(webhook_header(headers, NF_WEBHOOK_PREFIX + "Event-Id"), 128)
+        if not event.startswith(NF_RUN_EVENTS):
+            return WebhookEvent(event, delivery_id=delivery, relevant=False)
+        run = data.get("data") if isinstance(data.get("data"), dict) else {}
+        pipeline = run.get("pipeline") if isinstance(run.get("pipeline"), dict) else {}
+        pipeline_id = run.get("pipelineId") or pipeline.get("id")
+        stage = str(run.get("stage") or "").lower()
+        run_id = run.get("runId") or run.get("id")
+        hints = []
+        if all(isinstance(v, str) and v for v in (pipeline_id, run_id)) and stage in STAGES:
+            hints = [{"pipeline": pipeline_id[:200], "stage": stage, "id": run_id[:100]}]
+        return WebhookEvent(event, delivery_id=delivery, hints=hints)
+
+    def runs_from_webhook(self, event: WebhookEvent) -> list[RunData]:
+        pipeline, stage = self.scope.get("pipeline"), self.scope.get("stage")
+        return [self.get_run(hint) for hint in event.hints
+                if (not pipeline or hint["pipeline"] == pipeline)
+                and (not stage or hint["stage"] == stage)]
+
+
 def pipeline_stages(data: Mapping[str, Any]) -> tuple[str, ...]:
     """The stages a pipeline reports (GET pipeline), as path values, in pipeline order.
 
@@ -447,3 +505,7 @@ def require_bool(payload: Mapping[str, Any], key: str) -> bool:
     if not isinstance(value, bool):
         raise BadPayload(f"response is missing required field {key!r}")
     return value
+
+
+NF_WEBHOOK_PREFIX = "X-Northflank-Notification-Integration-"
+NF_RUN_EVENTS = ("trigger:release-flow-template-run:", "trigger:template-run:")

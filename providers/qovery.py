@@ -73,9 +73,13 @@ from providers.base import (
     Provider,
     RunData,
     Status,
+    WebhookEvent,
+    WebhookRejected,
     parse_time,
     require,
     text,
+    webhook_header,
+    webhook_json,
 )
 
 # All 29 StateEnum values. Each names an operation (deploy, restart, stop, delete) and
@@ -248,13 +252,17 @@ class QoveryProvider(Provider):
     def list_runs(self, since: datetime | None = None) -> Iterator[list[RunData]]:
         # One page per environment: V2 has no further pages, so `since` saves nothing.
         for environment in self._environments():
-            status = self._status(environment.external_id)
-            queued = [self.parse_request(item, environment)
-                      for item in self._queue(environment.external_id)]
-            executions = [self.parse_execution(item, environment, status)
-                          for item in self._executions(environment.external_id)]
-            if queued or executions:
-                yield queued + executions
+            if runs := self._environment_runs(environment):
+                yield runs
+
+    def _environment_runs(self, environment: EnvironmentData) -> list[RunData]:
+        """The environment's queued requests and newest executions (three requests)."""
+        status = self._status(environment.external_id)
+        queued = [self.parse_request(item, environment)
+                  for item in self._queue(environment.external_id)]
+        executions = [self.parse_execution(item, environment, status)
+                      for item in self._executions(environment.external_id)]
+        return queued + executions
 
     def get_run(self, locator: Mapping[str, Any]) -> RunData:
         environment = self._environment(locator["environment"])
@@ -455,3 +463,56 @@ class QoveryProvider(Provider):
             # The stages it will run are kept for display; they are a plan, not jobs.
             raw=dict(item),
         )
+
+    # -- webhooks and rate budget (appended) -----------------------------------------
+    # Documented: organization webhooks (/organization/{id}/webhook), events
+    # DEPLOYMENT_STARTED, DEPLOYMENT_CANCELLED, DEPLOYMENT_FAILURE, DEPLOYMENT_SUCCESSFUL,
+    # header `Qovery-Signature: <the secret itself>` (not an HMAC), body {created_at,
+    # event_type, payload_type: "DEPLOYMENT", payload_id, payload}. No rate limit is
+    # documented (rate_budget stays the conservative default).
+    # ASSUMED: `payload` names the environment as `environment_id` (or environment.id);
+    # where it does not, the delivery re-reads the run lists instead.
+
+    webhook_events = ("DEPLOYMENT_STARTED", "DEPLOYMENT_CANCELLED", "DEPLOYMENT_FAILURE",
+                      "DEPLOYMENT_SUCCESSFUL")
+    webhook_setup = (
+        "In Qovery: Organization settings → Webhooks → Add new (or POST "
+        "/organization/<id>/webhook). Target URL: {url}. Kind: Standard. Secret: the webhook "
+        "secret Runboard showed you (Qovery sends it as the Qovery-Signature header). Events: "
+        "all four DEPLOYMENT_* events. Filters: this connection's projects and environments."
+    )
+
+    @classmethod
+    def webhook_secret(cls, headers, query, body: bytes) -> str:
+        return webhook_header(headers, "Qovery-Signature")
+
+    @classmethod
+    def parse_webhook(cls, headers, body: bytes) -> WebhookEvent:
+        data = webhook_json(body)
+        event = text(data.get("event_type"), 64)
+        if not event:
+            raise WebhookRejected("no event_type in the body")
+        if data.get("payload_type") != "DEPLOYMENT" or event not in cls.webhook_events:
+            return WebhookEvent(event, relevant=False)
+        payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
+        environment = payload.get("environment") if isinstance(
+            payload.get("environment"), dict) else {}
+        environment_id = payload.get("environment_id") or environment.get("id")
+        hints = ([{"environment": environment_id[:100]}]
+                 if isinstance(environment_id, str) and environment_id else [])
+        return WebhookEvent(event, hints=hints)
+
+    def runs_from_webhook(self, event: WebhookEvent) -> list[RunData]:
+        """The environment's queued requests and newest executions."""
+        runs: list[RunData] = []
+        for hint in event.hints:
+            wanted = self.scope.get("environment")
+            if wanted and hint["environment"] != wanted:
+                continue
+            environment = self._environment(hint["environment"])
+            project = self.scope.get("project")
+            if project and (not environment.project
+                            or environment.project.external_id != project):
+                continue
+            runs.extend(self._environment_runs(environment))
+        return runs

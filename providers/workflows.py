@@ -54,9 +54,11 @@ from providers.base import (
     Provider,
     RunData,
     Status,
+    WebhookEvent,
     parse_time,
     require,
     text,
+    webhook_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -271,3 +273,32 @@ class WorkflowsProvider(Provider):
         if conclusion and conclusion not in REVIEW_CONCLUSIONS:
             logger.warning("%s: unrecognised review conclusion %r", self.key, conclusion)
         return conclusion
+
+    # -- webhooks (appended) ---------------------------------------------------------
+    # Documented (GoRules BRMS, Enterprise plan): project webhooks (Settings → Webhooks),
+    # type REST webhook, POSTed on events such as Release Created and Release Deployed,
+    # with a signing secret GoRules generates "for payload verification". NOT documented
+    # anywhere we could read: the signature's header and algorithm, the body's shape, and
+    # any event about a deployment workflow run. So Runboard authenticates a delivery by
+    # its own secret in the URL's query (`?secret=...`), and a delivery only says
+    # "something changed in this project": the run list is read back from the API.
+    # No rate limit is documented (rate_budget stays the conservative default).
+
+    webhook_events = ("Release Created", "Release Deployed")
+    webhook_setup = (
+        "In GoRules: the project's Settings → Webhooks → Add webhook, type REST webhook. "
+        "URL: {url}?secret=<the webhook secret Runboard showed you> (GoRules' own signing "
+        "secret is not used: its scheme is not documented). Events: every release and "
+        "deployment event."
+    )
+
+    @classmethod
+    def webhook_secret(cls, headers, query, body: bytes) -> str:
+        secret = query.get("secret", "")
+        return secret if isinstance(secret, str) else ""
+
+    @classmethod
+    def parse_webhook(cls, headers, body: bytes) -> WebhookEvent:
+        data = webhook_json(body)
+        event = data.get("event") or data.get("type") or "project event"
+        return WebhookEvent(text(event, 100))  # no hints: the run list is re-read

@@ -409,9 +409,93 @@ class Simulator:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    # -- webhooks (appended) ----------------------------------------------------------
+
+    def webhook_deliveries(self, run: SimRun, before: str | None,
+                           secret: str) -> list[Delivery]:
+        """The deliveries the platform sends when `run` moved from `before` (None: it is
+        new) to its current status. None by default: a platform without webhooks."""
+        return []
+
+    def send_webhooks(self, url: str, secret: str, interval: float = 0.05) -> WebhookSender:
+        """Start delivering webhooks to `url` as runs change (stop() the sender)."""
+        return WebhookSender(self, url, secret, interval)
+
+    def deliver_webhook(self, url: str, run: SimRun, secret: str,
+                        before: str | None = "") -> list[int]:
+        """Deliver now what the platform sends for `run`'s current status; status codes."""
+        with self.lock:
+            self.tick()
+            deliveries = self.webhook_deliveries(run, before, secret)
+        return [post_delivery(url, d) for d in deliveries]
+
 
 def iso(value: datetime | None, *, millis: bool = True) -> str | None:
     if value is None:
         return None
     text = value.astimezone(UTC).isoformat(timespec="milliseconds" if millis else "seconds")
     return text.replace("+00:00", "Z")
+
+
+# --- webhooks (appended) ---------------------------------------------------------------
+
+
+class WebhookSender:
+    """Delivers a simulator's webhooks to a URL as runs change status, as the platform
+    would: a thread ticks the simulator's clock and, for each run whose status moved,
+    asks the simulator for the delivery (`Simulator.webhook_delivery`) and POSTs it.
+    Every delivery's (time, status code) is kept in `sent`."""
+
+    def __init__(self, sim: Simulator, url: str, secret: str, interval: float = 0.05):
+        self.sim, self.url, self.secret, self.interval = sim, url, secret, interval
+        self.sent: list[tuple[float, int]] = []
+        self._seen: dict[Any, str] = {}
+        self._stop = threading.Event()
+        with sim.lock:
+            sim.tick()
+            self._seen = {key: run.status for key, run in sim.runs.items()}
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"sim-{sim.name}-webhooks")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        with self.sim.lock:
+            self.sim.tick()
+            changed = [(key, run, self._seen.get(key)) for key, run in self.sim.runs.items()
+                       if self._seen.get(key) != run.status]
+            for key, run, _ in changed:
+                self._seen[key] = run.status
+            deliveries = [d for key, run, before in changed
+                          for d in self.sim.webhook_deliveries(run, before, self.secret)]
+        for delivery in deliveries:
+            self.sent.append((time.monotonic(), post_delivery(self.url, delivery)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+@dataclass
+class Delivery:
+    """One webhook request as the platform sends it."""
+
+    headers: dict[str, str]
+    body: bytes
+    query: str = ""  # appended to the URL, e.g. "secret=..."
+
+
+def post_delivery(url: str, delivery: Delivery, timeout: float = 5.0) -> int:
+    """POST one delivery; its status code (0 when nothing answered)."""
+    import httpx
+
+    target = f"{url}{'&' if '?' in url else '?'}{delivery.query}" if delivery.query else url
+    try:
+        response = httpx.post(target, content=delivery.body, timeout=timeout, headers={
+            "Content-Type": "application/json", **delivery.headers})
+    except httpx.HTTPError:
+        return 0
+    return response.status_code

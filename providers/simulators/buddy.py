@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import timedelta
 from typing import Any
 
-from providers.simulators.base import HttpError, Phase, Request, SimRun, Simulator, iso
+from providers.simulators.base import (
+    Delivery,
+    HttpError,
+    Phase,
+    Request,
+    SimRun,
+    Simulator,
+    iso,
+)
 
 API = "https://api.buddy.works"
 APP = "https://app.buddy.works"
@@ -259,3 +268,38 @@ class BuddySimulator(Simulator):
             ],
         }
 
+    # -- webhooks (appended) ----------------------------------------------------------
+    # Buddy's workspace webhooks: events EXECUTION_STARTED, EXECUTION_SUCCESSFUL,
+    # EXECUTION_FAILED, EXECUTION_FINISHED (documented); the `secret_key` is "sent in the
+    # payload" (documented), here as the body's top-level field (assumed, as are the body's
+    # `event`, `pipeline` and `execution`; the delivery log shows workspace, invoker and
+    # project). No event is sent when an execution starts waiting for approval.
+
+    def webhook_deliveries(self, run: SimRun, before, secret: str) -> list[Delivery]:
+        status = run.status
+        if status == "INPROGRESS" and (before is None or before in {"INITIAL", "ENQUEUED"}):
+            events = ["EXECUTION_STARTED"]
+        elif status == "SUCCESSFUL":
+            events = ["EXECUTION_SUCCESSFUL", "EXECUTION_FINISHED"]
+        elif status == "FAILED":
+            events = ["EXECUTION_FAILED", "EXECUTION_FINISHED"]
+        elif status in FINAL:
+            events = ["EXECUTION_FINISHED"]
+        else:
+            return []
+        d = run.data
+        project = {"url": f"{API}/workspaces/{self.workspace}/projects/{d['project']}",
+                   "html_url": f"{APP}/{self.workspace}/{d['project']}", "name": d["project"],
+                   "display_name": d["project"].replace("-", " ").title(), "status": "ACTIVE"}
+        execution = self.render(run)
+        return [Delivery(headers={}, body=json.dumps({
+            "event": event,
+            "secret_key": secret,
+            "workspace": {"url": f"{API}/workspaces/{self.workspace}",
+                          "html_url": f"{APP}/{self.workspace}", "id": 1,
+                          "name": self.workspace, "domain": self.workspace},
+            "invoker": execution["creator"],
+            "project": project,
+            "pipeline": execution["pipeline"],
+            "execution": execution,
+        }).encode()) for event in events]

@@ -42,7 +42,15 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from providers.simulators.base import HttpError, Phase, Request, SimRun, Simulator, iso
+from providers.simulators.base import (
+    Delivery,
+    HttpError,
+    Phase,
+    Request,
+    SimRun,
+    Simulator,
+    iso,
+)
 
 RATE_LIMIT_PER_HOUR = 1000  # Use the API, "Rate limits": the default
 RATE_WINDOW_SECONDS = 3600.0  # "resets one hour after the first request is sent"
@@ -514,3 +522,29 @@ class NorthflankSimulator(Simulator):
             },
             **self.render_summary(run),
         }
+
+    # -- webhooks (appended) ----------------------------------------------------------
+    # A RAW_WEBHOOK notification integration (documented): headers
+    # X-Northflank-Notification-Integration-{Id,Name,Token,Event-Id,Event-Type}, the Token
+    # being the integration's secret itself; body {event, data}; events
+    # trigger:release-flow-template-run:{start,update,success,failure,aborted}. ASSUMED:
+    # `data` is the run (summary shape) plus pipelineId and stage; no event is sent when a
+    # run starts waiting for approval (none is documented for it).
+    integration_id = "runboard-hook"
+
+    def webhook_deliveries(self, run: SimRun, before, secret: str) -> list[Delivery]:
+        status = run.status
+        if status == "approval_wait":
+            return []
+        kind = {"success": "success", "failure": "failure", "aborted": "aborted"}.get(
+            status, "start" if before is None else "update")
+        event = f"trigger:release-flow-template-run:{kind}"
+        data = {**self.render_summary(run), "pipelineId": run.data["pipeline"],
+                "stage": run.data["stage"]}
+        return [Delivery(headers={
+            "X-Northflank-Notification-Integration-Id": self.integration_id,
+            "X-Northflank-Notification-Integration-Name": "Runboard",
+            "X-Northflank-Notification-Integration-Token": secret,
+            "X-Northflank-Notification-Integration-Event-Id": str(uuid.uuid4()),
+            "X-Northflank-Notification-Integration-Event-Type": event,
+        }, body=json.dumps({"event": event, "data": data}).encode())]

@@ -55,11 +55,20 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from providers.simulators.base import HttpError, Phase, Request, SimRun, Simulator, iso
+from providers.simulators.base import (
+    Delivery,
+    HttpError,
+    Phase,
+    Request,
+    SimRun,
+    Simulator,
+    iso,
+)
 
 # Deterministic, real-looking ids: the same name always gets the same uuid.
 ID_SPACE = uuid.UUID("6f1c2a64-57a4-4f0e-9c1e-0d7a7a2b3c01")
@@ -708,3 +717,35 @@ class QoverySimulator(Simulator):
             "trigger_action": request["trigger_action"],
             "stages": stages,
         }
+
+    # -- webhooks (appended) ----------------------------------------------------------
+    # Organization webhooks (documented): events DEPLOYMENT_STARTED, DEPLOYMENT_CANCELLED,
+    # DEPLOYMENT_FAILURE, DEPLOYMENT_SUCCESSFUL; header `Qovery-Signature: <the secret>`;
+    # body {created_at, event_type, payload_type: "DEPLOYMENT", payload_id, payload}.
+    # ASSUMED: the payload's fields (environment_id, project_id, organization_id,
+    # deployment_id, state) and that STARTED fires when the deployment leaves the queue.
+
+    def webhook_deliveries(self, run: SimRun, before, secret: str) -> list[Delivery]:
+        status = run.status
+        if status in ("DEPLOYED",):
+            event = "DEPLOYMENT_SUCCESSFUL"
+        elif status == "CANCELED":
+            event = "DEPLOYMENT_CANCELLED"
+        elif status in FINAL:
+            event = "DEPLOYMENT_FAILURE"
+        elif status in RUNNING and (before is None or before not in RUNNING):
+            event = "DEPLOYMENT_STARTED"
+        else:
+            return []
+        environment_id = run.data["environment"]
+        project_id = self.environments[environment_id]["project"]
+        return [Delivery(headers={"Qovery-Signature": secret}, body=json.dumps({
+            "created_at": iso(self.clock.now()),
+            "event_type": event,
+            "payload_type": "DEPLOYMENT",
+            "payload_id": run.id,
+            "payload": {"deployment_id": run.id, "environment_id": environment_id,
+                        "project_id": project_id,
+                        "organization_id": self.projects[project_id]["organization"],
+                        "state": status},
+        }).encode())]

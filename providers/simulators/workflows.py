@@ -9,12 +9,22 @@ concludes after REVIEW_SECONDS: approved, or rejected, which fails the run.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
-from providers.simulators.base import HttpError, Phase, Request, SimRun, Simulator, iso
+from providers.simulators.base import (
+    Delivery,
+    HttpError,
+    Phase,
+    Request,
+    SimRun,
+    Simulator,
+    iso,
+)
 
 DEPLOY_SECONDS = 20
 REVIEW_SECONDS = 90
@@ -281,3 +291,17 @@ class WorkflowsSimulator(Simulator):
             "cancelledBy": cancelled_by,
             "cancelledComment": d.get("cancel_comment"),
         }
+
+    # -- webhooks (appended) ----------------------------------------------------------
+    # GoRules project webhooks (REST type) fire on release events such as Release Deployed
+    # (documented); no run-level event is documented, nor the body's shape or its signature.
+    # Here: a run that completed deploys its release, so "Release Deployed" is sent, with
+    # Runboard's secret in the URL's query (how Runboard asks GoRules to be set up).
+
+    def webhook_deliveries(self, run: SimRun, before, secret: str) -> list[Delivery]:
+        if run.status != "completed":
+            return []
+        return [Delivery(headers={}, query=urlencode({"secret": secret}), body=json.dumps({
+            "event": "Release Deployed", "projectId": self.project_id,
+            "release": run.data["release"], "createdAt": iso(self.clock.now()),
+        }).encode())]

@@ -1,0 +1,161 @@
+"""The polling scheduler: budget arithmetic, what speeds a connection up or slows it down,
+and falling back to polling when webhooks are turned off."""
+
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from dashboard import schedule, sync, tasks
+from dashboard.models import Connection, Run
+from providers.base import CONSERVATIVE_BUDGET, RateBudget
+from providers.buddy import BuddyProvider
+from providers.northflank import NorthflankProvider
+from providers.qovery import QoveryProvider
+from providers.simulators.buddy import BUILD_PLAN
+from providers.workflows import WorkflowsProvider
+from tests.celery_worker import celery_worker, wait_for
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _intervals(settings):
+    settings.RUNBOARD_BUDGET_SHARE = 0.5
+    settings.RUNBOARD_POLL_MIN = 2.0
+    settings.RUNBOARD_POLL_IDLE = 15.0
+    settings.RUNBOARD_POLL_MAX = 600.0
+    settings.RUNBOARD_WEBHOOK_RECONCILE = 300.0
+
+
+def connection(provider="northflank", **fields):
+    return Connection(provider=provider, name=provider, base_url="http://x", token="t",
+                      **fields)
+
+
+def test_each_provider_declares_its_documented_budget_or_the_conservative_default():
+    assert NorthflankProvider.budget_for() == RateBudget(1000, 3600.0)
+    assert BuddyProvider.budget_for(seen_limit=2000) == RateBudget(2000, 3600.0)
+    assert BuddyProvider.budget_for() == CONSERVATIVE_BUDGET
+    assert QoveryProvider.budget_for() == WorkflowsProvider.budget_for() == CONSERVATIVE_BUDGET
+    assert not CONSERVATIVE_BUDGET.documented
+
+
+def test_the_budget_floor_spends_exactly_the_share():
+    # Northflank, 7 requests a pass, half of 1000/hour: one pass every 50.4 s.
+    floor = schedule.budget_floor(RateBudget(1000, 3600.0), cost=7, share=0.5)
+    assert floor == pytest.approx(50.4)
+    assert 3600 / floor * 7 == pytest.approx(500)
+
+
+def test_live_runs_are_polled_as_fast_as_the_budget_allows():
+    cheap = schedule.plan(connection(last_pass_requests=1), live=True, watched=False)
+    assert (cheap.interval, cheap.reason) == (pytest.approx(7.2), "live runs")
+    costly = schedule.plan(connection(last_pass_requests=31), live=True, watched=False)
+    assert costly.interval == pytest.approx(31 * 7.2)  # never over the share
+    roomy = schedule.plan(connection("buddy", last_pass_requests=6, rate_limit_seen=100000),
+                          live=True, watched=False)
+    assert roomy.interval == 2.0  # RUNBOARD_POLL_MIN
+
+
+def test_a_watched_page_speeds_its_connection_up():
+    idle = schedule.plan(connection("buddy", last_pass_requests=1, quiet_passes=3),
+                         live=False, watched=False)
+    watched = schedule.plan(connection("buddy", last_pass_requests=1, quiet_passes=3),
+                            live=False, watched=True)
+    assert idle.interval == 120.0 and watched.interval == pytest.approx(12.0)
+
+
+def test_a_quiet_account_backs_off_up_to_the_maximum():
+    intervals = [schedule.plan(connection("buddy", last_pass_requests=1, quiet_passes=n),
+                               live=False, watched=False).interval for n in (0, 1, 2, 10)]
+    assert intervals == [15.0, 30.0, 60.0, 600.0]
+
+
+def test_healthy_webhooks_leave_only_reconciling(buddy_connection):
+    buddy_connection.set_webhook_secret()
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        webhooks_enabled=True, last_webhook_accepted=True, last_pass_requests=1)
+    buddy_connection.refresh_from_db()
+    assert schedule.plan(buddy_connection, live=False, watched=False).interval == 300.0
+    # No platform announces a run waiting for approval: live runs are still polled.
+    live = schedule.plan(buddy_connection, live=True, watched=False)
+    assert (live.interval, live.reason) == (12.0, "live runs")  # the budget's floor
+
+
+def test_after_a_pass_the_next_is_planned_and_not_due_before(buddy_sim, buddy_connection):
+    buddy_sim.add_execution("web-shop", 1, BUILD_PLAN, age=3600)  # finished: nothing live
+    result = sync.sync_connection(buddy_connection.pk)
+    now = timezone.now()
+    planned = schedule.after_pass(buddy_connection.pk, requests=result.requests,
+                                  runs_written=result.runs_written,
+                                  rate_limit_seen=result.rate_limit_seen, now=now)
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    assert conn.rate_limit_seen == buddy_sim.rate_limit  # from X-Rate-Limit-Limit
+    assert conn.last_pass_requests == result.requests == 3
+    # Idle wants 15 s, but 3 requests within half of 1000/hour allow one pass per 21.6 s.
+    assert (planned.reason, planned.interval) == ("idle", pytest.approx(21.6))
+    assert conn.next_poll_at == now + timedelta(seconds=planned.interval)
+    assert not schedule.due(now + timedelta(seconds=21)).exists()
+    assert schedule.due(now + timedelta(seconds=22)).exists()
+
+
+def test_a_watched_page_brings_the_next_pass_forward_but_not_past_the_budget(
+        buddy_connection):
+    now = timezone.now()
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        next_poll_at=now + timedelta(seconds=600), last_attempt_at=now,
+        last_pass_requests=30)  # conservative 600/h at half: 30 requests every 360 s
+    schedule.watching([buddy_connection.pk], now)
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    assert conn.next_poll_at == now + timedelta(seconds=360)
+    assert conn.watched_until > now
+
+
+@pytest.mark.celery
+@pytest.mark.django_db(transaction=True)
+def test_turning_webhooks_off_falls_back_to_polling_with_no_lost_change(
+        buddy_sim, buddy_connection):
+    buddy_sim.add_execution("web-shop", 1, BUILD_PLAN, age=3600)
+    buddy_connection.set_webhook_secret()
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        webhooks_enabled=True, last_webhook_accepted=True)
+    with celery_worker():
+        tasks.sync_all.delay()
+        wait_for(lambda: Connection.objects.get(pk=buddy_connection.pk).last_pass_requests,
+                 what="the first pass")
+        conn = Connection.objects.get(pk=buddy_connection.pk)
+        assert conn.next_poll_at > timezone.now() + timedelta(seconds=200)  # reconciling
+        # A change whose delivery is lost (webhooks about to be turned off).
+        buddy_sim.add_execution("web-shop", 1, BUILD_PLAN, age=10)
+        assert tasks.sync_all() == 0  # nothing due yet (queues in-process, runs in the worker)
+        call_command("webhook_secret", buddy_connection.name, "--off")
+        assert tasks.sync_all() == 1
+        wait_for(lambda: Run.objects.count() == 2, what="polling to bring the change in")
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    assert not conn.webhooks_enabled and conn.next_poll_at < timezone.now() + timedelta(
+        seconds=60)
+
+
+def test_webhook_reads_come_out_of_the_same_budget(buddy_connection):
+    now = timezone.now()
+    Connection.objects.filter(pk=buddy_connection.pk).update(next_poll_at=now)
+    schedule.spend(buddy_connection.pk, 5)  # conservative 600/h at half: 12 s a request
+    assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == now + timedelta(
+        seconds=60)
+
+
+def test_a_window_nearly_used_up_by_one_client_stops_the_next_before_a_429(
+        buddy_sim, buddy_connection):
+    from providers.base import RateLimited, RateLimitInfo
+
+    buddy_sim.add_execution("web-shop", 1, BUILD_PLAN)
+    schedule.record_rate_limit(buddy_connection.pk, RateLimitInfo(
+        limit=1000, remaining=1, reset_at=(timezone.now() + timedelta(seconds=30)).timestamp()))
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    asked = len(buddy_sim.requests)
+    with pytest.raises(RateLimited) as refused, conn.client() as client:
+        client.get_run({"project": "web-shop", "pipeline": "1", "id": 1})
+    assert len(buddy_sim.requests) == asked  # nothing was sent
+    assert 25 < refused.value.retry_after <= 30

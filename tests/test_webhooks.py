@@ -1,0 +1,209 @@
+"""Webhook ingestion: every simulator's deliveries, through the real endpoint, a real
+Celery worker on Redis and PostgreSQL; and everything a delivery must not be able to do."""
+
+import hashlib
+import json
+import logging
+
+import pytest
+from django.urls import reverse
+
+from dashboard import sync
+from dashboard.models import Connection, Run, WebhookDelivery
+from providers.simulators.base import SimRun
+from providers.simulators.buddy import DEPLOY_PLAN
+from tests.celery_worker import celery_worker, wait_for
+
+Outcome = WebhookDelivery.Outcome
+
+
+def hook_url(connection) -> str:
+    return reverse("webhook", args=[connection.webhook_key])
+
+
+def enable_webhooks(connection) -> str:
+    secret = connection.set_webhook_secret()
+    Connection.objects.filter(pk=connection.pk).update(webhooks_enabled=True)
+    connection.refresh_from_db()
+    return secret
+
+
+def next_change_with_a_webhook(sim, secret, step=5.0, limit=600.0):
+    """Advance the simulator until some run changes in a way its platform announces;
+    return (run, status before)."""
+    with sim.lock:
+        sim.tick()
+        before = {key: run.status for key, run in sim.runs.items()}
+    waited = 0.0
+    while waited < limit:
+        sim.advance(step)
+        waited += step
+        with sim.lock:
+            for key, run in sim.runs.items():
+                if run.status != before[key] and sim.webhook_deliveries(run, before[key], secret):
+                    return run, before[key]
+            before = {key: run.status for key, run in sim.runs.items()}
+    raise AssertionError("no run changed in a way its platform announces")
+
+
+@pytest.mark.celery
+@pytest.mark.django_db(transaction=True)
+def test_each_simulators_webhook_reaches_the_run_through_a_worker(demo, live_server):
+    sim, connection = demo
+    sync.sync_connection(connection.pk)
+    secret = enable_webhooks(connection)
+    run, before = next_change_with_a_webhook(sim, secret)
+    held = Run.objects.filter(raw_status=run.status).count()
+    with celery_worker():
+        codes = sim.deliver_webhook(live_server.url + hook_url(connection), run, secret, before)
+        assert codes and all(code == 202 for code in codes)
+        # No beat runs here: only the delivery can bring the change in.
+        wait_for(lambda: Run.objects.filter(raw_status=run.status).count() > held,
+                 timeout=30, what=f"{connection.provider}: the change to reach the run")
+        wait_for(lambda: not WebhookDelivery.objects.filter(processed_at__isnull=True).exists(),
+                 what="the deliveries to be processed")
+    assert set(WebhookDelivery.objects.values_list("outcome", flat=True)) == {Outcome.ACCEPTED}
+    connection.refresh_from_db()
+    assert connection.last_webhook_accepted and connection.webhooks_healthy
+
+
+# --- what a delivery must not be able to do ----------------------------------------------
+
+def buddy_body(secret, execution_id=1, **extra):
+    return json.dumps({"event": "EXECUTION_SUCCESSFUL", "secret_key": secret,
+                       "project": {"name": "web-shop"}, "pipeline": {"id": 1},
+                       "execution": {"id": execution_id, "status": "SUCCESSFUL"},
+                       **extra}).encode()
+
+
+@pytest.fixture
+def hooked(buddy_sim, buddy_connection):
+    buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    sync.sync_connection(buddy_connection.pk)
+    secret = enable_webhooks(buddy_connection)
+    return buddy_connection, secret
+
+
+def post(client, connection, body: bytes, **headers):
+    return client.post(hook_url(connection), body, content_type="application/json", **headers)
+
+
+def state():
+    return list(Run.objects.order_by("pk").values_list("pk", "status", "raw_status",
+                                                      "updated_at"))
+
+
+@pytest.mark.django_db
+def test_a_valid_delivery_is_answered_at_once_and_queues_the_work(
+        client, hooked, django_capture_on_commit_callbacks):
+    connection, secret = hooked
+    with django_capture_on_commit_callbacks() as queued:
+        response = post(client, connection, buddy_body(secret))
+    assert response.status_code == 202
+    assert len(queued) == 1  # the Celery task, sent once the delivery row is committed
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.outcome, delivery.event) == (Outcome.ACCEPTED, "EXECUTION_SUCCESSFUL")
+    assert delivery.hints == [{"project": "web-shop", "pipeline": "1", "id": 1}]
+
+
+@pytest.mark.django_db
+def test_forged_malformed_and_oversized_deliveries_change_nothing_and_are_logged(
+        client, hooked, settings, caplog, django_capture_on_commit_callbacks):
+    connection, secret = hooked
+    settings.RUNBOARD_WEBHOOK_MAX_BYTES = 4096
+    before = state()
+    cases = [
+        (buddy_body("not-the-secret"), 401),
+        (buddy_body(""), 401),
+        (json.dumps({"event": "EXECUTION_FAILED", "project": {"name": "web-shop"}}).encode(),
+         401),
+        (b"\xff\xfe not json", 400),
+        (b"[1, 2, 3]", 400),
+        (json.dumps({"secret_key": secret, "execution": "DROP TABLE"}).encode(), 400),
+        (buddy_body(secret, padding="x" * 5000), 413),
+    ]
+    caplog.set_level(logging.WARNING, "dashboard.webhooks")
+    with django_capture_on_commit_callbacks() as queued:
+        for body, expected in cases:
+            assert post(client, connection, body).status_code == expected, body[:60]
+        assert client.get(hook_url(connection)).status_code == 405
+        other = reverse("webhook", args=["00000000-0000-4000-8000-000000000000"])
+        assert client.post(other, buddy_body(secret),
+                           content_type="application/json").status_code == 404
+    assert queued == []  # no work was queued
+    assert state() == before
+    outcomes = list(WebhookDelivery.objects.values_list("outcome", "http_status"))
+    assert sorted(outcomes) == sorted((Outcome.REJECTED, code) for _, code in cases)
+    assert sum("refused" in r.getMessage() for r in caplog.records) == len(cases) + 1
+
+
+@pytest.mark.django_db
+def test_a_flood_of_forgeries_is_logged_without_flooding_the_database(
+        client, hooked, settings, caplog):
+    connection, _ = hooked
+    settings.RUNBOARD_WEBHOOK_REJECTED_LOG_PER_MINUTE = 5
+    caplog.set_level(logging.WARNING, "dashboard.webhooks")
+    for n in range(40):
+        assert post(client, connection, buddy_body(f"guess-{n}")).status_code == 401
+    assert WebhookDelivery.objects.count() <= 10  # at most two minutes' worth
+    assert sum("wrong or missing secret" in r.getMessage() for r in caplog.records) == 40
+    connection.refresh_from_db()
+    assert connection.last_webhook_at is None  # forgeries say nothing about health
+
+
+@pytest.mark.django_db
+def test_duplicates_and_replays_do_no_work(client, hooked,
+                                          django_capture_on_commit_callbacks):
+    connection, secret = hooked
+    body = buddy_body(secret)
+    with django_capture_on_commit_callbacks() as queued:
+        assert post(client, connection, body).status_code == 202
+        assert post(client, connection, body).status_code == 200  # a retry by the platform
+        assert post(client, connection, body).status_code == 200  # a replay
+    assert len(queued) == 1
+    assert list(WebhookDelivery.objects.order_by("pk").values_list("outcome", flat=True)) == [
+        Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.DUPLICATE]
+    assert WebhookDelivery.objects.filter(
+        delivery_id="sha256:" + hashlib.sha256(body).hexdigest()).count() == 3
+
+
+@pytest.mark.django_db
+def test_webhooks_off_or_a_rotated_secret_refuse_deliveries(client, hooked):
+    connection, secret = hooked
+    new_secret = connection.set_webhook_secret()
+    assert post(client, connection, buddy_body(secret)).status_code == 401
+    assert post(client, connection, buddy_body(new_secret)).status_code == 202
+    Connection.objects.filter(pk=connection.pk).update(webhooks_enabled=False)
+    assert post(client, connection, buddy_body(new_secret, execution_id=2)).status_code == 403
+
+
+@pytest.mark.django_db
+def test_the_secret_is_stored_hashed_and_compared_whole(buddy_connection):
+    secret = buddy_connection.set_webhook_secret()
+    stored = Connection.objects.get(pk=buddy_connection.pk).webhook_secret_hash
+    assert secret not in stored and len(stored) == 64
+    assert buddy_connection.webhook_secret_matches(secret)
+    assert not buddy_connection.webhook_secret_matches(secret[:-1])
+    assert not buddy_connection.webhook_secret_matches("")
+
+
+@pytest.mark.django_db
+def test_the_connections_page_shows_the_last_delivery_and_the_setup_steps(
+        client, viewer, hooked):
+    connection, secret = hooked
+    post(client, connection, buddy_body(secret))
+    client.force_login(viewer)
+    page = client.get(reverse("connections")).content.decode()
+    assert hook_url(connection) in page
+    assert "Last delivery accepted" in page
+    assert "Payload URL: http://testserver" + hook_url(connection) in page
+    assert secret not in page
+
+
+def test_simulator_sends_what_the_platform_documents(buddy_sim):
+    run: SimRun = buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    buddy_sim.transition(run, [DEPLOY_PLAN[-1]])
+    [delivery] = [d for d in buddy_sim.webhook_deliveries(run, "INPROGRESS", "s3cret")
+                  if b"EXECUTION_SUCCESSFUL" in d.body]
+    body = json.loads(delivery.body)
+    assert body["secret_key"] == "s3cret" and body["execution"]["id"] == run.data["id"]
