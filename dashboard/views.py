@@ -1,4 +1,5 @@
 import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -26,7 +27,7 @@ from dashboard.models import (
     Run,
     data_version,
 )
-from providers.base import FINISHED, Action
+from providers.base import FINISHED, Action, Status
 
 PAGE_SIZE = 50
 
@@ -70,6 +71,7 @@ def _run_list_context(request, version: str) -> dict:
     ).hexdigest()
     return {
         "filter": run_filter,
+        "active_filters": [f for f in run_filter.form.changed_data if f != "q"],
         "page": page,
         "version": version,
         "page_key": page_key,
@@ -123,11 +125,46 @@ def run_list(request):
     return render(request, "runs/list.html", {"content": html})
 
 
+def _blocked(run, user) -> dict | None:
+    """Why the platform cannot do what this run seems to wait for, in one line: a
+    waiting run Runboard cannot approve, or a run a newer one replaced."""
+    provider = run.connection.provider_class
+    if not run.is_finished and provider.acts_on_environment and run.is_superseded():
+        newer = (Run.objects.filter(environment=run.environment_id)
+                 .order_by("-created_at", "-id").only("pk", "name", "external_id").first())
+        return {"reason": actions.refusal(run, Action.CANCEL), "newer": newer}
+    if run.status == Status.WAITING:
+        reason = actions.refusal(run, Action.APPROVE, user)
+        if reason:
+            return {"reason": reason}
+    return None
+
+
+def _new_runs(run, history) -> list[dict]:
+    """Runs an action from Runboard started (a retry or redeploy answered with a new
+    run, which the action path stored): linked from the old run's page."""
+    started = {}
+    for record in history:
+        try:
+            body = json.loads(record.response or "{}")
+        except ValueError:
+            continue
+        if isinstance(body, dict) and isinstance(body.get("run"), str):
+            started.setdefault(body["run"], record.get_kind_display().lower())
+    if not started:
+        return []
+    found = Run.objects.filter(connection=run.connection_id, external_id__in=started)
+    return [{"run": r, "via": started[r.external_id]} for r in found]
+
+
 def _detail_context(request, run, **extra):
+    history = list(run.actions.select_related("user")[:50])
     return {
         "run": run,
         "jobs": run.jobs.select_related("environment"),
-        "history": run.actions.select_related("user")[:50],
+        "history": history,
+        "blocked": _blocked(run, request.user),
+        "new_runs": _new_runs(run, history),
         "version": f"{run.updated_at.timestamp():.6f}",
         "can_act": request.user.has_perm("dashboard.act_on_run"),
         "provider": run.connection.provider_class,
@@ -248,7 +285,9 @@ def audit_export(request, fmt):
 
 @login_required
 def profile(request):
-    new_key = None
+    # Post/redirect/get: the new key goes through the session, shown once, so
+    # reloading the page neither shows it again nor creates a second token.
+    new_key = request.session.pop("new_api_token", None) if request.method == "GET" else None
     form = TokenForm(request.POST or None)
     if request.method == "POST":
         if "revoke" in request.POST:
@@ -259,12 +298,12 @@ def profile(request):
                 messages.success(request, "Token revoked.")
             return redirect("profile")
         if form.is_valid():
-            _, new_key = ApiToken.issue(
+            _, request.session["new_api_token"] = ApiToken.issue(
                 request.user, form.cleaned_data["name"],
                 expires_in=timedelta(days=form.cleaned_data["expires_in"]),
                 read_only=form.cleaned_data["read_only"],
             )
-            form = TokenForm()
+            return redirect("profile")
     return render(request, "profile.html", {
         "form": form, "new_key": new_key,
         "tokens": ApiToken.objects.filter(user=request.user),
