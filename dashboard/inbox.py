@@ -16,7 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from dashboard import actions
-from dashboard.models import Job, Run
+from dashboard.models import Job, Run, mark_superseded
 from dashboard.views import page_of
 from providers.base import Action, Status
 
@@ -54,6 +54,7 @@ def describe(run, user) -> dict:
 @login_required
 def inbox(request):
     page = page_of(waiting(), request.GET.get("page"))
+    mark_superseded(page["rows"])  # for refusal(), one query for the page
     rows = [describe(run, request.user) for run in page["rows"]]
     releases = {}
     for row in rows:
@@ -102,7 +103,9 @@ def approve_release(request):
     release = release.strip()[:200]
     if not release:
         return redirect("inbox")
-    rows = [describe(run, request.user) for run in _release_runs(release)[:200]]
+    runs = list(_release_runs(release)[:200])
+    mark_superseded(runs)
+    rows = [describe(run, request.user) for run in runs]
     results = None
     if request.method == "POST":
         chosen = set(request.POST.getlist("run"))

@@ -46,7 +46,7 @@ def two_workspaces(clock, buddy_sim, buddy_connection):
 
 
 def test_inbox_bulk_approve_one_release_in_two_accounts(page, log_in, manager, two_workspaces):
-    buddy, other, northflank = two_workspaces
+    buddy, other, _ = two_workspaces
     log_in("manager", "manager-pass", next_url="/inbox/")
     rows = page.locator("table.inbox tbody tr")
     expect(rows).to_have_count(3)
