@@ -68,6 +68,11 @@ def build() -> dict:
             "cells": {},
         })
         for name, status, order in touched:
+            # A platform that names a stage after its pipeline ("api · staging") still
+            # puts it in the stage's column, beside other pipelines' stagings.
+            prefix = f"{run['pipeline_name']} · "
+            if run["pipeline_name"] and name.startswith(prefix):
+                name = name.removeprefix(prefix)
             column = name.casefold()
             if order is not None:
                 orders.setdefault(column, []).append(order)

@@ -370,3 +370,16 @@ def test_collapsed_filters_open_when_one_is_set(viewer, db):
     opened = client.get("/runs/?group=failed").content.decode()
     assert '<details class="more-filters" open>' in opened and "(1 on)" in opened
 
+
+
+def test_stages_named_after_their_pipeline_share_a_column(viewer, buddy_connection):
+    """Northflank names a stage's environment "<pipeline> · <stage>"."""
+    sync.upsert_runs(buddy_connection, [
+        RunData(external_id=p, status=Status.SUCCEEDED, raw_status="x", locator={},
+                version=f"{p}-1", pipeline_name=p, created_at=_ago(60),
+                environment=EnvironmentData(f"{p}-staging", f"{p} · staging"))
+        for p in ("api", "web")])
+    response = as_user(viewer).get("/releases/")
+    assert [c["name"] for c in response.context["columns"]] == ["staging"]
+    assert [r["line"][0]["cell"]["deployed"]["version"] for r in response.context["rows"]] == [
+        "api-1", "web-1"]
