@@ -16,8 +16,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from dashboard import actions
-from dashboard.models import Job, Run, mark_superseded
-from dashboard.views import page_of
+from dashboard.models import Job, Run, data_version, mark_superseded
+from dashboard.views import page_of, personal_key, rendered_for
 from providers.base import Action, Status
 
 MAX_COMMENT = 2000
@@ -51,8 +51,7 @@ def describe(run, user) -> dict:
     }
 
 
-@login_required
-def inbox(request):
+def _inbox_context(request) -> dict:
     page = page_of(waiting(), request.GET.get("page"))
     mark_superseded(page["rows"])  # for refusal(), one query for the page
     rows = [describe(run, request.user) for run in page["rows"]]
@@ -63,10 +62,18 @@ def inbox(request):
     bulk = [{"release": key, "count": len(found),
              "approvable": sum(1 for r in found if not r["refusal"])}
             for key, found in releases.items() if len(found) > 1]
-    return render(request, "inbox/list.html", {
-        "rows": rows, "page": page, "page_query": "", "bulk": bulk,
-        "can_act": request.user.has_perm("dashboard.act_on_run"),
-    })
+    return {"rows": rows, "page": page, "page_query": "", "bulk": bulk,
+            "can_act": request.user.has_perm("dashboard.act_on_run")}
+
+
+@login_required
+def inbox(request):
+    """Rendered once per data version, page and kind of user (see `rendered_for`)."""
+    content = rendered_for(request, "inbox/_content.html",
+                           (data_version(), request.GET.get("page", ""),
+                            *personal_key(request)),
+                           lambda: _inbox_context(request))
+    return render(request, "inbox/list.html", {"content": content})
 
 
 @require_POST

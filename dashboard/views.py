@@ -8,6 +8,7 @@ from django.contrib.auth.decorators import login_required, permission_required
 from django.core.cache import cache
 from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -102,6 +103,30 @@ def rendered_once(template: str, request, version: str, context) -> str:
     return mark_safe(html)  # noqa: S308 (our own template's output)
 
 
+CSRF_MARK = "runboard-csrf-token-goes-here"
+
+
+def rendered_for(request, template: str, key_parts, context) -> str:
+    """Like `rendered_once`, for content with forms and per-user parts: cached per
+    `key_parts` (which must name everything the content depends on: the data version,
+    whether the user may act, ...). Its forms' CSRF token is put in per request."""
+    key = "runboard:content:" + hashlib.blake2s(
+        "|".join(str(part) for part in (template, *key_parts)).encode(), digest_size=16
+    ).hexdigest()
+    html = cache.get(key)
+    if html is None:
+        html = render_to_string(template, {**context(), "csrf_token": CSRF_MARK})
+        cache.set(key, html, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
+    return mark_safe(html.replace(CSRF_MARK, get_token(request)))  # noqa: S308 (ours)
+
+
+def personal_key(request) -> tuple:
+    """What of the user a page with actions depends on: whether they may act and, with
+    separation of duties on, who they are."""
+    can_act = request.user.has_perm("dashboard.act_on_run")
+    return (can_act, request.user.pk if settings.RUNBOARD_SEPARATION_OF_DUTIES else "")
+
+
 @login_required
 def run_list(request):
     version = data_version()
@@ -179,8 +204,18 @@ def run_detail(request, pk):
     run = get_object_or_404(Run.objects.for_list(), pk=pk)
     if unchanged(request, f"{run.updated_at.timestamp():.6f}"):
         return HttpResponse(status=204)
-    template = "runs/_live.html" if request.htmx else "runs/detail.html"
-    return render(request, template, _detail_context(request, run))
+    # The live part depends on the run, the audit records of it, other runs (superseded
+    # or not: the data version) and the user's rights.
+    last_action = run.actions.order_by("-id").values_list("id", flat=True).first()
+    live = rendered_for(request, "runs/_live.html",
+                        (run.pk, data_version(), run.updated_at.timestamp(), last_action,
+                         *personal_key(request)),
+                        lambda: _detail_context(request, run))
+    if request.htmx:
+        return HttpResponse(live)
+    return render(request, "runs/detail.html", {
+        "run": run, "live": live, "provider": run.connection.provider_class,
+        "permalink": request.build_absolute_uri(run.get_absolute_url())})
 
 
 @login_required
@@ -229,8 +264,7 @@ def run_action(request, pk, kind):
 # --- environments ------------------------------------------------------------------------
 
 
-@login_required
-def environment_board(request):
+def _environment_rows() -> dict:
     """One row per environment: what is deployed there, and what is happening now."""
     runs = Run.objects.filter(environment=OuterRef("pk")).order_by("-created_at", "-id")
     environments = list(
@@ -243,8 +277,15 @@ def environment_board(request):
     by_id = Run.objects.in_bulk([pk for pk in wanted if pk])
     rows = [{"environment": e, "latest": by_id.get(e.latest_id),
              "deployed": by_id.get(e.deployed_id)} for e in environments]
-    return render(request, "environments/board.html",
-                  {"rows": rows, "finished": FINISHED})
+    return {"rows": rows, "finished": FINISHED}
+
+
+@login_required
+def environment_board(request):
+    version = data_version()
+    board = rendered_once("environments/_board.html", request, version,
+                          lambda: _environment_rows())
+    return render(request, "environments/board.html", {"board": board})
 
 
 @login_required

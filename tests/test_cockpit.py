@@ -383,3 +383,28 @@ def test_stages_named_after_their_pipeline_share_a_column(viewer, buddy_connecti
     assert [c["name"] for c in response.context["columns"]] == ["staging"]
     assert [r["line"][0]["cell"]["deployed"]["version"] for r in response.context["rows"]] == [
         "api-1", "web-1"]
+
+
+def test_cached_pages_carry_each_users_own_csrf_token(manager, waiting_everywhere, buddy_sim,
+                                                      second_buddy):
+    """The inbox and run pages are rendered once per data version, but every viewer's
+    forms carry their own CSRF token (a shared one would be refused)."""
+    import re as regex
+
+    other = User.objects.create_user("other-manager", password="x")
+    from dashboard.models import release_managers_group
+    other.groups.add(release_managers_group())
+    sent = []
+    for user, connection in ((manager, "buddy"), (other, "billing")):
+        client = Client(enforce_csrf_checks=True)
+        client.force_login(user)
+        run = Run.objects.get(connection=waiting_everywhere[connection])
+        for path in ("/inbox/", f"/runs/{run.pk}/"):
+            body = client.get(path).content.decode()
+            assert "runboard-csrf-token-goes-here" not in body
+        token = regex.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body).group(1)
+        sent.append(token)
+        response = client.post(f"/inbox/{run.pk}/approve/", {"csrfmiddlewaretoken": token})
+        assert response.status_code == 302
+    assert sent[0] != sent[1]
+    assert len(applies(buddy_sim)) == 1 and len(applies(second_buddy)) == 1
