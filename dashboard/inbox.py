@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 
 from dashboard import actions
 from dashboard.models import Job, Run, data_version, mark_superseded
-from dashboard.views import page_of, personal_key, rendered_for
+from dashboard.views import page_of, personal_key, rendered_for, shows_actions
 from providers.base import Action, Status
 
 MAX_COMMENT = 2000
@@ -63,7 +63,7 @@ def _inbox_context(request) -> dict:
              "approvable": sum(1 for r in found if not r["refusal"])}
             for key, found in releases.items() if len(found) > 1]
     return {"rows": rows, "page": page, "page_query": "", "bulk": bulk,
-            "can_act": request.user.has_perm("dashboard.act_on_run")}
+            "can_act": shows_actions(request)}
 
 
 @login_required

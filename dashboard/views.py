@@ -120,11 +120,26 @@ def rendered_for(request, template: str, key_parts, context) -> str:
     return mark_safe(html.replace(CSRF_MARK, get_token(request)))  # noqa: S308 (ours)
 
 
+CAN_ACT_SECONDS = 30
+
+
+def shows_actions(request) -> bool:
+    """Whether pages show this user action buttons: the permission, remembered for
+    CAN_ACT_SECONDS (two queries a page otherwise). Only what is shown waits that long
+    after a change of rights: every action re-checks the permission when it is sent."""
+    key = f"runboard:can-act:{request.user.pk}"
+    found = cache.get(key)
+    if found is None:
+        found = request.user.has_perm("dashboard.act_on_run")
+        cache.set(key, found, CAN_ACT_SECONDS)
+    return found
+
+
 def personal_key(request) -> tuple:
     """What of the user a page with actions depends on: whether they may act and, with
     separation of duties on, who they are."""
-    can_act = request.user.has_perm("dashboard.act_on_run")
-    return (can_act, request.user.pk if settings.RUNBOARD_SEPARATION_OF_DUTIES else "")
+    return (shows_actions(request),
+            request.user.pk if settings.RUNBOARD_SEPARATION_OF_DUTIES else "")
 
 
 @login_required
@@ -190,8 +205,11 @@ def _detail_context(request, run, **extra):
         "history": history,
         "blocked": _blocked(run, request.user),
         "new_runs": _new_runs(run, history),
+        # Credit a cancel to the Runboard user who sent it, not the provider account.
+        "runboard_cancel": next((r for r in history if r.kind == Action.CANCEL
+                                 and r.state == ActionRecord.State.SUCCEEDED), None),
         "version": f"{run.updated_at.timestamp():.6f}",
-        "can_act": request.user.has_perm("dashboard.act_on_run"),
+        "can_act": shows_actions(request),
         "provider": run.connection.provider_class,
         "cancel_form": CancelForm(),
         "permalink": request.build_absolute_uri(run.get_absolute_url()),
@@ -201,14 +219,16 @@ def _detail_context(request, run, **extra):
 
 @login_required
 def run_detail(request, pk):
-    run = get_object_or_404(Run.objects.for_list(), pk=pk)
+    last_action = ActionRecord.objects.filter(run=OuterRef("pk")).order_by("-id")
+    run = get_object_or_404(
+        Run.objects.for_list().annotate(last_action=Subquery(last_action.values("id")[:1])),
+        pk=pk)
     if unchanged(request, f"{run.updated_at.timestamp():.6f}"):
         return HttpResponse(status=204)
     # The live part depends on the run, the audit records of it, other runs (superseded
     # or not: the data version) and the user's rights.
-    last_action = run.actions.order_by("-id").values_list("id", flat=True).first()
     live = rendered_for(request, "runs/_live.html",
-                        (run.pk, data_version(), run.updated_at.timestamp(), last_action,
+                        (run.pk, data_version(), run.updated_at.timestamp(), run.last_action,
                          *personal_key(request)),
                         lambda: _detail_context(request, run))
     if request.htmx:

@@ -317,6 +317,7 @@ def test_history_has_headers_and_readable_answers(manager, buddy_sim, buddy_conn
     body = client.get(f"/runs/{run.pk}/").content.decode()
     assert "<th>Who</th><th>Action</th><th>Comment</th><th>Result</th>" in body
     assert "Run is now cancelling (provider status TERMINATING)" in body
+    assert '<dd class="cancelled-by">manager from Runboard: stop</dd>' in body
     assert "&quot;normalized&quot;" not in body
     audit = client.get("/audit/").content.decode()
     assert "Run is now cancelling" in audit and "&quot;normalized&quot;" not in audit
