@@ -76,7 +76,7 @@ def test_inbox_lists_every_waiting_run_oldest_first_with_why_not(manager, waitin
     assert [r["run"].connection.name for r in rows] == ["Buddy", "Buddy billing", "Northflank"]
     assert [r["run"].triggered_by for r in rows[:2]] == ["Mike Benson", "Ana Lima"]
     assert [bool(r["refusal"]) for r in rows] == [False, False, True]
-    assert "no endpoint to approve a release flow" in rows[2]["refusal"]
+    assert "no endpoint to approve a run waiting for approval" in rows[2]["refusal"]
     body = response.content.decode()
     assert body.count('action="/inbox/') == 4  # approve + reject for each Buddy run
     assert "Reject (cancels)" in body  # Buddy refuses a run by cancelling it
