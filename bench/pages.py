@@ -9,7 +9,7 @@ through the whole middleware stack with a logged-in session:
   list*     the same page rendered afresh (the first viewer after a change);
   refresh   the live poll when nothing changed (HTMX GET /runs/?v=<version> -> 204);
   changed   the live poll after one run changed (only that row comes back);
-  inbox, releases, where (releases?q=<version>), attention (the strip's unchanged
+  inbox, releases, where (releases?q=<version>), trends (30 days), attention (the strip's unchanged
   poll), run (a run page), environments: the cockpit's pages, each as most viewers
   get it and (marked *) rendered afresh, with every cache emptied first;
 at 1,000 runs and again at 100,000, with the database queries each makes.
@@ -163,7 +163,7 @@ def main() -> None:
         version = Run.objects.order_by("-created_at").values_list("version", flat=True)[40]
         from dashboard import attention
         pages = [("inbox", "/inbox/", {}), ("releases", "/releases/", {}),
-                 ("where", f"/releases/?q={version}", {}),
+                 ("where", f"/releases/?q={version}", {}), ("trends", "/trends/?days=30", {}),
                  ("run", f"/runs/{run_pk}/", {}), ("envs", "/environments/", {})]
         for name, path, headers in pages:
             ms, code = timed(client, path, args.repeat, **headers)

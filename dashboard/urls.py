@@ -3,7 +3,18 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
-from dashboard import api, attention, auth, health, inbox, previews, releases, slack, views
+from dashboard import (
+    api,
+    attention,
+    auth,
+    health,
+    inbox,
+    previews,
+    releases,
+    slack,
+    trends,
+    views,
+)
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="run-list", permanent=False)),
@@ -17,6 +28,7 @@ urlpatterns = [
     path("inbox/release/", inbox.approve_release, name="inbox-release"),
     path("inbox/<int:pk>/<str:kind>/", inbox.act, name="inbox-act"),
     path("releases/", releases.releases, name="releases"),
+    path("trends/", trends.trends, name="trends"),
     path("attention/", attention.strip, name="attention"),
     path("connections/", views.connections, name="connections"),
     path("audit/", views.audit, name="audit"),

@@ -91,7 +91,8 @@ def pages() -> list[tuple[str, str]]:
     from providers.base import Status
 
     found = [("login", "/accounts/login/"), ("runs", "/runs/"), ("inbox", "/inbox/"),
-             ("releases", "/releases/"), ("environments", "/environments/"),
+             ("releases", "/releases/"), ("trends", "/trends/?days=30"),
+             ("environments", "/environments/"),
              ("connections", "/connections/"), ("audit", "/audit/"),
              ("tokens", "/profile/"), ("admin", "/admin/")]
     waiting = Run.objects.filter(status=Status.WAITING).order_by("created_at")
