@@ -9,7 +9,7 @@ runs, so two of these are approximations, and the page says so:
 - time to restore = from a failed deployment to the next successful one in the same
   pipeline and environment.
 A bar per day (succeeded above, failed below) is drawn as SVG on the server.
-Computed once per data version and window, and kept in the cache.
+Rendered once per data version and window, and kept in the cache.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from __future__ import annotations
 import statistics
 from datetime import timedelta
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.shortcuts import render
 from django.utils import timezone
 
 from dashboard.models import Run, data_version
+from dashboard.views import rendered_once
 from providers.base import Status
 
 WINDOWS = (7, 30)
@@ -110,10 +109,8 @@ def trends(request):
     except ValueError:
         days = 7
     days = days if days in WINDOWS else 7
-    key = f"runboard:trends:{days}:{data_version()}"
-    rows = cache.get(key)
-    if rows is None:
-        rows = build(days)
-        cache.set(key, rows, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
-    return render(request, "trends/list.html", {"rows": rows, "days": days,
+    # Rows and their charts rendered once per data version and window (see rendered_once).
+    table = rendered_once("trends/_table.html", request, data_version(),
+                          lambda: {"rows": build(days), "days": days})
+    return render(request, "trends/list.html", {"table": table, "days": days,
                                                 "windows": WINDOWS})
