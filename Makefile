@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,9 @@ bench: $(PY)
 	$(PY) -m pip install -q -e .
 	$(PY) bench/sync.py
 	$(PY) bench/pages.py
+
+# Every page at 1366x900 and 390x844, light and dark, into var/screenshots/ (needs
+# PostgreSQL like the tests, and Debian's chromium).
+screenshots: $(PY)
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) tools/screenshots.py

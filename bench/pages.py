@@ -9,12 +9,15 @@ through the whole middleware stack with a logged-in session:
   list*     the same page rendered afresh (the first viewer after a change);
   refresh   the live poll when nothing changed (HTMX GET /runs/?v=<version> -> 204);
   changed   the live poll after one run changed (only that row comes back);
+  inbox, releases, where (releases?q=<version>), trends (30 days), attention (the strip's unchanged
+  poll), run (a run page), environments: the cockpit's pages, each as most viewers
+  get it and (marked *) rendered afresh, with every cache emptied first;
 at 1,000 runs and again at 100,000, with the database queries each makes.
 
     .venv/bin/python bench/pages.py [--sizes 1000 100000] [--repeat 200]
 
-Targets (issue #5): list <= 3 x trivial, unchanged refresh <= 1.2 x trivial, query
-counts the same at 1k and 100k.
+Targets (issues #5, #12): every page <= 3 x trivial, unchanged refresh <= 1.2 x trivial,
+query counts the same at 1k and 100k (and 1M: --sizes 1000 100000 1000000).
 """
 
 from __future__ import annotations
@@ -155,6 +158,25 @@ def main() -> None:
         changed_ms, code = timed(client, unchanged, args.repeat, **htmx)
         assert code == 200, code
         rows.append(("changed", changed_ms, queries(client, unchanged, **htmx)))
+        # The cockpit's pages.
+        run_pk = Run.objects.order_by("-created_at", "-id").values_list("pk", flat=True)[500]
+        version = Run.objects.order_by("-created_at").values_list("version", flat=True)[40]
+        from dashboard import attention
+        pages = [("inbox", "/inbox/", {}), ("releases", "/releases/", {}),
+                 ("where", f"/releases/?q={version}", {}), ("trends", "/trends/?days=30", {}),
+                 ("run", f"/runs/{run_pk}/", {}), ("envs", "/environments/", {})]
+        for name, path, headers in pages:
+            ms, code = timed(client, path, args.repeat, **headers)
+            assert code == 200, (path, code)
+            rows.append((name, ms, queries(client, path, **headers)))
+            cold, _ = timed(client, path, max(20, args.repeat // 10), before=cache.clear,
+                            **headers)
+            cache.clear()
+            rows.append((name + "*", cold, queries(client, path, **headers)))
+        strip = f"/attention/?v={attention.version()}"
+        ms, code = timed(client, strip, args.repeat, **{"HX-Request": "true"})
+        assert code == 204, code
+        rows.append(("strip", ms, queries(client, strip, **{"HX-Request": "true"})))
         for name, ms, count in rows:
             print(f"{size:>8} {name:<8} {ms:7.2f} {ms / trivial_ms:9.2f} {count:>7}")
 

@@ -12,6 +12,7 @@ import json
 import logging
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -34,13 +35,19 @@ class ActionRefused(Exception):
         self.message, self.record, self.status = message, record, status
 
 
-def refusal(run: Run, kind: str) -> str | None:
-    """Why `kind` cannot be done on `run` now, or None if it can."""
+def refusal(run: Run, kind: str, user=None) -> str | None:
+    """Why `kind` cannot be done on `run` now (by `user`, if given), or None if it can."""
     provider = run.connection.provider_class
     if kind not in provider.actions:
-        return f"{provider.label} does not support {kind}."
+        note = provider.unsupported_reasons.get(kind)
+        return f"{provider.label} does not support {kind}" + (f": {note}" if note else ".")
     if not run.connection.token_readable:
         return f"{run.connection}: {UNREADABLE_MESSAGE}"
+    if kind == Action.APPROVE and run.raw_status in provider.waiting_elsewhere:
+        return provider.waiting_elsewhere[run.raw_status]
+    if kind == Action.APPROVE and user is not None and triggered_by_user(run, user):
+        return ("You triggered this run: separation of duties needs someone else to "
+                "approve it.")
     if provider.acts_on_environment and run.is_superseded():
         return (f"A newer run exists in {run.environment}: {provider.label} acts on an "
                 "environment's current run only.")
@@ -61,7 +68,7 @@ def perform(run: Run, user, kind: str, comment: str = "", force: bool = False) -
         raise ActionRefused("A comment is required to cancel a run.", status=400)
 
     run.refresh_from_db()
-    reason = refusal(run, kind)
+    reason = refusal(run, kind, user)
     if reason:
         record = ActionRecord.objects.create(
             run=run, user=user, kind=kind, comment=comment, options=options,
@@ -105,14 +112,24 @@ def perform(run: Run, user, kind: str, comment: str = "", force: bool = False) -
     record.response_code = 200
     record.finished_at = timezone.now()
     if isinstance(answer, RunData):
-        record.response = json.dumps(
-            {"status": answer.raw_status, "normalized": answer.status.value}
-        )
+        new = {"status": answer.raw_status, "normalized": answer.status.value}
+        if answer.external_id != run.external_id:  # e.g. a retry that started a new run
+            new["run"] = answer.external_id
+        record.response = json.dumps(new)
         upsert_runs(run.connection, [answer])
     else:
         record.response = json.dumps(answer) if answer is not None else ""
     record.save()
     return record
+
+
+def triggered_by_user(run: Run, user) -> bool:
+    """With separation of duties on, whether the platform says `user` triggered `run`
+    (its username, full name or e-mail, compared without case)."""
+    if not settings.RUNBOARD_SEPARATION_OF_DUTIES or not run.triggered_by:
+        return False
+    names = {user.get_username(), user.get_full_name(), getattr(user, "email", "")}
+    return run.triggered_by.strip().casefold() in {n.strip().casefold() for n in names if n}
 
 
 def _plain_words(exc: ProviderError) -> str:

@@ -157,3 +157,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 # --- notification channels (dashboard/notifications.py) -------------------------------
 
 from dashboard.notifications_admin import ChannelAdmin, DeliveryAdmin  # noqa: E402, F401
+
+admin.site.site_header = "Runboard administration"
+admin.site.site_title = "Runboard"
+admin.site.index_title = "Set-up: connections, users and release managers"

@@ -54,6 +54,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "dashboard.middleware.ApiJsonErrors",
+    "dashboard.middleware.HtmxLoginRedirect",
     "csp.middleware.CSPMiddleware",
     # Last, as django-axes asks: it answers a locked-out login attempt.
     "axes.middleware.AxesMiddleware",
@@ -72,6 +73,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.attention.context",
             ],
         },
     },
@@ -240,6 +242,11 @@ RUNBOARD_RETRY_BACKOFF = env.float("RUNBOARD_RETRY_BACKOFF", default=5.0)
 RUNBOARD_RATE_LIMIT_RESERVE = env.int("RUNBOARD_RATE_LIMIT_RESERVE", default=2)
 # A connection with no successful sync for this long is shown as stale (seconds).
 RUNBOARD_STALE_AFTER = env.float("RUNBOARD_STALE_AFTER", default=120.0)
+# Separation of duties: whoever triggered a run (where the platform says who did) may
+# not approve it. Matched against the user's username, full name and e-mail.
+RUNBOARD_SEPARATION_OF_DUTIES = env.bool("RUNBOARD_SEPARATION_OF_DUTIES", default=False)
+# The releases page reads per-step environments from this many newest runs.
+RUNBOARD_RELEASES_WINDOW = env.int("RUNBOARD_RELEASES_WINDOW", default=2000)
 
 LOGGING = {
     "version": 1,

@@ -3,7 +3,19 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
-from dashboard import api, auth, health, previews, slack, views, webhooks
+from dashboard import (
+    api,
+    attention,
+    auth,
+    health,
+    inbox,
+    previews,
+    releases,
+    slack,
+    trends,
+    views,
+    webhooks,
+)
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="run-list", permanent=False)),
@@ -13,6 +25,12 @@ urlpatterns = [
     path("runs/<str:provider>/<path:external_id>/", previews.public_preview(views.run_permalink),
          name="run-permalink"),
     path("environments/", views.environment_board, name="environment-board"),
+    path("inbox/", inbox.inbox, name="inbox"),
+    path("inbox/release/", inbox.approve_release, name="inbox-release"),
+    path("inbox/<int:pk>/<str:kind>/", inbox.act, name="inbox-act"),
+    path("releases/", releases.releases, name="releases"),
+    path("trends/", trends.trends, name="trends"),
+    path("attention/", attention.strip, name="attention"),
     path("connections/", views.connections, name="connections"),
     path("audit/", views.audit, name="audit"),
     path("audit/export.<str:fmt>", views.audit_export, name="audit-export"),

@@ -1,4 +1,5 @@
 import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -7,6 +8,7 @@ from django.contrib.auth.decorators import login_required, permission_required
 from django.core.cache import cache
 from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -26,7 +28,7 @@ from dashboard.models import (
     Run,
     data_version,
 )
-from providers.base import FINISHED, Action
+from providers.base import FINISHED, Action, Status
 
 PAGE_SIZE = 50
 
@@ -70,6 +72,7 @@ def _run_list_context(request, version: str) -> dict:
     ).hexdigest()
     return {
         "filter": run_filter,
+        "active_filters": [f for f in run_filter.form.changed_data if f != "q"],
         "page": page,
         "version": version,
         "page_key": page_key,
@@ -100,6 +103,45 @@ def rendered_once(template: str, request, version: str, context) -> str:
     return mark_safe(html)  # noqa: S308 (our own template's output)
 
 
+CSRF_MARK = "runboard-csrf-token-goes-here"
+
+
+def rendered_for(request, template: str, key_parts, context) -> str:
+    """Like `rendered_once`, for content with forms and per-user parts: cached per
+    `key_parts` (which must name everything the content depends on: the data version,
+    whether the user may act, ...). Its forms' CSRF token is put in per request."""
+    key = "runboard:content:" + hashlib.blake2s(
+        "|".join(str(part) for part in (template, *key_parts)).encode(), digest_size=16
+    ).hexdigest()
+    html = cache.get(key)
+    if html is None:
+        html = render_to_string(template, {**context(), "csrf_token": CSRF_MARK})
+        cache.set(key, html, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
+    return mark_safe(html.replace(CSRF_MARK, get_token(request)))  # noqa: S308 (ours)
+
+
+CAN_ACT_SECONDS = 30
+
+
+def shows_actions(request) -> bool:
+    """Whether pages show this user action buttons: the permission, remembered for
+    CAN_ACT_SECONDS (two queries a page otherwise). Only what is shown waits that long
+    after a change of rights: every action re-checks the permission when it is sent."""
+    key = f"runboard:can-act:{request.user.pk}"
+    found = cache.get(key)
+    if found is None:
+        found = request.user.has_perm("dashboard.act_on_run")
+        cache.set(key, found, CAN_ACT_SECONDS)
+    return found
+
+
+def personal_key(request) -> tuple:
+    """What of the user a page with actions depends on: whether they may act and, with
+    separation of duties on, who they are."""
+    return (shows_actions(request),
+            request.user.pk if settings.RUNBOARD_SEPARATION_OF_DUTIES else "")
+
+
 @login_required
 def run_list(request):
     schedule.watching_all()  # an open list speeds its connections' polling up
@@ -124,13 +166,51 @@ def run_list(request):
     return render(request, "runs/list.html", {"content": html})
 
 
+def _blocked(run, user) -> dict | None:
+    """Why the platform cannot do what this run seems to wait for, in one line: a
+    waiting run Runboard cannot approve, or a run a newer one replaced."""
+    provider = run.connection.provider_class
+    if provider.acts_on_environment and run.is_superseded():
+        newer = (Run.objects.filter(environment=run.environment_id)
+                 .order_by("-created_at", "-id").only("pk", "name", "external_id").first())
+        return {"reason": actions.refusal(run, Action.CANCEL), "newer": newer}
+    if run.status == Status.WAITING:
+        reason = actions.refusal(run, Action.APPROVE, user)
+        if reason:
+            return {"reason": reason}
+    return None
+
+
+def _new_runs(run, history) -> list[dict]:
+    """Runs an action from Runboard started (a retry or redeploy answered with a new
+    run, which the action path stored): linked from the old run's page."""
+    started = {}
+    for record in history:
+        try:
+            body = json.loads(record.response or "{}")
+        except ValueError:
+            continue
+        if isinstance(body, dict) and isinstance(body.get("run"), str):
+            started.setdefault(body["run"], record.get_kind_display().lower())
+    if not started:
+        return []
+    found = Run.objects.filter(connection=run.connection_id, external_id__in=started)
+    return [{"run": r, "via": started[r.external_id]} for r in found]
+
+
 def _detail_context(request, run, **extra):
+    history = list(run.actions.select_related("user")[:50])
     return {
         "run": run,
         "jobs": run.jobs.select_related("environment"),
-        "history": run.actions.select_related("user")[:50],
+        "history": history,
+        "blocked": _blocked(run, request.user),
+        "new_runs": _new_runs(run, history),
+        # Credit a cancel to the Runboard user who sent it, not the provider account.
+        "runboard_cancel": next((r for r in history if r.kind == Action.CANCEL
+                                 and r.state == ActionRecord.State.SUCCEEDED), None),
         "version": f"{run.updated_at.timestamp():.6f}",
-        "can_act": request.user.has_perm("dashboard.act_on_run"),
+        "can_act": shows_actions(request),
         "provider": run.connection.provider_class,
         "cancel_form": CancelForm(),
         "permalink": request.build_absolute_uri(run.get_absolute_url()),
@@ -140,12 +220,24 @@ def _detail_context(request, run, **extra):
 
 @login_required
 def run_detail(request, pk):
-    run = get_object_or_404(Run.objects.for_list(), pk=pk)
+    last_action = ActionRecord.objects.filter(run=OuterRef("pk")).order_by("-id")
+    run = get_object_or_404(
+        Run.objects.for_list().annotate(last_action=Subquery(last_action.values("id")[:1])),
+        pk=pk)
     schedule.watching([run.connection_id])
     if unchanged(request, f"{run.updated_at.timestamp():.6f}"):
         return HttpResponse(status=204)
-    template = "runs/_live.html" if request.htmx else "runs/detail.html"
-    return render(request, template, _detail_context(request, run))
+    # The live part depends on the run, the audit records of it, other runs (superseded
+    # or not: the data version) and the user's rights.
+    live = rendered_for(request, "runs/_live.html",
+                        (run.pk, data_version(), run.updated_at.timestamp(), run.last_action,
+                         *personal_key(request)),
+                        lambda: _detail_context(request, run))
+    if request.htmx:
+        return HttpResponse(live)
+    return render(request, "runs/detail.html", {
+        "run": run, "live": live, "provider": run.connection.provider_class,
+        "permalink": request.build_absolute_uri(run.get_absolute_url())})
 
 
 @login_required
@@ -194,8 +286,7 @@ def run_action(request, pk, kind):
 # --- environments ------------------------------------------------------------------------
 
 
-@login_required
-def environment_board(request):
+def _environment_rows() -> dict:
     """One row per environment: what is deployed there, and what is happening now."""
     runs = Run.objects.filter(environment=OuterRef("pk")).order_by("-created_at", "-id")
     environments = list(
@@ -208,8 +299,15 @@ def environment_board(request):
     by_id = Run.objects.in_bulk([pk for pk in wanted if pk])
     rows = [{"environment": e, "latest": by_id.get(e.latest_id),
              "deployed": by_id.get(e.deployed_id)} for e in environments]
-    return render(request, "environments/board.html",
-                  {"rows": rows, "finished": FINISHED})
+    return {"rows": rows, "finished": FINISHED}
+
+
+@login_required
+def environment_board(request):
+    version = data_version()
+    board = rendered_once("environments/_board.html", request, version,
+                          lambda: _environment_rows())
+    return render(request, "environments/board.html", {"board": board})
 
 
 @login_required
@@ -258,7 +356,9 @@ def audit_export(request, fmt):
 
 @login_required
 def profile(request):
-    new_key = None
+    # Post/redirect/get: the new key goes through the session, shown once, so
+    # reloading the page neither shows it again nor creates a second token.
+    new_key = request.session.pop("new_api_token", None) if request.method == "GET" else None
     form = TokenForm(request.POST or None)
     if request.method == "POST":
         if "revoke" in request.POST:
@@ -269,12 +369,12 @@ def profile(request):
                 messages.success(request, "Token revoked.")
             return redirect("profile")
         if form.is_valid():
-            _, new_key = ApiToken.issue(
+            _, request.session["new_api_token"] = ApiToken.issue(
                 request.user, form.cleaned_data["name"],
                 expires_in=timedelta(days=form.cleaned_data["expires_in"]),
                 read_only=form.cleaned_data["read_only"],
             )
-            form = TokenForm()
+            return redirect("profile")
     return render(request, "profile.html", {
         "form": form, "new_key": new_key,
         "tokens": ApiToken.objects.filter(user=request.user),

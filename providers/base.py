@@ -242,6 +242,8 @@ class Provider:
     actions: ClassVar[frozenset[Action]] = frozenset()
     has_force_cancel: ClassVar[bool] = False
     force_cancel_help: ClassVar[str] = ""  # what forcing does, shown beside the checkbox
+    # Waiting states only the provider's own UI resolves (raw status -> why): no approve.
+    waiting_elsewhere: ClassVar[Mapping[str, str]] = {}
     cancel_requires_comment: ClassVar[bool] = False
     # Why an action the platform lacks cannot be offered, in one line for the run page.
     unsupported_reasons: ClassVar[Mapping[str, str]] = {}

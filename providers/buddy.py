@@ -63,6 +63,13 @@ class BuddyProvider(Provider):
     key = "buddy"
     label = "Buddy.works"
     actions = frozenset({Action.CANCEL, Action.APPROVE, Action.RETRY})
+    unsupported_reasons = {
+        Action.REJECT: "Buddy has no reject: cancel the run to refuse it.",
+    }
+    waiting_elsewhere = {
+        "WAITING_FOR_VT_SESSION": "Buddy waits for a visual-test session to be reviewed,"
+                                  " which happens in Buddy, not through its API.",
+    }
     scope_required = ("workspace",)
     scope_optional = ("project", "pipeline")
     status_map = STATUS_MAP

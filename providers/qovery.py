@@ -144,6 +144,10 @@ class QoveryProvider(Provider):
     label = "Qovery"
     actions = frozenset({Action.CANCEL, Action.RETRY})
     has_force_cancel = True
+    unsupported_reasons = {
+        Action.APPROVE: "Qovery's API has no approval step to approve.",
+        Action.REJECT: "Qovery's API has no approval step to reject.",
+    }
     acts_on_environment = True  # cancelDeployment and redeploy address the environment
     force_cancel_help = (
         "Also cancels everything else running in this environment, such as lifecycle "

@@ -95,6 +95,12 @@ class WorkflowsProvider(Provider):
     key = "workflows"
     label = "Deployment workflows"
     actions = frozenset({Action.CANCEL})
+    unsupported_reasons = {
+        Action.APPROVE: "No endpoint to approve a workflow run's job is documented; review"
+                        " it in GoRules BRMS.",
+        Action.REJECT: "No endpoint to reject a workflow run's job is documented; review it"
+                       " in GoRules BRMS.",
+    }
     cancel_requires_comment = True
     scope_required = ("project",)
     # The API we could read has no project endpoint: a display name can be given here.

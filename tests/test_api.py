@@ -129,13 +129,16 @@ def test_revoked_tokens_stop_working(client, viewer, runs):
 
 def test_profile_shows_a_new_token_once_and_stores_only_its_hash(client, viewer):
     client.force_login(viewer)
-    response = client.post("/profile/", {"name": "chat bot"})
+    posted = client.post("/profile/", {"name": "chat bot"})
+    assert (posted.status_code, posted["Location"]) == (302, "/profile/")  # post/redirect/get
+    response = client.get("/profile/")
     key = response.context["new_key"]
     assert key.encode() in response.content
     token = ApiToken.objects.get()
     assert token.key_hash == ApiToken.hash(key)
     assert key not in token.key_hash
-    assert key.encode() not in client.get("/profile/").content
+    assert key.encode() not in client.get("/profile/").content  # a reload: gone, and
+    assert ApiToken.objects.count() == 1  # no second token
 
 
 def test_a_user_cannot_revoke_someone_elses_token(client, viewer, manager):

@@ -79,8 +79,10 @@ def test_previews_open_nothing_else_and_switch_off(client, runs, manager, settin
         response = client.get(url)
         assert response.status_code in (302, 401, 403), url
         assert "Weekly train" not in response.content.decode()
-    # A live poll (htmx) is not a preview: it needs a session.
-    assert client.get(run.get_absolute_url(), HTTP_HX_REQUEST="true").status_code == 302
+    # A live poll (htmx) is not a preview: it needs a session (htmx is told to go to login).
+    poll = client.get(run.get_absolute_url(), HTTP_HX_REQUEST="true")
+    assert poll["HX-Redirect"].startswith("/accounts/login/")
+    assert "Weekly train" not in poll.content.decode()
     assert client.post(run.get_absolute_url() + "approve/", {"comment": "x"}).status_code == 302
     assert not ActionRecord.objects.filter(kind="approve").exists()
 

@@ -29,6 +29,7 @@ def three_runs(buddy_sim, buddy_connection):
 def test_filter_and_share_the_url(page, log_in, viewer, three_runs):
     log_in("viewer", "viewer-pass")
     expect(page.locator("#runs tbody tr")).to_have_count(3)
+    page.get_by_text("Filters").click()  # collapsed until one is set
     page.select_option("select[name=group]", "failed")
     expect(page).to_have_url(re.compile(r"group=failed"))
     expect(page.locator("#runs tbody tr")).to_have_count(1)

@@ -1,0 +1,60 @@
+"""Template filters: the provider's answer in words, durations."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from django import template
+
+register = template.Library()
+
+MAX_ANSWER = 300
+
+
+@register.filter
+def answer(text: str) -> str:
+    """An audit record's provider answer, readable: what the action path stores is
+    either the run's new status as JSON, another JSON body, or plain text."""
+    if not text:
+        return ""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:MAX_ANSWER]
+    if isinstance(body, dict) and {"status", "normalized"} <= set(body) <= {
+            "status", "normalized", "run"}:
+        said = f"Run is now {body['normalized']} (provider status {body['status']})"
+        return said + (f"; new run {body['run']}" if body.get("run") else "")
+    if isinstance(body, dict):
+        parts = []
+        for key, value in body.items():
+            if isinstance(value, dict | list):
+                value = ", ".join(str(v) for v in (value.values() if isinstance(value, dict)
+                                                    else value))
+            parts.append(f"{str(key).replace('_', ' ')}: {value}")
+        return "; ".join(parts)[:MAX_ANSWER]
+    if isinstance(body, list):
+        return "; ".join(str(item) for item in body)[:MAX_ANSWER]
+    return str(body)[:MAX_ANSWER]
+
+
+@register.filter
+def duration(value: timedelta | None) -> str:
+    if value is None:
+        return ""
+    seconds = max(0, int(value.total_seconds()))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
+
+
+@register.filter
+def step_duration(job) -> timedelta | None:
+    if not job.started_at:
+        return None
+    if not job.finished_at:
+        return None
+    return job.finished_at - job.started_at
