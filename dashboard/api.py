@@ -27,13 +27,11 @@ from pydantic import StrictBool, StrictStr
 from dashboard import actions
 from dashboard.filters import RANGES, STATUS_GROUPS, RunFilter
 from dashboard.models import ApiToken, Run, mark_superseded
-from dashboard.views import page_of
+from dashboard.views import MAX_PAGE, page_of
 from providers import registry
 from providers.base import Action, Status
 
 MAX_COMMENT = 2000
-# Far past any real history, and small enough that an OFFSET never overflows.
-MAX_PAGE = 100_000
 
 
 class InvalidToken(Exception):

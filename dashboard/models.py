@@ -208,6 +208,14 @@ class RunQuerySet(models.QuerySet):
     def active(self):
         return self.exclude(status__in=FINISHED)
 
+    def permalink(self, provider: str, external_id: str):
+        """Runs a /runs/<provider>/<external id>/ link names (more than one if two
+        connections of the provider share the id). Text with a NUL names none:
+        PostgreSQL refuses NUL in a query's text."""
+        if "\x00" in provider or "\x00" in external_id:
+            return self.none()
+        return self.filter(connection__provider=provider, external_id=external_id)
+
     def to_refresh(self):
         """Runs the sync re-reads one by one: active ones, and those of unknown status
         for a day (after that, an unknown value is not going to resolve itself)."""

@@ -32,10 +32,7 @@ def public_preview(view):
 def preview(request, pk=None, provider=None, external_id=None):
     runs = Run.objects.select_related("environment").only(
         "name", "external_id", "status", "version", "environment__name")
-    if pk is not None:
-        runs = runs.filter(pk=pk)
-    else:
-        runs = runs.filter(connection__provider=provider, external_id=external_id)
+    runs = runs.filter(pk=pk) if pk is not None else runs.permalink(provider, external_id)
     found = list(runs[:2])
     if len(found) != 1:  # missing or ambiguous: as without previews
         return redirect_to_login(request.get_full_path())

@@ -1,6 +1,7 @@
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -31,6 +32,8 @@ from dashboard.models import (
 from providers.base import FINISHED, Action, Status
 
 PAGE_SIZE = 50
+# Far past any real history, and small enough that an OFFSET never overflows.
+MAX_PAGE = 100_000
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -45,7 +48,7 @@ def page_of(queryset, number, size=None):
     """One page without a COUNT(*): fetch one row more to know whether there is a next."""
     size = size or PAGE_SIZE
     try:
-        number = max(1, int(number or 1))
+        number = min(max(1, int(number or 1)), MAX_PAGE)
     except ValueError:
         number = 1
     rows = list(queryset[(number - 1) * size: number * size + 1])
@@ -142,6 +145,15 @@ def personal_key(request) -> tuple:
             request.user.pk if settings.RUNBOARD_SEPARATION_OF_DUTIES else "")
 
 
+def _poll_since(request) -> float | None:
+    """When the data a poll shows was written (its data version's first part); None
+    for a version that is not ours, which gets the whole table."""
+    try:
+        return float(request.GET.get("v", "0-0").split("-")[0] or 0)
+    except ValueError:
+        return None
+
+
 @login_required
 def run_list(request):
     schedule.watching_all()  # an open list speeds its connections' polling up
@@ -150,9 +162,9 @@ def run_list(request):
         return HttpResponse(status=204)
     if request.htmx and request.htmx.trigger == "runs-poller":
         context = _run_list_context(request, version)
-        if request.GET.get("p") == context["page_key"]:
+        since = _poll_since(request)
+        if request.GET.get("p") == context["page_key"] and since is not None:
             # Same runs on the page: send only the rows that changed, out of band.
-            since = float(request.GET.get("v", "0-0").split("-")[0] or 0)
             context["changed"] = [r for r in context["page"]["rows"]
                                   if r.updated_at.timestamp() > since]
             return render(request, "runs/_changed.html", context)
@@ -243,12 +255,12 @@ def run_detail(request, pk):
 @login_required
 def run_permalink(request, provider, external_id):
     """/runs/<provider>/<external id>/: a link built from the provider's own ids."""
-    runs = list(Run.objects.filter(connection__provider=provider, external_id=external_id)
-                .order_by("-updated_at")[:2])
+    runs = list(Run.objects.permalink(provider, external_id).order_by("-updated_at")[:2])
     if not runs:
         raise Http404("No such run")
     if len(runs) > 1:  # the same id under two connections of one provider
-        return redirect(f"{reverse('run-list')}?provider={provider}&q={external_id}")
+        query = urlencode({"provider": provider, "q": external_id})
+        return redirect(f"{reverse('run-list')}?{query}")
     return redirect(runs[0])
 
 
@@ -362,8 +374,9 @@ def profile(request):
     form = TokenForm(request.POST or None)
     if request.method == "POST":
         if "revoke" in request.POST:
-            revoked = ApiToken.objects.active().filter(
-                user=request.user, pk=request.POST["revoke"]
+            pk = request.POST["revoke"]
+            revoked = pk.isdecimal() and ApiToken.objects.active().filter(
+                user=request.user, pk=pk
             ).update(revoked_at=datetime.now(UTC))
             if revoked:
                 messages.success(request, "Token revoked.")
