@@ -75,8 +75,14 @@ class OIDCBackend(OIDCAuthenticationBackend):
         return [user for user in users if not user.has_usable_password()]
 
     def create_user(self, claims):
+        username = self.get_username(claims)
+        if self.UserModel.objects.filter(username=username).exists():
+            # A local account (it has a password) holds the name: not matched above, and
+            # a second account of that name cannot exist. A failed login, not a 500.
+            logger.warning("single sign-on refused: local account %s has this e-mail", username)
+            return None
         user = self.UserModel.objects.create_user(
-            self.get_username(claims), email=claims["email"],
+            username, email=claims["email"],
             first_name=str(claims.get("given_name", ""))[:150],
             last_name=str(claims.get("family_name", ""))[:150],
         )

@@ -60,3 +60,24 @@ def test_sso_user_outside_the_managers_group_only_looks_and_loses_a_former_role(
     bob = User.objects.get(username="bob@example.com")
     assert not bob.has_perm("dashboard.act_on_run")
     assert User.objects.filter(username__endswith="@example.com").count() == 1
+
+
+def test_sso_never_takes_over_or_collides_with_a_local_account(page, sso):
+    """A local account named like the IdP's e-mail (it has a password): the login fails
+    back to the login page, and the account is neither used nor changed."""
+    local = User.objects.create_user("alice@example.com", email="alice@example.com",
+                                     password="local-secret")
+
+    page.goto("/accounts/login/?next=/runs/")
+    page.get_by_role("link", name="Log in with single sign-on").click()
+    page.fill("input[name=login]", "alice")
+    page.fill("input[name=password]", "any password")
+    page.locator("button[type=submit]").click()
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url("**/accounts/login/?sso=failed")
+
+    assert page.get_by_text("Server Error").count() == 0
+    local.refresh_from_db()
+    assert local.check_password("local-secret")
+    assert not local.has_perm("dashboard.act_on_run")
+    assert User.objects.filter(username__endswith="@example.com").count() == 1
