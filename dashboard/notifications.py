@@ -147,6 +147,14 @@ def claim(channel: Channel, event: str, key: str, **subject) -> Delivery | None:
         return None
 
 
+def _send_claimed(claims: list[Delivery | None]) -> int:
+    """Queue the sending of each delivery claimed (None: someone else had the claim)."""
+    claimed = [delivery.pk for delivery in claims if delivery]
+    for pk in claimed:
+        _enqueue(send_delivery, pk)
+    return len(claimed)
+
+
 # --- tasks --------------------------------------------------------------------------------
 
 
@@ -166,13 +174,9 @@ def dispatch_runs(pks: list[int]) -> int:
         for channel in channels:
             if wants_run(channel, event, run) and not _too_old(run, event, channel):
                 title, body = describe_run(run, event)
-                delivery = claim(channel, event, key, run=run, connection=run.connection,
-                                 title=title, body=body)
-                if delivery:
-                    claimed.append(delivery.pk)
-    for pk in claimed:
-        _enqueue(send_delivery, pk)
-    return len(claimed)
+                claimed.append(claim(channel, event, key, run=run, connection=run.connection,
+                                     title=title, body=body))
+    return _send_claimed(claimed)
 
 
 @shared_task(name="dashboard.notifications.dispatch_action", acks_late=True)
@@ -186,14 +190,10 @@ def dispatch_action(record_id: int) -> int:
     for channel in _channels():
         if wants_run(channel, Event.ACTION, record.run):
             title, body = describe_action(record)
-            delivery = claim(channel, Event.ACTION, f"action {record.pk}", run=record.run,
-                             connection=record.run.connection, action=record,
-                             title=title, body=body)
-            if delivery:
-                claimed.append(delivery.pk)
-    for pk in claimed:
-        _enqueue(send_delivery, pk)
-    return len(claimed)
+            claimed.append(claim(channel, Event.ACTION, f"action {record.pk}", run=record.run,
+                                 connection=record.run.connection, action=record,
+                                 title=title, body=body))
+    return _send_claimed(claimed)
 
 
 @shared_task(name="dashboard.notifications.check_stale")
@@ -210,13 +210,9 @@ def check_stale() -> int:
         for channel in channels:
             if wants_connection(channel, connection):
                 title, body = describe_stale(connection)
-                delivery = claim(channel, Event.STALE, f"connection {connection.pk} {since}",
-                                 connection=connection, title=title, body=body)
-                if delivery:
-                    claimed.append(delivery.pk)
-    for pk in claimed:
-        _enqueue(send_delivery, pk)
-    return len(claimed)
+                claimed.append(claim(channel, Event.STALE, f"connection {connection.pk} {since}",
+                                     connection=connection, title=title, body=body))
+    return _send_claimed(claimed)
 
 
 @shared_task(name="dashboard.notifications.requeue_stuck")
@@ -349,18 +345,22 @@ def run_title(run: Run) -> str:
     return plain(run.name or run.pipeline_name or run.external_id, 120)
 
 
-def describe_run(run: Run, event: str) -> tuple[str, str]:
-    where = f" in {plain(run.environment.name, 80)}" if run.environment else ""
-    title = f"{HEADLINES[event]}: {run_title(run)}{where}"
-    label, how_long = waited(run, event)
-    body = "\n".join([
+def _run_lines(run: Run) -> list[str]:
+    """What every message about a run says of it."""
+    return [
         f"Run: {run_title(run)} ({plain(run.connection.name, 80)})",
         f"Environment: {plain(run.environment.name, 80) if run.environment else '—'}",
         f"Version: {plain(run.version or run.commit[:12], 80) or '—'}",
         f"Triggered by: {plain(run.triggered_by, 80) or '—'}",
-        f"{label}: {humanize(how_long)}",
-        f"Link: {run_link(run)}",
-    ])
+    ]
+
+
+def describe_run(run: Run, event: str) -> tuple[str, str]:
+    where = f" in {plain(run.environment.name, 80)}" if run.environment else ""
+    title = f"{HEADLINES[event]}: {run_title(run)}{where}"
+    label, how_long = waited(run, event)
+    body = "\n".join([*_run_lines(run), f"{label}: {humanize(how_long)}",
+                      f"Link: {run_link(run)}"])
     return title[:300], body
 
 
@@ -368,13 +368,7 @@ def describe_action(record: ActionRecord) -> tuple[str, str]:
     run = record.run
     who = record.user.get_full_name() or record.user.get_username()
     title = f"{record.get_kind_display()} by {plain(who, 80)}: {run_title(run)}"
-    lines = [
-        f"Run: {run_title(run)} ({plain(run.connection.name, 80)})",
-        f"Environment: {plain(run.environment.name, 80) if run.environment else '—'}",
-        f"Version: {plain(run.version or run.commit[:12], 80) or '—'}",
-        f"Triggered by: {plain(run.triggered_by, 80) or '—'}",
-        f"{record.get_kind_display()} by: {plain(who, 80)}",
-    ]
+    lines = [*_run_lines(run), f"{record.get_kind_display()} by: {plain(who, 80)}"]
     if record.comment:
         lines.append(f"Comment: {plain(record.comment, 500)}")
     lines.append(f"Link: {run_link(run)}")

@@ -98,29 +98,28 @@ def blocks(run: Run, title: str, body: str, buttons: list[str], note: str = "") 
     return result
 
 
-def post_delivery(delivery: Delivery) -> None:
-    """Post a delivery to its Slack channel as an interactive message (notifications.py)."""
+def _post(channel_id: str, text: str, content: list[dict] | None = None):
+    """Post as the Slack app; every failure is a DeliveryFailed with Slack's reason."""
     if not settings.RUNBOARD_SLACK_BOT_TOKEN:
         raise DeliveryFailed("RUNBOARD_SLACK_BOT_TOKEN is not set: no Slack app to post as.")
+    try:
+        return web_client().chat_postMessage(channel=channel_id, text=text, blocks=content)
+    except (SlackApiError, SlackRequestError, OSError) as exc:
+        raise DeliveryFailed(f"Slack: {exc}") from exc
+
+
+def post_delivery(delivery: Delivery) -> None:
+    """Post a delivery to its Slack channel as an interactive message (notifications.py)."""
     run = (Run.objects.select_related("connection", "environment")
            .filter(pk=delivery.run_id).first())
     content = (blocks(run, delivery.title, delivery.body, BUTTONS.get(delivery.event, []))
                if run else None)
-    try:
-        answer = web_client().chat_postMessage(channel=delivery.channel.slack_channel,
-                                               text=delivery.title, blocks=content)
-    except (SlackApiError, SlackRequestError, OSError) as exc:
-        raise DeliveryFailed(f"Slack: {exc}") from exc
+    answer = _post(delivery.channel.slack_channel, delivery.title, content)
     delivery.slack_ts = str(answer.get("ts", ""))[:40]
 
 
 def post_text(channel_id: str, title: str, body: str) -> None:
-    if not settings.RUNBOARD_SLACK_BOT_TOKEN:
-        raise DeliveryFailed("RUNBOARD_SLACK_BOT_TOKEN is not set: no Slack app to post as.")
-    try:
-        web_client().chat_postMessage(channel=channel_id, text=f"{title}\n{body}")
-    except (SlackApiError, SlackRequestError, OSError) as exc:
-        raise DeliveryFailed(f"Slack: {exc}") from exc
+    _post(channel_id, f"{title}\n{body}")
 
 
 # --- the interactivity endpoint -----------------------------------------------------------
