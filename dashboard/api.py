@@ -236,7 +236,7 @@ class ApiRunFilter(RunFilter):
 
 
 class ActionIn(Schema):
-    comment: StrictStr = Field("", max_length=MAX_COMMENT,
+    comment: StrictStr = Field("", max_length=MAX_COMMENT, pattern=r"^[^\x00]*$",
                                description="Required to cancel; kept in the audit.")
     force_cancel: StrictBool = Field(False, description="Only where the provider has it.")
 

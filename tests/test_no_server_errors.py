@@ -151,3 +151,14 @@ def test_an_ambiguous_permalink_keeps_the_id_whole_in_the_search(client, viewer)
     location = urlsplit(response["Location"])
     assert location.path == "/runs/"
     assert parse_qs(location.query) == {"provider": ["buddy"], "q": ["a&page=2#x"]}
+
+
+def test_an_api_comment_with_a_nul_byte_is_refused_as_input(client, manager, run):
+    """PostgreSQL cannot store NUL: the API says which field, as the web form does."""
+    client.force_login(manager)
+    for kind in ("approve", "cancel"):
+        response = client.post(f"/api/runs/{run.pk}/{kind}/", {"comment": "stop\x00now"},
+                               content_type="application/json")
+        assert response.status_code == 400, kind
+        assert "comment" in response.json()["fields"]
+    assert not ActionRecord.objects.filter(comment__startswith="stop").exists()
