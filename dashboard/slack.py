@@ -145,6 +145,8 @@ def interactive(request):
         kind = payload["type"]
         trigger = str(payload["trigger_id"])
         slack_user = str(payload["user"]["id"])
+        if "\x00" in trigger + slack_user:  # PostgreSQL cannot store it in the claim
+            raise ValueError("NUL in an id")
     except (KeyError, TypeError, ValueError):
         return HttpResponse("Not an interaction payload.", status=400)
 

@@ -2,7 +2,10 @@
 anonymous visitor, a viewer and a release manager."""
 
 import hashlib
-from urllib.parse import parse_qs, urlsplit
+import hmac
+import json
+import time
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from django.contrib.auth.models import User
@@ -162,3 +165,21 @@ def test_an_api_comment_with_a_nul_byte_is_refused_as_input(client, manager, run
         assert response.status_code == 400, kind
         assert "comment" in response.json()["fields"]
     assert not ActionRecord.objects.filter(comment__startswith="stop").exists()
+
+
+@override_settings(RUNBOARD_SLACK_SIGNING_SECRET="slack-signing-secret")
+def test_signed_slack_payloads_with_a_nul_byte(client, run):
+    """Signed as Slack signs, so they pass the signature check; NUL in the trigger or
+    user id is refused as input, not a 500 when the replay claim is written."""
+    for trigger, user in (("t\x00", "U1"), ("t1", "U\x00")):
+        payload = {"type": "block_actions", "trigger_id": trigger, "user": {"id": user},
+                   "actions": [{"action_id": "runboard:approve", "value": str(run.pk)}]}
+        body = urlencode({"payload": json.dumps(payload)})
+        timestamp = str(int(time.time()))
+        digest = hmac.new(b"slack-signing-secret", f"v0:{timestamp}:{body}".encode(),
+                          hashlib.sha256).hexdigest()
+        response = client.post("/slack/interactive/", body,
+                               content_type="application/x-www-form-urlencoded",
+                               headers={"X-Slack-Request-Timestamp": timestamp,
+                                        "X-Slack-Signature": f"v0={digest}"})
+        assert response.status_code == 400, (trigger, user)
