@@ -60,7 +60,9 @@ def routes(run):
         "/api/docs", "/api/nope", "/accounts/login/", "/oidc/authenticate/",
         "/oidc/callback/", "/accounts/logout/", "/slack/interactive/", "/healthz",
         "/readyz", "/admin/", "/admin/dashboard/channel/add/", "/admin/dashboard/run/",
-        "/admin/dashboard/actionrecord/",
+        "/admin/dashboard/actionrecord/", "/admin/dashboard/connection/add/",
+        f"/admin/dashboard/connection/{run.connection_id}/change/",
+        "/admin/dashboard/apitoken/", "/admin/dashboard/delivery/",
     ]
 
 
