@@ -11,7 +11,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
-from encrypted_fields.fields import EncryptedTextField
+
+from dashboard.secrets import SecretTextField, UnreadableSecret
 
 
 class Event(models.TextChoices):
@@ -37,7 +38,8 @@ def default_events():
 
 class Channel(models.Model):
     name = models.CharField(max_length=100, unique=True)
-    url = EncryptedTextField(
+    # Unreadable under the configured keys: fails loudly, never re-encrypted (secrets.py).
+    url = SecretTextField(
         blank=True, null=True,  # the field stores an empty value as NULL
         help_text="An Apprise URL (json://, slack://, msteams://, mailto://, …). "
                   "Stored encrypted; never shown again.",
@@ -70,6 +72,8 @@ class Channel(models.Model):
         """What the channel is, without its secrets: the URL's scheme only."""
         if self.slack_channel:
             return f"Slack app → {self.slack_channel}"
+        if isinstance(self.url, UnreadableSecret):
+            return "(unreadable: re-enter the URL)"
         return f"{self.url.split('://', 1)[0]}://…" if self.url else "(none)"
 
 

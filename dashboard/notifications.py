@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from dashboard.channels import Channel, Delivery, Event
 from dashboard.models import ActionRecord, Connection, Run
+from dashboard.secrets import UnreadableSecret
 from providers.base import Status
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ HEADLINES = {
 # broker refused the message): hand it out again.
 STUCK_AFTER = timedelta(minutes=10)
 MAX_BACKOFF = 300
+UNREADABLE_URL_MESSAGE = (
+    "Channel URL unreadable: re-enter it (it was encrypted with a SECRET_KEY that is no "
+    "longer configured; see SECRET_KEY_FALLBACKS)."
+)
 
 
 class DeliveryFailed(Exception):
@@ -270,6 +275,8 @@ def deliver(delivery: Delivery) -> None:
 
 
 def send_apprise(url: str, title: str, body: str) -> None:
+    if isinstance(url, UnreadableSecret):
+        raise DeliveryFailed(UNREADABLE_URL_MESSAGE)
     notifier = apprise.Apprise()
     if not url or not notifier.add(url):
         raise DeliveryFailed("Not a URL Apprise knows (see its list of services).")

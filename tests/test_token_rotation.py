@@ -271,3 +271,54 @@ def test_the_readme_rotation_procedure_keeps_every_token(buddy_sim, tmp_path):
     assert code != 0
     assert "Token unreadable: re-enter it" in out
     assert len(seen) == sent
+
+
+# --- notification channels' Apprise URLs: secrets under the same key -----------------------
+
+CHANNEL_URL = "json://hooks.example.test/a-secret-path"
+
+
+@pytest.fixture
+def old_key_channel(db):
+    from dashboard.channels import Channel
+
+    with keys("the-old-key"):
+        return Channel.objects.create(name="Ops", url=CHANNEL_URL)
+
+
+@pytest.mark.django_db
+def test_rotate_tokens_re_encrypts_channel_urls_too(old_key_channel, capsys):
+    from dashboard.channels import Channel
+
+    with keys("the-new-key", fallbacks=["the-old-key"]):
+        call_command("rotate_tokens")
+    assert "Re-encrypted 1 channel URL(s)" in capsys.readouterr().out
+    with keys("the-new-key"):
+        assert Channel.objects.get().url == CHANNEL_URL
+
+
+@pytest.mark.django_db
+def test_an_unreadable_channel_url_fails_loudly_and_is_never_re_encrypted(old_key_channel,
+                                                                        client):
+    from dashboard.channels import Channel, Delivery
+    from dashboard.notifications import send_test
+
+    with db.cursor() as cursor:
+        cursor.execute("SELECT url FROM dashboard_channel")
+        ciphertext = cursor.fetchone()[0]
+    with keys("the-new-key"):
+        channel = Channel.objects.get()
+        assert "unreadable" in channel.kind and ciphertext not in channel.kind
+        delivery = send_test(channel)
+        assert delivery.state == Delivery.State.FAILED
+        assert "re-enter" in delivery.error
+        client.force_login(User.objects.create_superuser("root", password="x"))
+        listing = client.get("/admin/dashboard/channel/")
+        assert listing.status_code == 200 and ciphertext.encode() not in listing.content
+        response = client.post(f"/admin/dashboard/channel/{channel.pk}/change/", {
+            "name": "Ops renamed", "url": "", "slack_channel": "", "events": ["failed"],
+            "enabled": "on"})
+        assert response.status_code == 302
+    with db.cursor() as cursor:
+        cursor.execute("SELECT name, url FROM dashboard_channel")
+        assert cursor.fetchone() == ("Ops renamed", ciphertext)
