@@ -67,6 +67,16 @@ def _reject(connection: Connection, status: int, reason: str, *, authenticated: 
     return _answer(status, reason)
 
 
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return _has_nul(list(value.keys())) or _has_nul(list(value.values()))
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
 @csrf_exempt
 @require_POST
 def receive(request, key):
@@ -93,6 +103,9 @@ def receive(request, key):
         event = provider.parse_webhook(headers, body)
     except WebhookRejected as exc:
         return _reject(connection, exc.status, exc.message, authenticated=True)
+    if _has_nul([event.event, event.delivery_id, event.hints]):
+        # PostgreSQL stores no NUL in text or JSON: the delivery could not even be logged.
+        return _reject(connection, 400, "NUL character in the body's text", authenticated=True)
 
     now = timezone.now()
     delivery_id = event.delivery_id or "sha256:" + hashlib.sha256(body).hexdigest()

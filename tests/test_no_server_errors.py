@@ -63,6 +63,7 @@ def routes(run):
         "/admin/dashboard/actionrecord/", "/admin/dashboard/connection/add/",
         f"/admin/dashboard/connection/{run.connection_id}/change/",
         "/admin/dashboard/apitoken/", "/admin/dashboard/delivery/",
+        f"/hooks/{run.connection.webhook_key}/", "/hooks/not-a-key/",
     ]
 
 
@@ -185,3 +186,18 @@ def test_signed_slack_payloads_with_a_nul_byte(client, run):
                                headers={"X-Slack-Request-Timestamp": timestamp,
                                         "X-Slack-Signature": f"v0={digest}"})
         assert response.status_code == 400, (trigger, user)
+
+
+def test_an_authenticated_webhook_with_a_nul_in_its_text(client, run):
+    """A body with the right secret whose text holds NUL (as JSON's \\u0000): refused as
+    input, not a 500 when its delivery is logged."""
+    connection = run.connection
+    connection.webhooks_enabled = True
+    connection.save()
+    secret = connection.set_webhook_secret()
+    for event, name in (("EXECUTION\u0000", "shop"), ("EXECUTION", "sh\u0000op")):
+        body = {"secret_key": secret, "event": event, "project": {"name": name},
+                "pipeline": {"id": 1}, "execution": {"id": 2}}
+        response = client.post(f"/hooks/{connection.webhook_key}/", body,
+                               content_type="application/json")
+        assert response.status_code == 400, (event, name)
