@@ -20,6 +20,7 @@ import requests
 from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.backends import ModelBackend
+from django.core.exceptions import SuspiciousOperation
 from django.http import Http404
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
@@ -62,13 +63,21 @@ class OIDCBackend(OIDCAuthenticationBackend):
             # The identity provider is down or refused the code: a failed login, not a 500.
             logger.warning("single sign-on failed: %s", exc)
             return None
+        except SuspiciousOperation as exc:
+            # Claims refused (e.g. an unverified e-mail): back to the login page, told so.
+            logger.warning("single sign-on refused: %s", exc)
+            return None
 
     def get_username(self, claims):
         return claims["email"][:150]
 
     def verify_claims(self, claims):
-        # An address the provider says it has not verified could be anyone's.
-        return bool(claims.get("email")) and claims.get("email_verified", True) is not False
+        # An address the provider says it has not verified could be anyone's. Some
+        # providers send the flag as a string ("false"), which is still a no.
+        verified = claims.get("email_verified", True)
+        if isinstance(verified, str):
+            verified = verified.strip().lower() == "true"
+        return isinstance(claims.get("email"), str) and bool(claims["email"]) and verified is True
 
     def filter_users_by_claims(self, claims):
         users = self.UserModel.objects.filter(username=self.get_username(claims))

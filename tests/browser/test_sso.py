@@ -13,6 +13,9 @@ ACCOUNTS = {
               "groups": ["developers", "release-managers"]},
     "bob": {"email": "bob@example.com", "email_verified": True, "name": "Bob",
             "groups": ["developers"]},
+    # Some providers (Amazon Cognito among them) send the flag as a string.
+    "carol": {"email": "carol@example.com", "email_verified": "false", "name": "Carol",
+              "groups": ["release-managers"]},
 }
 
 
@@ -81,3 +84,15 @@ def test_sso_never_takes_over_or_collides_with_a_local_account(page, sso):
     assert local.check_password("local-secret")
     assert not local.has_perm("dashboard.act_on_run")
     assert User.objects.filter(username__endswith="@example.com").count() == 1
+
+
+def test_sso_refuses_an_e_mail_the_provider_says_is_unverified_as_a_string(page, sso):
+    page.goto("/accounts/login/?next=/runs/")
+    page.get_by_role("link", name="Log in with single sign-on").click()
+    page.fill("input[name=login]", "carol")
+    page.fill("input[name=password]", "any password")
+    page.locator("button[type=submit]").click()
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url("**/accounts/login/?sso=failed")
+
+    assert not User.objects.filter(username="carol@example.com").exists()
