@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from urllib.parse import urlsplit
 
 from celery import shared_task
 from django.conf import settings
@@ -252,9 +253,21 @@ def runboard_user(slack_user: str):
     return users[0], ""
 
 
+def is_slack_url(url: str) -> bool:
+    """Whether a response_url is under the configured prefix: the same scheme and host
+    (no user part, no other port) and a path below the prefix's, however it is written."""
+    prefix = urlsplit(settings.RUNBOARD_SLACK_RESPONSE_URL_PREFIX)
+    try:
+        target = urlsplit(url)
+    except ValueError:
+        return False
+    return (target.scheme == prefix.scheme and target.netloc == prefix.netloc
+            and target.path.startswith(prefix.path or "/"))
+
+
 def respond(response_url: str, **message) -> None:
     """Answer through the interaction's response_url, only if it is Slack's own."""
-    if not response_url.startswith(settings.RUNBOARD_SLACK_RESPONSE_URL_PREFIX):
+    if not is_slack_url(response_url):
         logger.warning("ignoring a response_url outside %s",
                        settings.RUNBOARD_SLACK_RESPONSE_URL_PREFIX)
         return

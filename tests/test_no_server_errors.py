@@ -201,3 +201,16 @@ def test_an_authenticated_webhook_with_a_nul_in_its_text(client, run):
         response = client.post(f"/hooks/{connection.webhook_key}/", body,
                                content_type="application/json")
         assert response.status_code == 400, (event, name)
+
+
+def test_slack_answers_go_only_to_the_configured_host_however_the_prefix_is_written(settings):
+    """A prefix written without its final slash (here a port one digit short) must not let
+    a response_url on another host or port through, nor a malformed one crash the task."""
+    from dashboard.slack import respond
+    from tests.listener import Listener
+
+    with Listener() as elsewhere:
+        settings.RUNBOARD_SLACK_RESPONSE_URL_PREFIX = elsewhere.url[:-1]
+        respond(f"{elsewhere.url}/respond/1", text="hi")
+        assert elsewhere.received == []
+        respond(f"{elsewhere.url[:-1]}.evil.example/respond/2", text="hi")
