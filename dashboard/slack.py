@@ -223,9 +223,10 @@ def _cancel_submitted(payload: dict, trigger: str, slack_user: str):
         comment = str(view["state"]["values"]["comment"]["comment"]["value"] or "")[:2000]
     except (KeyError, TypeError, ValueError):
         return HttpResponse("Not a Runboard dialog.", status=400)
-    if not comment.strip():
-        return JsonResponse({"response_action": "errors",
-                             "errors": {"comment": "A comment is required to cancel a run."}})
+    if not comment.strip() or "\x00" in comment:  # the audit cannot store NUL
+        return JsonResponse({"response_action": "errors", "errors": {
+            "comment": "A comment is required to cancel a run." if not comment.strip()
+            else "The comment holds a NUL character; type it again."}})
     if _first_time(trigger, slack_user, Action.CANCEL, run_id):
         act.delay(slack_user, Action.CANCEL, run_id, comment,
                   str(meta.get("response_url", "")), trigger)

@@ -170,6 +170,18 @@ def test_an_api_comment_with_a_nul_byte_is_refused_as_input(client, manager, run
     assert not ActionRecord.objects.filter(comment__startswith="stop").exists()
 
 
+def post_signed_to_slack(client, payload: dict):
+    """Post an interaction payload signed as Slack signs it (v0 HMAC-SHA256)."""
+    body = urlencode({"payload": json.dumps(payload)})
+    timestamp = str(int(time.time()))
+    digest = hmac.new(b"slack-signing-secret", f"v0:{timestamp}:{body}".encode(),
+                      hashlib.sha256).hexdigest()
+    return client.post("/slack/interactive/", body,
+                       content_type="application/x-www-form-urlencoded",
+                       headers={"X-Slack-Request-Timestamp": timestamp,
+                                "X-Slack-Signature": f"v0={digest}"})
+
+
 @override_settings(RUNBOARD_SLACK_SIGNING_SECRET="slack-signing-secret")
 def test_signed_slack_payloads_with_a_nul_byte(client, run):
     """Signed as Slack signs, so they pass the signature check; NUL in the trigger or
@@ -177,14 +189,7 @@ def test_signed_slack_payloads_with_a_nul_byte(client, run):
     for trigger, user in (("t\x00", "U1"), ("t1", "U\x00")):
         payload = {"type": "block_actions", "trigger_id": trigger, "user": {"id": user},
                    "actions": [{"action_id": "runboard:approve", "value": str(run.pk)}]}
-        body = urlencode({"payload": json.dumps(payload)})
-        timestamp = str(int(time.time()))
-        digest = hmac.new(b"slack-signing-secret", f"v0:{timestamp}:{body}".encode(),
-                          hashlib.sha256).hexdigest()
-        response = client.post("/slack/interactive/", body,
-                               content_type="application/x-www-form-urlencoded",
-                               headers={"X-Slack-Request-Timestamp": timestamp,
-                                        "X-Slack-Signature": f"v0={digest}"})
+        response = post_signed_to_slack(client, payload)
         assert response.status_code == 400, (trigger, user)
 
 
@@ -214,3 +219,21 @@ def test_slack_answers_go_only_to_the_configured_host_however_the_prefix_is_writ
         respond(f"{elsewhere.url}/respond/1", text="hi")
         assert elsewhere.received == []
         respond(f"{elsewhere.url[:-1]}.evil.example/respond/2", text="hi")
+
+
+@override_settings(RUNBOARD_SLACK_SIGNING_SECRET="slack-signing-secret")
+def test_a_slack_cancel_comment_with_a_nul_byte_is_sent_back_to_the_dialog(client, run):
+    """The audit cannot store NUL: say so in the dialog, as for an empty comment, rather
+    than queue an action whose audit record would fail to be written."""
+    from dashboard.channels import SlackInteraction
+
+    payload = {"type": "view_submission", "trigger_id": "T-nul", "user": {"id": "U1"},
+               "view": {"callback_id": "runboard:cancel",
+                        "private_metadata": json.dumps({"run": run.pk, "response_url": ""}),
+                        "state": {"values": {"comment": {"comment": {
+                            "type": "plain_text_input", "value": "stop\x00now"}}}}}}
+    response = post_signed_to_slack(client, payload)
+    assert response.status_code == 200
+    assert response.json()["response_action"] == "errors"
+    assert "comment" in response.json()["errors"]
+    assert not SlackInteraction.objects.exists()
