@@ -82,6 +82,9 @@ def inbox(request):
 def act(request, pk, kind):
     run = get_object_or_404(Run.objects.for_list(), pk=pk)
     comment = request.POST.get("comment", "").strip()[:MAX_COMMENT]
+    if "\x00" in comment:  # the audit (PostgreSQL) cannot store it
+        messages.error(request, f"{run}: the comment holds a NUL character; type it again.")
+        return redirect("inbox")
     if kind == "reject":
         if not comment:
             messages.error(request, f"{run}: a comment is required to reject.")
@@ -108,7 +111,8 @@ def approve_release(request):
     POST: approve each run ticked, one provider call and audit record each."""
     release = (request.POST if request.method == "POST" else request.GET).get("release", "")
     release = release.strip()[:200]
-    if not release:
+    comment = request.POST.get("comment", "").strip()[:MAX_COMMENT]
+    if not release or "\x00" in release + comment:  # PostgreSQL cannot take NUL
         return redirect("inbox")
     runs = list(_release_runs(release)[:200])
     mark_superseded(runs)
@@ -116,7 +120,6 @@ def approve_release(request):
     results = None
     if request.method == "POST":
         chosen = set(request.POST.getlist("run"))
-        comment = request.POST.get("comment", "").strip()[:MAX_COMMENT]
         results = []
         for row in rows:
             if str(row["run"].pk) not in chosen:

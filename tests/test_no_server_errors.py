@@ -25,7 +25,8 @@ QUERIES = [
     "q=%00", "q=%25_%5C", "connection=abc", f"connection={HUGE}", "project=-1",
     "environment=%00", "status=bogus", "group=x", "range=1y", "provider=%00",
     "by=%00", "kind=x", "state=x", "user=%00", "v=abc", "v=%00", "v=-", "p=x",
-    "next=//evil.example/", "revoke=x",
+    "next=//evil.example/", "revoke=x", "days=abc", f"days={HUGE}", "window=%00",
+    "release=%00", "environment=1&environment=x", "run=abc&run=%00",
 ]
 METHODS = ["get", "post", "put", "patch", "delete", "options", "head"]
 BODIES = [
@@ -34,6 +35,8 @@ BODIES = [
     {"data": '{"comment": 5, "force_cancel": "yes"', "content_type": "application/json"},
     {"data": b"\xff\xfe\x00", "content_type": "application/json"},
     {"data": f"revoke={HUGE}&name=n", "content_type": "application/x-www-form-urlencoded"},
+    {"data": f"run=abc&run={HUGE}&run=%00&release=%00&version=%00&environment=x",
+     "content_type": "application/x-www-form-urlencoded"},
 ]
 
 
@@ -58,12 +61,15 @@ def routes(run):
         "/profile/", "/api/runs/", f"/api/runs/{run.pk}/", f"/api/runs/{HUGE}/",
         f"/api/runs/{run.pk}/cancel/", f"/api/runs/{run.pk}/approve/", "/api/openapi.json",
         "/api/docs", "/api/nope", "/accounts/login/", "/oidc/authenticate/",
-        "/oidc/callback/", "/accounts/logout/", "/slack/interactive/", "/healthz",
+        "/oidc/callback/", "/slack/interactive/", "/healthz",
         "/readyz", "/admin/", "/admin/dashboard/channel/add/", "/admin/dashboard/run/",
         "/admin/dashboard/actionrecord/", "/admin/dashboard/connection/add/",
         f"/admin/dashboard/connection/{run.connection_id}/change/",
         "/admin/dashboard/apitoken/", "/admin/dashboard/delivery/",
         f"/hooks/{run.connection.webhook_key}/", "/hooks/not-a-key/",
+        "/inbox/", "/inbox/release/", f"/inbox/{run.pk}/approve/", f"/inbox/{HUGE}/x/",
+        "/releases/", "/trends/", "/attention/",
+        "/accounts/logout/",  # last: a POST here ends the session the others run in
     ]
 
 
@@ -237,3 +243,16 @@ def test_a_slack_cancel_comment_with_a_nul_byte_is_sent_back_to_the_dialog(clien
     assert response.json()["response_action"] == "errors"
     assert "comment" in response.json()["errors"]
     assert not SlackInteraction.objects.exists()
+
+
+def test_inbox_refuses_nul_in_a_comment_or_release(client, manager, run):
+    """The audit cannot store NUL: back to the inbox, nothing recorded, no 500."""
+    client.force_login(manager)
+    before = ActionRecord.objects.count()
+    response = client.post(f"/inbox/{run.pk}/approve/", {"comment": "ok\x00"})
+    assert response.status_code == 302 and response["Location"] == "/inbox/"
+    assert client.get("/inbox/release/?release=v1%00").status_code == 302
+    for data in ({"release": "v1\x00", "run": [str(run.pk)]},
+                 {"release": "v1", "run": [str(run.pk)], "comment": "go\x00"}):
+        assert client.post("/inbox/release/", data).status_code == 302
+    assert ActionRecord.objects.count() == before
