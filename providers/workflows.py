@@ -197,13 +197,20 @@ class WorkflowsProvider(Provider):
                 return
             seen |= ids
             yield items
-            paginate = body.get("paginate")
-            if isinstance(paginate, dict) and all(
-                    type(paginate.get(k)) is int and paginate[k] >= 0
-                    for k in ("current", "pageSize", "total")) and paginate["pageSize"] > 0:
-                if paginate["current"] * paginate["pageSize"] >= paginate["total"]:
-                    return
+            if self._last_page(body.get("paginate")):
+                return
             page += 1
+
+    @staticmethod
+    def _last_page(paginate: Any) -> bool:
+        """Whether a well-formed `paginate` says this page is the last; a missing or
+        malformed one says nothing (the next page is read)."""
+        if not isinstance(paginate, dict):
+            return False
+        current, size, total = (paginate.get(k) for k in ("current", "pageSize", "total"))
+        if not all(type(v) is int and v >= 0 for v in (current, size, total)) or size == 0:
+            return False
+        return current * size >= total
 
     @staticmethod
     def _results(body: Any) -> list[dict[str, Any]]:
