@@ -16,9 +16,9 @@ Documented (seed page, Buddy's REST API reference, Buddy's CLI):
 - hosts: https://api.buddy.works, EU https://api.eu.buddy.works, on-premise
   https://<host>/api (the connection's base URL; paths are appended to its path).
 How requests are spent: the list gives each run's status; one execution is read for its
-steps only where they may have changed: a run not finished, a run new to Runboard or whose
-status changed (`known_runs`, set by the sync), and on a first pass only the newest page
-of each pipeline (older history shows no steps until it is opened at Buddy).
+steps only where they may have changed: a run not finished, a run in the sync's window new
+to Runboard or whose status changed (`known_runs`, set by the sync), and on a first pass
+only the newest page of each pipeline (older history shows no steps: open it at Buddy).
 Not documented anywhere we could read, and so assumed here:
 - when the rate limit resets (no reset header): we wait Retry-After, else 60 s;
 - the default and maximum page size of pipelines (we ask 50 and page to an empty page);
@@ -202,6 +202,8 @@ class BuddyProvider(Provider):
         known = self.known_runs.get(run.external_id)
         if run.status in FINISHED and known == run.raw_status:
             return None
+        if run.status in FINISHED and since and run.created_at and run.created_at < since:
+            return None  # listed only for sharing a page with the window: not re-read
         if run.status in FINISHED and known is None and since is None and page > 1:
             return run  # old history on a first pass: not worth a request a run
         try:
