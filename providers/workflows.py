@@ -113,6 +113,8 @@ class WorkflowsProvider(Provider):
                         " it in GoRules BRMS.",
         Action.REJECT: "No endpoint to reject a workflow run's job is documented; review it"
                        " in GoRules BRMS.",
+        Action.RETRY: "GoRules' public API reference names no endpoint to run a deployment "
+                      "workflow again.",
     }
     cancel_requires_comment = True
     scope_required = ("project",)

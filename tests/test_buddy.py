@@ -414,3 +414,11 @@ def test_an_on_premise_base_url_with_a_path(clock, suffix):
         with BuddyProvider(sim.url, "t", {"workspace": "acme"}) as wrong, \
                 pytest.raises(NotFound):
             list(wrong.list_runs())
+
+
+def test_the_run_page_can_say_why_reject_is_missing():
+    from providers.base import Action
+
+    assert set(BuddyProvider.unsupported_reasons) == {
+        a for a in Action if a not in BuddyProvider.actions}
+    assert "cancel the run" in BuddyProvider.unsupported_reasons[Action.REJECT]

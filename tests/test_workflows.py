@@ -549,3 +549,10 @@ def test_the_project_list_pages_like_the_runs(sim):
     assert len(body["results"]) == 10
     assert body["paginate"]["total"] == 16
     assert all({"id", "name"} <= set(p) for p in body["results"])
+
+
+def test_the_run_page_can_say_why_approve_and_reject_are_missing():
+    missing = {a for a in Action if a not in WorkflowsProvider.actions}
+    assert set(WorkflowsProvider.unsupported_reasons) == missing
+    assert all("GoRules" in reason for reason in WorkflowsProvider.unsupported_reasons.values())
+    assert "no endpoint" in WorkflowsProvider.unsupported_reasons[Action.APPROVE].lower()
