@@ -58,10 +58,17 @@ def refusal(run: Run, kind: str, user=None) -> str | None:
     return None
 
 
-def perform(run: Run, user, kind: str, comment: str = "", force: bool = False) -> ActionRecord:
+def perform(run: Run, user, kind: str, comment: str = "", force: bool = False,
+            variables: dict[str, str] | None = None) -> ActionRecord:
+    """`variables`: values for what a waiting run asks for (approve only, e.g. Buddy's
+    APPLY_VARIABLES); the audit keeps their names, not their values."""
     comment = comment.strip()
     provider = run.connection.provider_class
     options = {"force_cancel": True} if force and kind == Action.CANCEL else {}
+    if variables and kind != Action.APPROVE:
+        raise ActionRefused("Variables go with approve only.", status=400)
+    if variables:
+        options["variables"] = sorted(variables)
     if force and not (kind == Action.CANCEL and provider.has_force_cancel):
         raise ActionRefused(f"{provider.label} has no force cancel.", status=400)
     if kind == Action.CANCEL and not comment:
@@ -98,6 +105,8 @@ def perform(run: Run, user, kind: str, comment: str = "", force: bool = False) -
                 answer = client.cancel(run.locator, comment=comment, force=force)
             elif kind == Action.RETRY:
                 answer = client.retry(run.locator)
+            elif variables:
+                answer = client.approve(run.locator, comment=comment, variables=variables)
             else:
                 answer = getattr(client, kind)(run.locator, comment=comment)
     except ProviderError as exc:

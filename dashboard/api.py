@@ -22,7 +22,7 @@ from ninja import Field, NinjaAPI, Query, Schema
 from ninja import Status as Answer
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuth
-from pydantic import StrictBool, StrictStr
+from pydantic import StrictBool, StrictStr, StringConstraints
 
 from dashboard import actions
 from dashboard.filters import RANGES, STATUS_GROUPS, RunFilter
@@ -235,10 +235,19 @@ class ApiRunFilter(RunFilter):
     environment = django_filters.NumberFilter(field_name="environment_id")
 
 
+VariableName = Annotated[StrictStr, StringConstraints(min_length=1, max_length=100)]
+VariableValue = Annotated[StrictStr, StringConstraints(max_length=MAX_COMMENT)]
+
+
 class ActionIn(Schema):
     comment: StrictStr = Field("", max_length=MAX_COMMENT, pattern=r"^[^\x00]*$",
                                description="Required to cancel; kept in the audit.")
     force_cancel: StrictBool = Field(False, description="Only where the provider has it.")
+    variables: dict[VariableName, VariableValue] | None = Field(
+        None, max_length=100,
+        description="Approve only: values for the variables a waiting run asks for "
+                    "(e.g. Buddy's APPLY_VARIABLES); a variable left out keeps the run's own "
+                    "value. The audit keeps their names, not their values.")
 
 
 class ActionResult(Schema):
@@ -346,7 +355,7 @@ def run_action(request, pk: Id, kind: ActionKind, payload: ActionIn = None):
     payload = payload or ActionIn()
     try:
         record = actions.perform(found, request.user, kind, comment=payload.comment,
-                                 force=payload.force_cancel)
+                                 force=payload.force_cancel, variables=payload.variables)
     except actions.ActionRefused as exc:
         return Answer(exc.status, {
             "error": exc.message,

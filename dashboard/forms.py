@@ -15,6 +15,24 @@ class CommentForm(forms.Form):
                               widget=forms.Textarea(attrs={"rows": 2}))
 
 
+class ApproveForm(CommentForm):
+    """Approve, with one field per variable the waiting run asks for (`var:<key>`)."""
+
+    PREFIX = "var:"
+
+    def __init__(self, *args, requested=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        for var in requested:
+            self.fields[self.PREFIX + var["key"]] = forms.CharField(
+                label=var["key"], initial=var["value"], help_text=var["description"],
+                max_length=2000, required=False, strip=False)
+
+    def variables(self) -> dict[str, str]:
+        """The variables given; an empty field is left out (the run's own value applies)."""
+        return {name[len(self.PREFIX):]: value for name, value in self.cleaned_data.items()
+                if name.startswith(self.PREFIX) and value != ""}
+
+
 class TokenForm(forms.Form):
     EXPIRY_DAYS = [(7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "1 year")]
 

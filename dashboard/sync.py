@@ -374,6 +374,9 @@ def _sync_pass(connection: Connection, owner: str, result: SyncResult) -> dateti
     seen: set[str] = set()
     newest = high_water
     with connection.client() as client:
+        if since:
+            client.known_runs = dict(connection.runs.filter(created_at__gte=since)
+                                     .values_list("external_id", "raw_status"))
         for pages in read_ahead(client.list_runs(since=since)):
             runs = [run for page in pages for run in page]
             result.pages += len(pages)

@@ -20,7 +20,7 @@ from django_htmx.http import reswap, retarget
 from dashboard import actions, schedule
 from dashboard import audit_export as audit_export_formats
 from dashboard.filters import ActionFilter, RunFilter
-from dashboard.forms import CancelForm, CommentForm, TokenForm
+from dashboard.forms import ApproveForm, CancelForm, CommentForm, TokenForm
 from dashboard.models import (
     ActionRecord,
     ApiToken,
@@ -225,9 +225,17 @@ def _detail_context(request, run, **extra):
         "can_act": shows_actions(request),
         "provider": run.connection.provider_class,
         "cancel_form": CancelForm(),
+        "approve_form": _approve_form(run),
         "permalink": request.build_absolute_uri(run.get_absolute_url()),
         **extra,
     }
+
+
+def _approve_form(run, data=None):
+    """The approve form, with inputs for the variables the run asks for (if any)."""
+    requested = (run.connection.provider_class.requested_variables(run.raw)
+                 if run.status == Status.WAITING else [])
+    return ApproveForm(data, requested=requested)
 
 
 @login_required
@@ -271,7 +279,10 @@ def run_action(request, pk, kind):
     run = get_object_or_404(Run.objects.for_list(), pk=pk)
     if kind not in Action.values:
         raise Http404("No such action")
-    form = (CancelForm if kind == Action.CANCEL else CommentForm)(request.POST)
+    if kind == Action.APPROVE:
+        form = _approve_form(run, request.POST)
+    else:
+        form = (CancelForm if kind == Action.CANCEL else CommentForm)(request.POST)
     status, extra = 200, {}
     if not form.is_valid():
         status = 400
@@ -279,7 +290,8 @@ def run_action(request, pk, kind):
     else:
         try:
             actions.perform(run, request.user, kind, comment=form.cleaned_data["comment"],
-                            force=form.cleaned_data.get("force_cancel", False))
+                            force=form.cleaned_data.get("force_cancel", False),
+                            variables=form.variables() if kind == Action.APPROVE else None)
             extra["action_message"] = f"{Action(kind).label} sent to {run.connection}."
         except actions.ActionRefused as exc:
             status = exc.status

@@ -276,6 +276,9 @@ class Provider:
             raise InvalidRequest(f"{self.label} connection needs scope {', '.join(missing)}")
         self.rate_limit = RateLimitInfo()
         self.requests_made = 0
+        # external_id -> raw status Runboard holds for runs in the sync's window: lets a
+        # provider whose list is a short view skip re-reading runs that did not change.
+        self.known_runs: Mapping[str, str] = {}
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={**self.auth_headers(token), "Accept": "application/json"},
@@ -307,7 +310,9 @@ class Provider:
     def cancel(self, locator: Mapping[str, Any], comment: str = "", force: bool = False):
         raise NotSupported()
 
-    def approve(self, locator: Mapping[str, Any], comment: str = ""):
+    def approve(self, locator: Mapping[str, Any], comment: str = "",
+                variables: Mapping[str, str] | None = None):
+        """`variables`: values for what the run asks for (see `requested_variables`)."""
         raise NotSupported()
 
     def reject(self, locator: Mapping[str, Any], comment: str = ""):
@@ -315,6 +320,12 @@ class Provider:
 
     def retry(self, locator: Mapping[str, Any]):
         raise NotSupported()
+
+    @classmethod
+    def requested_variables(cls, raw: Any) -> list[dict[str, str]]:
+        """Variables a waiting run asks for before it can be approved, from its stored
+        payload: [{key, value (the default), description}]; most providers ask none."""
+        return []
 
     # -- shared HTTP plumbing -----------------------------------------------------
 

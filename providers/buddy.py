@@ -1,13 +1,29 @@
 """Buddy.works: pipeline executions in a workspace.
 
-Documented (seed page): PATCH .../executions/{id} with operation RETRY, CANCEL,
-APPLY or APPLY_VARIABLES; Bearer token with scopes WORKSPACE and EXECUTION_RUN; the
-execution payload; X-Rate-Limit-Limit / X-Rate-Limit-Remaining on every answer.
-From Buddy's public API docs: GET .../executions (page, per_page; newest first) and
-GET .../executions/{id}, GET /workspaces/{domain}/projects and .../pipelines.
+Documented (seed page, Buddy's REST API reference, Buddy's CLI):
+- PATCH .../executions/{id} with operation RETRY, CANCEL, APPLY or APPLY_VARIABLES
+  (`variables` [{key, value}] required for APPLY_VARIABLES); APPLY approves a run
+  WAITING_FOR_APPLY, runs WAITING_FOR_VARIABLES / WAITING_FOR_SETTABLE_VARIABLES need
+  APPLY_VARIABLES, WAITING_FOR_VT_SESSION cannot be applied; RUN_DELAYED is a delayed run;
+- Bearer token with scopes WORKSPACE and EXECUTION_RUN (EXECUTION_INFO to read);
+- GET /workspaces/{domain}/projects and .../projects/{p}/pipelines take `page` and
+  `per_page` (projects: default 20) and answer no page count;
+- GET .../executions takes `page` and `per_page` (default 20), answers `total_page_count`,
+  newest first; its items are the short view without `action_executions`;
+  GET .../executions/{id} has them;
+- error bodies {"errors": [{"message": ...}]} (Buddy's CLI reads exactly this);
+- X-Rate-Limit-Limit / X-Rate-Limit-Remaining on every answer, no reset header;
+- hosts: https://api.buddy.works, EU https://api.eu.buddy.works, on-premise
+  https://<host>/api (the connection's base URL; paths are appended to its path).
+How requests are spent: the list gives each run's status; one execution is read for its
+steps only where they may have changed: a run not finished, a run in the sync's window new
+to Runboard or whose status changed (`known_runs`, set by the sync), and on a first pass
+only the newest page of each pipeline (older history shows no steps: open it at Buddy).
 Not documented anywhere we could read, and so assumed here:
 - when the rate limit resets (no reset header): we wait Retry-After, else 60 s;
-- the error body shape {"errors": [{"message": ...}]};
+- the default and maximum page size of pipelines (we ask 50 and page to an empty page);
+- where a run says which variables it waits for: the waiting action's `variables`
+  [{key, value, description}] (else the execution's `variables` marked settable);
 - Buddy has no "reject": a run waiting for approval is refused by cancelling it.
 """
 
@@ -20,10 +36,14 @@ from typing import Any
 import httpx
 
 from providers.base import (
+    FINISHED,
     Action,
     BadPayload,
+    Conflict,
     Discovery,
+    InvalidRequest,
     JobData,
+    NotFound,
     ProjectData,
     Provider,
     RateBudget,
@@ -48,6 +68,7 @@ STATUS_MAP: dict[str, Status] = {
     "WAITING_FOR_VARIABLES": Status.WAITING,
     "WAITING_FOR_SETTABLE_VARIABLES": Status.WAITING,
     "WAITING_FOR_VT_SESSION": Status.WAITING,
+    "RUN_DELAYED": Status.QUEUED,  # a delayed run waits to be queued
     "SUCCESSFUL": Status.SUCCEEDED,
     "FAILED": Status.FAILED,
     "TERMINATING": Status.CANCELLING,
@@ -57,6 +78,10 @@ STATUS_MAP: dict[str, Status] = {
 }
 
 PAGE_SIZE = 50
+# What approving means for a run in each waiting status (documented).
+APPLY_STATUSES = frozenset({"WAITING_FOR_APPLY"})
+VARIABLES_STATUSES = frozenset({"WAITING_FOR_VARIABLES", "WAITING_FOR_SETTABLE_VARIABLES"})
+NOT_APPLICABLE = frozenset({"WAITING_FOR_VT_SESSION"})
 
 
 class BuddyProvider(Provider):
@@ -102,14 +127,28 @@ class BuddyProvider(Provider):
     def _projects(self) -> list[str]:
         if self.scope.get("project"):
             return [self.scope["project"]]
-        body = self.request("GET", f"{self._workspace}/projects")
-        return [text(p.get("name")) for p in self._items(body, "projects")]
+        return [text(p.get("name")) for p in self._all_pages(f"{self._workspace}/projects",
+                                                             "projects")]
 
     def _pipelines(self, project: str) -> list[dict[str, Any]]:
         if self.scope.get("pipeline"):
             return [{"id": self.scope["pipeline"], "name": ""}]
-        body = self.request("GET", f"{self._workspace}/projects/{project}/pipelines")
-        return self._items(body, "pipelines")
+        return self._all_pages(f"{self._workspace}/projects/{project}/pipelines", "pipelines")
+
+    def _all_pages(self, path: str, key: str) -> list[dict[str, Any]]:
+        """Every item of a list that answers no page count: read until an empty page
+        (a short page is not the last if the server caps `per_page` below ours)."""
+        found: list[dict[str, Any]] = []
+        previous = None
+        page = 1
+        while True:
+            items = self._items(self.request("GET", path, params={
+                "page": page, "per_page": PAGE_SIZE}), key)
+            if not items or items == previous:  # a server ignoring `page` repeats itself
+                return found
+            found.extend(items)
+            previous = items
+            page += 1
 
     @staticmethod
     def _items(body: Any, key: str) -> list[dict[str, Any]]:
@@ -148,13 +187,29 @@ class BuddyProvider(Provider):
                 self.parse_execution(item, project, pipeline)
                 for item in self._items(body, "executions")
             ]
-            if runs:
-                yield runs
+            changed = [read for run in runs if (read := self._with_steps(run, since, page))]
+            if changed:
+                yield changed
             total_pages = body.get("total_page_count")
             older = since and all(r.created_at and r.created_at < since for r in runs)
             if not runs or older or (isinstance(total_pages, int) and page >= total_pages):
                 return
             page += 1
+
+    def _with_steps(self, run: RunData, since: datetime | None, page: int) -> RunData | None:
+        """The list's short view lacks the steps: read the execution where they matter.
+        None for a finished run Runboard already holds as it is: nothing to write."""
+        known = self.known_runs.get(run.external_id)
+        if run.status in FINISHED and known == run.raw_status:
+            return None
+        if run.status in FINISHED and since and run.created_at and run.created_at < since:
+            return None  # listed only for sharing a page with the window: not re-read
+        if run.status in FINISHED and known is None and since is None and page > 1:
+            return run  # old history on a first pass: not worth a request a run
+        try:
+            return self.get_run(run.locator)
+        except NotFound:  # deleted between the list and the read
+            return run
 
     def get_run(self, locator: Mapping[str, Any]) -> RunData:
         body = self.request("GET", self._execution_path(locator))
@@ -163,21 +218,70 @@ class BuddyProvider(Provider):
     def _execution_path(self, locator: Mapping[str, Any]) -> str:
         return f"{self._executions_path(locator['project'], locator['pipeline'])}/{locator['id']}"
 
-    def _operate(self, locator: Mapping[str, Any], operation: str) -> RunData:
-        body = self.request("PATCH", self._execution_path(locator), json={"operation": operation})
+    def _operate(self, locator: Mapping[str, Any], operation: str, **extra: Any) -> RunData:
+        body = self.request("PATCH", self._execution_path(locator),
+                            json={"operation": operation, **extra})
         return self.parse_execution(body, locator["project"], {"id": locator["pipeline"]})
 
     def cancel(self, locator, comment="", force=False) -> RunData:
         # Buddy's CANCEL takes no comment: it is kept in Runboard's audit only.
         return self._operate(locator, "CANCEL")
 
-    def approve(self, locator, comment="") -> RunData:
-        return self._operate(locator, "APPLY")
+    def approve(self, locator, comment="", variables=None) -> RunData:
+        """APPLY a run waiting for approval; APPLY_VARIABLES, with every variable the run
+        asks for (given ones, else the value it shows), to a run waiting for variables.
+
+        Costs one read first: what the run waits for decides the operation.
+        """
+        variables = dict(variables or {})
+        current = self.get_run(locator)
+        if current.raw_status in NOT_APPLICABLE:
+            raise Conflict(f"{self.label}: this run waits for a visual-test session, which "
+                           "is resolved in Buddy itself, not through its API")
+        if current.raw_status not in VARIABLES_STATUSES:
+            if variables:
+                raise InvalidRequest(f"{self.label}: this run asks for no variables")
+            return self._operate(locator, "APPLY")
+        asked = self.requested_variables(current.raw)
+        unknown = sorted(set(variables) - {v["key"] for v in asked})
+        if unknown:
+            raise InvalidRequest(f"{self.label}: the run does not ask for {', '.join(unknown)}")
+        values = [{"key": v["key"], "value": str(variables.get(v["key"], v["value"]))}
+                  for v in asked]
+        missing = [v["key"] for v in values if v["value"] == ""]
+        if missing:
+            raise InvalidRequest(f"{self.label}: give a value for {', '.join(missing)}")
+        return self._operate(locator, "APPLY_VARIABLES", variables=values)
 
     def retry(self, locator) -> RunData:
         return self._operate(locator, "RETRY")
 
     # -- parsing ---------------------------------------------------------------------
+
+    @classmethod
+    def requested_variables(cls, raw: Any) -> list[dict[str, str]]:
+        """The variables a run waiting for them asks for: [{key, value, description}]."""
+        if not isinstance(raw, dict) or raw.get("status") not in VARIABLES_STATUSES:
+            return []
+        candidates: list[Any] = []
+        for action_exec in raw.get("action_executions") or []:
+            if isinstance(action_exec, dict) and action_exec.get("status") in VARIABLES_STATUSES:
+                action = action_exec.get("action")
+                if isinstance(action, dict) and isinstance(action.get("variables"), list):
+                    candidates = action["variables"]
+                    break
+        else:
+            if isinstance(raw.get("variables"), list):
+                candidates = [v for v in raw["variables"]
+                              if isinstance(v, dict) and v.get("settable")]
+        found, seen = [], set()
+        for var in candidates:
+            key = text(var.get("key"), 100) if isinstance(var, dict) else ""
+            if key and key not in seen:
+                seen.add(key)
+                found.append({"key": key, "value": text(var.get("value"), 2000),
+                              "description": text(var.get("description"), 300)})
+        return found
 
     def parse_execution(self, item: Any, project: str, pipeline: Mapping[str, Any]) -> RunData:
         execution_id = require(item, "id")

@@ -1,4 +1,5 @@
-"""Deployment workflows: runs that deploy one release through a project's environments.
+"""Deployment workflows (GoRules BRMS): runs that deploy one release through a project's
+environments.
 
 A run holds one job per environment, in order; a job may wait for a reviewer's
 conclusion before it deploys. The seed pages show only a placeholder host
@@ -18,21 +19,33 @@ Documented (seed page):
   not_started; the reviewedConclusion example approved.
 From the provider's public API reference:
 - GET /api/projects/{projectId}/runs exists ("a paginated list of deployment workflow runs
-  for a project") and answers {"results": [run, ...]}, each run in the get endpoint's shape.
+  for a project") and answers {"results": [run, ...]}, each run in the get endpoint's shape;
+- GET /api/projects exists (discovery); the host is the customer's own
+  (https://<tenant>.<region>.gorules.io or self-hosted).
+Unconfirmed, so the client is right under every reading:
+- the lists' paging. Most likely (GoRules' other lists; a third-party Terraform provider
+  reads them so) `page` + `perPage`, 10 a page, answering `paginate` {current, from, to,
+  total, pageSize}. The client sends `page` and `perPage`, follows the answer's own paging
+  (`paginate` where present, else an empty page ends the list), and never takes a page
+  shorter than it asked for as the last: a server that ignores `perPage` or caps it still
+  gets read to the end. A server that ignores `page` (repeats a page) ends the list.
+Not found in any reference (searched GoRules' docs and API reference pages, GoRules' CLI
+and public code for "deployment workflow approve/reject job", ".../runs/{runId}/jobs"):
+the endpoints that approve or reject a job. The reference says the "Deployment workflows"
+API group manages job approvals, but their paths were not retrievable, so approve and
+reject stay NotSupported (jobs show their reviews, read-only).
 Not documented anywhere we could read, and so assumed here:
-- the list's paging (see LIST_PAGING): query parameters `page` (from 1) and `limit`, runs
-  newest first, a page shorter than `limit` being the last;
+- runs are listed newest first;
 - job statuses besides not_started: we assume jobs share the run vocabulary;
 - reviewedConclusion `rejected` beside the documented `approved`;
 - error bodies {"message": "..."}, with 401 for a bad token, 404 for an unknown project or
   run, and 409 when the run is no longer cancellable;
 - rate limits: none documented; we rely on 429 with Retry-After;
-- approve, reject and retry: no endpoint we could read, so they stay NotSupported (jobs still
-  show their reviews, read-only);
+- retry: no endpoint we could read, so it stays NotSupported;
 - a link to the run in the product's own UI: none documented, so web_url stays empty;
 - when a run started: only createdAt exists, so started_at is createdAt;
-- projects and environments: no endpoint we could read, so discovery returns the scoped
-  project plus the environments seen in the first page of runs.
+- environments: no endpoint we could read, so discovery returns the environments seen in
+  the first page of runs; project items carry {id, name} (and key, protected).
 """
 
 from __future__ import annotations
@@ -77,9 +90,9 @@ STATUS_MAP: dict[str, Status] = {
 # reviewedConclusion: `approved` is documented; `rejected` is assumed.
 REVIEW_CONCLUSIONS = frozenset({"approved", "rejected"})
 
-# ASSUMED paging of GET /api/projects/{projectId}/runs, the one place it lives: the reference
-# shows the endpoint and its {"results": [...]} answer but not its query parameters.
-LIST_PAGING = {"page": "page", "limit": "limit", "first_page": 1}
+# Paging of GoRules lists, most likely reading (unconfirmed): what we send. What we read
+# back is the answer's own `paginate`, else an empty page: see `_pages`.
+PAGE_PARAM, PER_PAGE_PARAM = "page", "perPage"
 PAGE_SIZE = 50
 
 
@@ -100,6 +113,8 @@ class WorkflowsProvider(Provider):
                         " it in GoRules BRMS.",
         Action.REJECT: "No endpoint to reject a workflow run's job is documented; review it"
                        " in GoRules BRMS.",
+        Action.RETRY: "GoRules' public API reference names no endpoint to run a deployment "
+                      "workflow again.",
     }
     cancel_requires_comment = True
     scope_required = ("project",)
@@ -139,7 +154,14 @@ class WorkflowsProvider(Provider):
     # -- discovery -------------------------------------------------------------------
 
     def discover(self) -> Discovery:
-        found = Discovery(projects=[self._project_data(self._project)])
+        """The scoped project, named as GoRules lists it, and the environments its runs
+        deploy to."""
+        project = self._project_data(self._project)
+        for page in self._pages("/api/projects"):
+            for item in page:
+                if text(item.get("id"), 100) == self._project and item.get("name"):
+                    project = ProjectData(self._project, text(item["name"], 200))
+        found = Discovery(projects=[project])
         first_page = next(self.list_runs(), [])
         seen: set[str] = set()
         for run in first_page:
@@ -153,27 +175,44 @@ class WorkflowsProvider(Provider):
     # -- runs ------------------------------------------------------------------------
 
     def list_runs(self, since: datetime | None = None) -> Iterator[list[RunData]]:
-        page = LIST_PAGING["first_page"]
+        for items in self._pages(self._runs_path(self._project)):
+            runs = [self.parse_run(item) for item in items]
+            yield runs
+            if since and all(r.created_at and r.created_at < since for r in runs):
+                return
+
+    def _pages(self, path: str) -> Iterator[list[dict[str, Any]]]:
+        """Non-empty pages of a list, by the answer's own paging: its `paginate` object
+        where present, else until an empty page. Never stops at a page merely shorter
+        than PAGE_SIZE: the server may ignore or cap `perPage`."""
+        page = 1
         seen: set[str] = set()
         while True:
-            body = self.request("GET", self._runs_path(self._project), params={
-                LIST_PAGING["page"]: page, LIST_PAGING["limit"]: PAGE_SIZE,
-            })
+            body = self.request("GET", path, params={PAGE_PARAM: page, PER_PAGE_PARAM: PAGE_SIZE})
             items = self._results(body)
-            runs = [self.parse_run(item) for item in items]
-            fresh = [r for r in runs if r.external_id not in seen]
-            if runs and not fresh:
-                # The paging is assumed: if the server ignores `page` and repeats itself,
-                # stop rather than loop for ever.
-                logger.warning("%s: page %s repeated the previous page; stopping", self.key, page)
+            if not items:
                 return
-            seen.update(r.external_id for r in runs)
-            if runs:
-                yield runs
-            older = since and all(r.created_at and r.created_at < since for r in runs)
-            if len(items) < PAGE_SIZE or older:
+            ids = {text(item.get("id"), 100) for item in items}
+            if ids <= seen:
+                # The paging is unconfirmed: a server that ignores `page` repeats itself.
+                logger.warning("%s: page %s repeated the previous one; stopping", self.key, page)
+                return
+            seen |= ids
+            yield items
+            if self._last_page(body.get("paginate")):
                 return
             page += 1
+
+    @staticmethod
+    def _last_page(paginate: Any) -> bool:
+        """Whether a well-formed `paginate` says this page is the last; a missing or
+        malformed one says nothing (the next page is read)."""
+        if not isinstance(paginate, dict):
+            return False
+        current, size, total = (paginate.get(k) for k in ("current", "pageSize", "total"))
+        if not all(type(v) is int and v >= 0 for v in (current, size, total)) or size == 0:
+            return False
+        return current * size >= total
 
     @staticmethod
     def _results(body: Any) -> list[dict[str, Any]]:

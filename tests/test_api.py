@@ -147,3 +147,32 @@ def test_a_user_cannot_revoke_someone_elses_token(client, viewer, manager):
     client.post("/profile/", {"revoke": token.pk})
     token.refresh_from_db()
     assert token.revoked_at is None
+
+
+def test_approve_through_the_api_with_variables(client, manager, buddy_sim, buddy_connection):
+    from providers.simulators.buddy import VARIABLES_PLAN
+
+    buddy_sim.add_execution("web-shop", 1, VARIABLES_PLAN)
+    buddy_sim.advance(30)
+    sync.sync_connection(buddy_connection.pk)
+    run = Run.objects.get()
+    headers = bearer(manager)
+    detail = client.get(f"/api/runs/{run.pk}/", headers=headers).json()
+    assert detail["available_actions"] == ["cancel", "approve"]
+    for bad in ([], {"X": 1}, {"": "v"}, "text"):
+        answer = client.post(f"/api/runs/{run.pk}/approve/", {"variables": bad},
+                             content_type="application/json", headers=headers)
+        assert answer.status_code == 400
+        assert answer.json()["error"] == "Invalid input."
+        assert [f for f in answer.json()["fields"] if f.startswith("variables")]
+    assert not ActionRecord.objects.exists()
+    response = client.post(f"/api/runs/{run.pk}/approve/",
+                           {"variables": {"RELEASE_NOTES": "v2.4", "MIGRATE": "no"}},
+                           content_type="application/json", headers=headers)
+    assert response.status_code == 200
+    assert response.json()["run"]["status"] == "running"
+    assert buddy_sim.requests[-1][2] == {"operation": "APPLY_VARIABLES", "variables": [
+        {"key": "RELEASE_NOTES", "value": "v2.4"}, {"key": "MIGRATE", "value": "no"}]}
+    wrong = client.post(f"/api/runs/{run.pk}/cancel/", {"comment": "x", "variables": {"A": "b"}},
+                        content_type="application/json", headers=headers)
+    assert (wrong.status_code, wrong.json()["error"]) == (400, "Variables go with approve only.")

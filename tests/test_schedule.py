@@ -93,12 +93,14 @@ def test_after_a_pass_the_next_is_planned_and_not_due_before(buddy_sim, buddy_co
                                   rate_limit_seen=result.rate_limit_seen, now=now)
     conn = Connection.objects.get(pk=buddy_connection.pk)
     assert conn.rate_limit_seen == buddy_sim.rate_limit  # from X-Rate-Limit-Limit
-    assert conn.last_pass_requests == result.requests == 3
-    # Idle wants 15 s, but 3 requests within half of 1000/hour allow one pass per 21.6 s.
-    assert (planned.reason, planned.interval) == ("idle", pytest.approx(21.6))
+    # Buddy's documented lists: projects and pipelines each to their empty page, the
+    # executions, and the steps of the (new) run from its own read.
+    assert conn.last_pass_requests == result.requests == 6
+    # Idle wants 15 s, but 6 requests within half of 1000/hour allow one pass per 43.2 s.
+    assert (planned.reason, planned.interval) == ("idle", pytest.approx(43.2))
     assert conn.next_poll_at == now + timedelta(seconds=planned.interval)
-    assert not schedule.due(now + timedelta(seconds=21)).exists()
-    assert schedule.due(now + timedelta(seconds=22)).exists()
+    assert not schedule.due(now + timedelta(seconds=43)).exists()
+    assert schedule.due(now + timedelta(seconds=44)).exists()
 
 
 def test_a_watched_page_brings_the_next_pass_forward_but_not_past_the_budget(

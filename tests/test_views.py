@@ -165,3 +165,63 @@ def test_token_is_encrypted_at_rest_and_never_rendered(client, buddy_connection)
     page = client.get(f"/admin/dashboard/connection/{buddy_connection.pk}/change/")
     assert page.status_code == 200
     assert b"buddy-test-token" not in page.content
+
+
+@pytest.fixture
+def waiting_for_variables(buddy_sim, buddy_connection):
+    from providers.simulators.buddy import VARIABLES_PLAN
+
+    sim_run = buddy_sim.add_execution("web-shop", 1, VARIABLES_PLAN)
+    buddy_sim.advance(30)
+    sync.sync_connection(buddy_connection.pk)
+    run = Run.objects.get()
+    run.sim_run = sim_run
+    return run
+
+
+def test_approve_form_asks_for_the_runs_variables_and_sends_them(
+        client, manager, waiting_for_variables, buddy_sim):
+    run = waiting_for_variables
+    login(client, manager)
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert 'name="var:RELEASE_NOTES"' in page
+    assert 'name="var:MIGRATE"' in page and 'value="yes"' in page
+    assert "What this release changes" in page
+    response = client.post(f"/runs/{run.pk}/approve/", {
+        "comment": "", "var:RELEASE_NOTES": "Fixes <the> login", "var:MIGRATE": ""},
+        headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    assert b"Approve sent to Buddy" in response.content
+    assert buddy_sim.requests[-1][2] == {"operation": "APPLY_VARIABLES", "variables": [
+        {"key": "RELEASE_NOTES", "value": "Fixes <the> login"},
+        {"key": "MIGRATE", "value": "yes"}]}
+    record = ActionRecord.objects.get()
+    # The audit names the variables given, never their values.
+    assert (record.kind, record.state, record.options) == (
+        "approve", "succeeded", {"variables": ["RELEASE_NOTES"]})
+    run.refresh_from_db()
+    assert run.status == Status.RUNNING
+
+
+def test_approve_without_a_required_variable_says_why(client, manager, waiting_for_variables,
+                                                       buddy_sim):
+    login(client, manager)
+    response = client.post(f"/runs/{waiting_for_variables.pk}/approve/", {"comment": ""},
+                           headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    assert b"give a value for RELEASE_NOTES" in response.content
+    assert not [r for r in buddy_sim.requests if r[0] == "PATCH"]
+    assert ActionRecord.objects.get().state == "failed"
+
+
+def test_a_plain_approval_shows_no_variable_inputs(client, manager, buddy_sim,
+                                                   buddy_connection):
+    buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    buddy_sim.advance(30)
+    sync.sync_connection(buddy_connection.pk)
+    run = Run.objects.get()
+    login(client, manager)
+    page = client.get(f"/runs/{run.pk}/").content
+    assert b"approve/" in page and b'name="var:' not in page
+    client.post(f"/runs/{run.pk}/approve/", {"comment": "ok"}, headers={"HX-Request": "true"})
+    assert buddy_sim.requests[-1][2] == {"operation": "APPLY"}

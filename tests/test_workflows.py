@@ -198,13 +198,13 @@ def test_lists_runs_across_pages_newest_first(sim, client, monkeypatch):
     assert versions == ["2.3.5", "2.3.4", "2.3.3", "2.3.2", "2.3.1"]
 
 
-def test_a_full_last_page_costs_one_empty_request(sim, client, monkeypatch):
+def test_paginate_says_when_the_list_ends(sim, client, monkeypatch):
     monkeypatch.setattr("providers.workflows.PAGE_SIZE", 2)
     for age in (400, 300, 200, 100):
         sim.add_workflow_run(age=age)
     sent = len(sim.requests)
     assert [len(p) for p in client.list_runs()] == [2, 2]
-    assert len(sim.requests) - sent == 3
+    assert len(sim.requests) - sent == 2  # the full last page's paginate ends it
 
 
 def test_incremental_listing_stops_at_older_pages(sim, client, monkeypatch):
@@ -427,3 +427,132 @@ def test_demo_seed_has_history_and_live_runs(clock):
     assert {"completed", "cancelled"} <= statuses
     assert statuses & {"in_progress", "waiting"}
     assert all(isinstance(step, Step) for run in sim.runs.values() for step in run.plan)
+
+
+# -- paging under every reading, and the documented facts ------------------------------------
+
+REFERENCE = load_fixture("workflows_reference.json")
+
+
+def api_get(sim, path, **params):
+    return httpx.get(f"{sim.url}{path}", params=params,
+                     headers={"Authorization": f"Bearer {sim.token}"})
+
+
+def test_a_real_project_shows_every_run_not_the_first_ten(sim, client):
+    # The old client sent `limit`, which the server ignores (10 a page), and stopped at a
+    # page shorter than the 50 it asked for: it showed 10 runs of 25.
+    made = [sim.add_workflow_run(age=age) for age in range(2500, 0, -100)]
+    runs = all_runs(client)
+    assert len(runs) == 25
+    assert [r.external_id for r in runs] == [m.data["id"] for m in reversed(made)]
+
+
+def test_the_simulator_serves_the_most_likely_paging(sim):
+    likely = REFERENCE["most_likely"]
+    for age in range(2500, 0, -100):
+        sim.add_workflow_run(age=age)
+    path = REFERENCE["documented"]["paths"]["list_runs"].replace("{projectId}", sim.project_id)
+    first = api_get(sim, path).json()
+    assert len(first[REFERENCE["documented"]["list_items_key"]]) == likely["per_page_default"]
+    assert sorted(first["paginate"]) == likely["paginate_keys"]
+    assert first["paginate"] == {"current": 1, "from": 1, "to": 10, "total": 25, "pageSize": 10}
+    # Unknown parameters are ignored, as a real server would: `limit` still gets 10.
+    assert len(api_get(sim, path, limit=50).json()["results"]) == 10
+    last = api_get(sim, path, **{likely["page_param"]: 3, likely["per_page_param"]: 10}).json()
+    assert last["paginate"] == {"current": 3, "from": 21, "to": 25, "total": 25, "pageSize": 10}
+    assert len(last["results"]) == 5
+
+
+def test_simulator_runs_have_the_documented_shape(sim):
+    doc = REFERENCE["documented"]
+    sim.add_workflow_run()
+    path = doc["paths"]["list_runs"].replace("{projectId}", sim.project_id)
+    [run] = api_get(sim, path).json()["results"]
+    assert set(doc["run_required"]) <= set(run)
+    assert set(run) <= set(doc["run_required"]) | set(doc["run_optional"])
+    assert run["status"] in doc["run_statuses"] and run["runVersion"] in doc["run_versions"]
+    assert all(sorted(job) == doc["job_keys"] for job in run["jobs"])
+
+
+def test_client_sends_only_the_likely_paging_parameters(clock):
+    likely = REFERENCE["most_likely"]
+
+    class Recording(WorkflowsSimulator):
+        def list_runs(self, request):
+            queries.append(dict(request.query))
+            return super().list_runs(request)
+
+    queries = []
+    with Recording(clock=clock) as sim:
+        sim.add_workflow_run()
+        list(WorkflowsProvider(sim.url, sim.token, {"project": sim.project_id}).list_runs())
+    assert queries and all(set(q) == {likely["page_param"], likely["per_page_param"]}
+                           for q in queries)
+
+
+def test_status_map_covers_the_documented_run_statuses():
+    assert set(REFERENCE["documented"]["run_statuses"]) <= set(STATUS_MAP)
+    assert set(REFERENCE["documented"]["job_status_examples"]) <= set(STATUS_MAP)
+
+
+class NoPaginate(WorkflowsSimulator):
+    """A reading without `paginate` that caps the page at 3, whatever was asked."""
+
+    def list_runs(self, request):
+        request.query["perPage"] = str(min(3, int(request.query.get("perPage", 3))))
+        body = super().list_runs(request)
+        del body["paginate"]
+        return body
+
+
+def test_without_paginate_a_short_page_is_not_the_last(clock):
+    with NoPaginate(clock=clock) as sim:
+        for age in range(700, 0, -100):
+            sim.add_workflow_run(age=age)
+        client = WorkflowsProvider(sim.url, sim.token, {"project": sim.project_id})
+        pages = list(client.list_runs())
+        assert [len(p) for p in pages] == [3, 3, 1]
+        assert len(sim.requests) == 4  # the empty page ends the list
+
+
+def test_paginate_is_followed_when_the_server_caps_the_page(clock):
+    class Capped(WorkflowsSimulator):
+        def list_runs(self, request):
+            request.query["perPage"] = "4"
+            return super().list_runs(request)
+
+    with Capped(clock=clock) as sim:
+        for age in range(900, 0, -100):
+            sim.add_workflow_run(age=age)
+        pages = list(WorkflowsProvider(sim.url, sim.token,
+                                       {"project": sim.project_id}).list_runs())
+        assert [len(p) for p in pages] == [4, 4, 1]
+        assert len(sim.requests) == 3
+
+
+def test_discovery_names_the_project_from_the_paged_project_list(sim, monkeypatch):
+    monkeypatch.setattr("providers.workflows.PAGE_SIZE", 10)
+    for n in range(15):  # sorted before "Pricing rules": it is on the second page
+        sim.add_project(f"Alpha {n:02}")
+    with WorkflowsProvider(sim.url, sim.token, {"project": sim.project_id}) as client:
+        found = client.discover()
+    assert [(p.external_id, p.name) for p in found.projects] == [
+        (sim.project_id, "Pricing rules")]
+    assert sum(1 for r in sim.requests if r[1] == "/api/projects") == 2
+
+
+def test_the_project_list_pages_like_the_runs(sim):
+    for n in range(15):
+        sim.add_project(f"Alpha {n:02}")
+    body = api_get(sim, REFERENCE["documented"]["paths"]["list_projects"]).json()
+    assert len(body["results"]) == 10
+    assert body["paginate"]["total"] == 16
+    assert all({"id", "name"} <= set(p) for p in body["results"])
+
+
+def test_the_run_page_can_say_why_approve_and_reject_are_missing():
+    missing = {a for a in Action if a not in WorkflowsProvider.actions}
+    assert set(WorkflowsProvider.unsupported_reasons) == missing
+    assert all("GoRules" in reason for reason in WorkflowsProvider.unsupported_reasons.values())
+    assert "no endpoint" in WorkflowsProvider.unsupported_reasons[Action.APPROVE].lower()

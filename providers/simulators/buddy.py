@@ -1,4 +1,31 @@
-"""Buddy.works simulator: workspaces/projects/pipelines/executions as the API documents."""
+"""Buddy.works simulator: workspaces/projects/pipelines/executions as the API documents.
+
+Written from Buddy's public API reference (REST API pages for projects, pipelines and
+executions, the PATCH execution page) and Buddy's own CLI, never from Runboard's client.
+Documented, and served as documented:
+- GET /workspaces/{domain}/projects and .../pipelines take `page` and `per_page`; their
+  answers are {url, html_url, projects|pipelines} with no page count, so a reader pages
+  until an empty page. Projects default to 20 a page.
+- GET .../executions takes `page` and `per_page` (default 20) and answers
+  {url, page, page_size, total_page_count, element_count, total_element_count,
+  executions}; list items are the short view, without `action_executions`: a reader
+  GETs one execution for its steps.
+- PATCH .../executions/{id} with operation RETRY, CANCEL, APPLY or APPLY_VARIABLES
+  (`variables` [{key, value}] required for APPLY_VARIABLES). APPLY is for a run
+  WAITING_FOR_APPLY; a run WAITING_FOR_VARIABLES or WAITING_FOR_SETTABLE_VARIABLES needs
+  APPLY_VARIABLES; a run WAITING_FOR_VT_SESSION cannot be applied; RUN_DELAYED is the
+  status of a delayed run. Refusals are answered like every error:
+  {"errors": [{"message": ...}]}.
+- X-Rate-Limit-Limit and X-Rate-Limit-Remaining on every answer, no reset header.
+- Hosts: api.buddy.works, api.eu.buddy.works, on-premise https://<host>/api (`prefix`).
+Assumed (not in any reference we could read), each the strictest plausible reading:
+- pipelines default to 20 a page like projects; `per_page` above 100 is cut to 100;
+- a refusal is 400 (the status Buddy gives other bad PATCH bodies); its wording is ours;
+- the variables a run waits for are listed on the waiting action as `variables`
+  [{key, value, description}], and APPLY_VARIABLES must give every one and no other;
+- a 429 carries Retry-After (only in this simulator's fault injection; Buddy documents
+  none), so tests can wait short.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +56,32 @@ BUILD_PLAN = [Phase("ENQUEUED", 5), Phase("INPROGRESS", 30), Phase("SUCCESSFUL",
 FAILING_PLAN = [Phase("ENQUEUED", 5), Phase("INPROGRESS", 15), Phase("FAILED", None)]
 # CANCEL is asynchronous: the execution passes through TERMINATING.
 CANCEL_PLAN = [Phase("TERMINATING", 3), Phase("TERMINATED", None)]
+# Waits for someone to give the variables the pipeline asks for (APPLY_VARIABLES).
+VARIABLES_PLAN = [
+    Phase("ENQUEUED", 5), Phase("INPROGRESS", 20), Phase("WAITING_FOR_VARIABLES", None),
+    Phase("INPROGRESS", 20), Phase("SUCCESSFUL", None),
+]
+# Waits for a visual-test session to be resolved in Buddy itself: no API operation moves it.
+VT_SESSION_PLAN = [Phase("ENQUEUED", 5), Phase("INPROGRESS", 20),
+                   Phase("WAITING_FOR_VT_SESSION", None)]
+# A delayed run waits before it is queued.
+DELAYED_PLAN = [Phase("RUN_DELAYED", 120), Phase("ENQUEUED", 5), Phase("INPROGRESS", 30),
+                Phase("SUCCESSFUL", None)]
 AFTER_APPLY_PLAN = [Phase("INPROGRESS", 20), Phase("SUCCESSFUL", None)]
 FINAL = {"SUCCESSFUL", "FAILED", "TERMINATED", "NOT_EXECUTED", "SKIPPED"}
+
+# Buddy list executions, documented default; projects, documented default; pipelines, assumed.
+PER_PAGE_DEFAULT = 20
+PROJECTS_PER_PAGE_DEFAULT = 20
+PIPELINES_PER_PAGE_DEFAULT = 20
+PER_PAGE_MAX = 100  # assumed: no maximum is documented
+APPLY_STATUSES = {"WAITING_FOR_APPLY"}  # documented: APPLY approves these
+VARIABLES_STATUSES = {"WAITING_FOR_VARIABLES", "WAITING_FOR_SETTABLE_VARIABLES"}
+NOT_APPLICABLE = {"WAITING_FOR_VT_SESSION"}  # documented: cannot be applied
+DEMO_VARIABLES = [
+    {"key": "RELEASE_NOTES", "value": "", "description": "What this release changes"},
+    {"key": "MIGRATE", "value": "yes", "description": "Run the migrations"},
+]
 
 DEMO_PIPELINES = [("web-shop", 1, "Deploy to production"), ("web-shop", 2, "Deploy to staging"),
                   ("billing-api", 3, "Release")]
@@ -43,8 +94,10 @@ class BuddySimulator(Simulator):
     final_statuses = FINAL
     unknown_status_value = "QUANTUM_SUPERPOSITION"
 
-    def __init__(self, *args, workspace: str = "acme", **kwargs):
+    def __init__(self, *args, workspace: str = "acme", prefix: str = "", **kwargs):
         self.workspace = workspace
+        # On-premise Buddy serves its API under a path (https://<host>/api).
+        self.prefix = prefix.rstrip("/")
         self.projects: dict[str, dict[int, str]] = {}  # project -> {pipeline id: name}
         self._ids = itertools.count(1)
         super().__init__(*args, **kwargs)
@@ -52,7 +105,7 @@ class BuddySimulator(Simulator):
     # -- wire details ------------------------------------------------------------------
 
     def routes(self) -> None:
-        ws = "/workspaces/{workspace}"
+        ws = self.prefix + "/workspaces/{workspace}"
         pipe = ws + "/projects/{project}/pipelines/{pipeline}"
         self.route("GET", ws + "/projects", self.list_projects)
         self.route("GET", ws + "/projects/{project}/pipelines", self.list_pipelines)
@@ -94,7 +147,8 @@ class BuddySimulator(Simulator):
 
     def add_execution(self, project: str, pipeline_id: int, plan: list[Phase] | None = None,
                       *, age: float = 0, branch: str = "main", creator: str = "Mike Benson",
-                      revision: str | None = None, comment: str = "") -> SimRun:
+                      revision: str | None = None, comment: str = "",
+                      variables: list[dict[str, str]] | None = None) -> SimRun:
         self.add_pipeline(project, pipeline_id, self.projects.get(project, {}).get(
             pipeline_id, f"pipeline-{pipeline_id}"))
         execution_id = next(self._ids)
@@ -104,6 +158,8 @@ class BuddySimulator(Simulator):
             created_at=self.clock.now() - timedelta(seconds=age),
             project=project, pipeline=pipeline_id, id=execution_id, branch=branch,
             creator=creator, revision=revision, comment=comment,
+            variables=[dict(v) for v in (variables if variables is not None else DEMO_VARIABLES)],
+            applied_variables=None,
             actions=["Build image", "Deploy to cluster", "Smoke tests"],
         )
 
@@ -120,6 +176,9 @@ class BuddySimulator(Simulator):
                                    creator=rng.choice(PEOPLE))
         self.add_execution("web-shop", 1, DEPLOY_PLAN, age=40, creator="Ana Lima")
         self.add_execution("web-shop", 2, BUILD_PLAN, age=10, creator="Kofi Mensah")
+        # One waiting for its variables, one delayed.
+        self.add_execution("billing-api", 3, VARIABLES_PLAN, age=60, creator="Jo Tanaka")
+        self.add_execution("billing-api", 3, DELAYED_PLAN, age=5, creator="Ana Lima")
         return {"workspace": self.workspace}
 
     def spawn_demo(self, rng) -> None:
@@ -143,13 +202,24 @@ class BuddySimulator(Simulator):
         except (KeyError, ValueError):
             raise HttpError(404, self.error_body(404, "Pipeline not found")) from None
 
+    def _paging(self, request: Request, default: int) -> tuple[int, int]:
+        """`page` (from 1) and `per_page`; other query parameters are ignored."""
+        try:
+            page = max(1, int(request.query.get("page", 1)))
+            per_page = min(PER_PAGE_MAX, max(1, int(request.query.get("per_page", default))))
+        except ValueError:
+            raise HttpError(400, self.error_body(400, "Invalid paging parameters")) from None
+        return page, per_page
+
     def list_projects(self, request: Request) -> Any:
         self._check_workspace(request)
+        page, per_page = self._paging(request, PROJECTS_PER_PAGE_DEFAULT)
+        names = sorted(self.projects)[(page - 1) * per_page: page * per_page]
         base = f"{API}/workspaces/{self.workspace}/projects"
-        return {"url": base, "html_url": f"{APP}/{self.workspace}/projects", "projects": [
+        return {"url": base, "html_url": f"{APP}/{self.workspace}", "projects": [
             {"url": f"{base}/{p}", "html_url": f"{APP}/{self.workspace}/{p}", "name": p,
              "display_name": p.replace("-", " ").title(), "status": "ACTIVE"}
-            for p in sorted(self.projects)
+            for p in names
         ]}
 
     def list_pipelines(self, request: Request) -> Any:
@@ -157,20 +227,20 @@ class BuddySimulator(Simulator):
         project = request.params["project"]
         if project not in self.projects:
             raise HttpError(404, self.error_body(404, "Project not found"))
+        page, per_page = self._paging(request, PIPELINES_PER_PAGE_DEFAULT)
+        pipelines = sorted(self.projects[project].items())[(page - 1) * per_page: page * per_page]
         base = f"{API}/workspaces/{self.workspace}/projects/{project}/pipelines"
-        return {"url": base, "pipelines": [
-            {"url": f"{base}/{pid}", "id": pid, "name": name, "on": "CLICK",
-             "refs": ["refs/heads/main"]}
-            for pid, name in sorted(self.projects[project].items())
-        ]}
+        return {"url": base, "html_url": f"{APP}/{self.workspace}/{project}/pipelines",
+                "pipelines": [
+                    {"url": f"{base}/{pid}", "html_url": f"{APP}/{self.workspace}/{project}"
+                     f"/pipelines/pipeline/{pid}", "id": pid, "name": name, "on": "CLICK",
+                     "refs": ["refs/heads/main"]}
+                    for pid, name in pipelines
+                ]}
 
     def list_executions(self, request: Request) -> Any:
         project, pipeline_id, _ = self._pipeline(request)
-        try:
-            page = max(1, int(request.query.get("page", 1)))
-            per_page = min(100, max(1, int(request.query.get("per_page", 20))))
-        except ValueError:
-            raise HttpError(400, self.error_body(400, "Invalid paging parameters")) from None
+        page, per_page = self._paging(request, PER_PAGE_DEFAULT)
         runs = sorted(
             (r for key, r in self.runs.items() if key[:2] == (project, pipeline_id)),
             key=lambda r: (r.created_at, r.data["id"]), reverse=True,
@@ -182,7 +252,7 @@ class BuddySimulator(Simulator):
             "page": page, "page_size": per_page,
             "total_page_count": max(1, -(-len(runs) // per_page)),
             "element_count": len(chunk), "total_element_count": len(runs),
-            "executions": [self.render(r) for r in chunk],
+            "executions": [self.render(r, short=True) for r in chunk],
         }
 
     def _execution(self, request: Request) -> SimRun:
@@ -209,8 +279,7 @@ class BuddySimulator(Simulator):
                 raise HttpError(400, self.error_body(400, "Execution is already finished"))
             self.transition(run, list(CANCEL_PLAN))
         elif operation in ("APPLY", "APPLY_VARIABLES"):
-            if not run.status.startswith("WAITING_FOR"):
-                raise HttpError(400, self.error_body(400, "Execution is not waiting for approval"))
+            self._check_apply(run, operation, body.get("variables"))
             self.transition(run, list(AFTER_APPLY_PLAN))
         else:  # RETRY re-runs a failed or terminated execution under the same id
             if run.status not in {"FAILED", "TERMINATED"}:
@@ -220,18 +289,48 @@ class BuddySimulator(Simulator):
                                   Phase("SUCCESSFUL", None)])
         return self.render(run)
 
+    def _check_apply(self, run: SimRun, operation: str, variables: Any) -> None:
+        """Refuse what Buddy refuses: the operation must fit what the run waits for."""
+        def refuse(message: str):
+            raise HttpError(400, self.error_body(400, message))
+
+        if run.status in NOT_APPLICABLE:
+            refuse("Execution is waiting for a visual test session and cannot be applied")
+        if operation == "APPLY":
+            if run.status in VARIABLES_STATUSES:
+                refuse("Execution is waiting for variables: use APPLY_VARIABLES")
+            if run.status not in APPLY_STATUSES:
+                refuse("Execution is not waiting for approval")
+            return
+        if run.status not in VARIABLES_STATUSES:
+            refuse("Execution is not waiting for variables")
+        if not isinstance(variables, list) or not all(
+                isinstance(v, dict) and isinstance(v.get("key"), str)
+                and isinstance(v.get("value"), str) for v in variables):
+            refuse("variables must be a list of {key, value} strings")
+        given = {v["key"]: v["value"] for v in variables}
+        asked = {v["key"] for v in run.data["variables"]}
+        if set(given) - asked:
+            refuse(f"Unknown variables: {', '.join(sorted(set(given) - asked))}")
+        if asked - set(given):
+            refuse(f"Missing variables: {', '.join(sorted(asked - set(given)))}")
+        run.data["applied_variables"] = given
+
     @staticmethod
     def _action_statuses(run: SimRun) -> list[str]:
         """Actions before the current one succeeded, the current one shares the
         execution's status, later ones have not run (yet)."""
         count = len(run.data["actions"])
+        if run.status == "RUN_DELAYED":  # nothing has started yet
+            return ["INITIAL"] * count
         if run.status == "SUCCESSFUL":
             return ["SUCCESSFUL"] * count
         current = min(run.phase, count - 1)
         later = "NOT_EXECUTED" if run.status in FINAL else "ENQUEUED"
         return ["SUCCESSFUL"] * current + [run.status] + [later] * (count - current - 1)
 
-    def render(self, run: SimRun) -> dict[str, Any]:
+    def render(self, run: SimRun, short: bool = False) -> dict[str, Any]:
+        """An execution; `short` is the list's view, without its action executions."""
         d = run.data
         project, pipeline_id = d["project"], d["pipeline"]
         pipe_url = f"{API}/workspaces/{self.workspace}/projects/{project}/pipelines/{pipeline_id}"
@@ -240,7 +339,7 @@ class BuddySimulator(Simulator):
         revision = {"url": f"{API}/commits/{d['revision']}", "revision": d["revision"],
                     "message": "deploy", "committer": person, "author": person}
         finished = run.status in FINAL
-        return {
+        body = {
             "url": f"{pipe_url}/executions/{d['id']}",
             "html_url": f"{APP}/{self.workspace}/{project}/pipelines/pipeline/{pipeline_id}"
                         f"/execution/{d['id']}",
@@ -259,14 +358,21 @@ class BuddySimulator(Simulator):
             "pipeline": {"url": pipe_url, "id": pipeline_id,
                          "name": self.projects[project][pipeline_id], "on": "CLICK",
                          "refs": ["refs/heads/main"], "last_execution_status": run.status},
-            "action_executions": [
-                {"status": status, "progress": 100 if status == "SUCCESSFUL" else 0,
-                 "action": {"url": f"{pipe_url}/actions/{i + 1}", "id": i + 1, "name": name,
-                            "type": "BUILD", "trigger_time": "ON_EVERY_EXECUTION"}}
-                for i, (name, status) in enumerate(zip(d["actions"], self._action_statuses(run),
-                                                       strict=True))
-            ],
         }
+        if short:
+            return body
+        body["action_executions"] = []
+        for i, (name, status) in enumerate(zip(d["actions"], self._action_statuses(run),
+                                               strict=True)):
+            action = {"url": f"{pipe_url}/actions/{i + 1}", "id": i + 1, "name": name,
+                      "type": "BUILD", "trigger_time": "ON_EVERY_EXECUTION"}
+            if status in VARIABLES_STATUSES:
+                action.update(type="WAIT_FOR_VARIABLES",
+                              variables=[dict(v) for v in d["variables"]])
+            body["action_executions"].append(
+                {"status": status, "progress": 100 if status == "SUCCESSFUL" else 0,
+                 "action": action})
+        return body
 
     # -- webhooks (appended) ----------------------------------------------------------
     # Buddy's workspace webhooks: events EXECUTION_STARTED, EXECUTION_SUCCESSFUL,

@@ -1,10 +1,23 @@
-"""Deployment-workflow simulator: a project's runs deploying releases through its environments.
+"""Deployment-workflow simulator (GoRules BRMS): a project's runs deploying releases
+through its environments.
 
-Speaks the documented get and cancel endpoints, and the list endpoint with the paging the
-client assumes (page, limit; newest first; {"results": [...]}). Each run deploys one
-release through the project's environments in order, one job each; a reviewed environment
-(production) makes the run wait. The API has no approve endpoint, so a simulated reviewer
-concludes after REVIEW_SECONDS: approved, or rejected, which fails the run.
+Written from GoRules' BRMS API reference pages (get, cancel and list deployment workflow
+runs) and the seed pages, never from Runboard's client:
+- GET /api/projects/{projectId}/runs/{runId}, POST .../cancel {"comment"} (min length 1,
+  answers 200 with the cancelled run), GET /api/projects/{projectId}/runs
+  ({"results": [...]}), GET /api/projects; Authorization: Bearer <personal access token>.
+The most likely reading, served here because the reference does not show it:
+- lists page with `page` (from 1) and `perPage`, 10 a page by default
+  (PER_PAGE_DEFAULT), and answer a `paginate` object {current, from, to, total,
+  pageSize} beside `results`, as GoRules' other list endpoints do (a third-party
+  Terraform provider for GoRules reads groups exactly so); unknown query parameters
+  (e.g. `limit`) are ignored, as a real server would.
+Assumed: runs newest first; `from`/`to` count items from 1; 400 for a page or perPage
+that is not a positive integer; no maximum perPage; project items {id, name, key,
+protected} (the fields the Terraform provider reads).
+Not found in any reference (searched GoRules' docs, API reference and public code):
+the endpoints that approve or reject a job. So there are none here: a simulated reviewer
+concludes after REVIEW_SECONDS, approved, or rejected, which fails the run.
 """
 
 from __future__ import annotations
@@ -25,6 +38,9 @@ from providers.simulators.base import (
     Simulator,
     iso,
 )
+
+# GoRules list endpoints, most likely reading (unconfirmed): `page` + `perPage`, 10 a page.
+PAGE_PARAM, PER_PAGE_PARAM, PER_PAGE_DEFAULT = "page", "perPage", 10
 
 DEPLOY_SECONDS = 20
 REVIEW_SECONDS = 90
@@ -89,6 +105,8 @@ class WorkflowsSimulator(Simulator):
             for key, name, review in ENVIRONMENTS
         ]
         self.token_user = person(*TOKEN_USER)
+        # Other projects the token can see: discovery lists them all, paged.
+        self.other_projects: list[dict[str, Any]] = []
         self._release = (2, 3, 0)
         super().__init__(*args, **kwargs)
 
@@ -96,6 +114,7 @@ class WorkflowsSimulator(Simulator):
 
     def routes(self) -> None:
         runs = "/api/projects/{project}/runs"
+        self.route("GET", "/api/projects", self.list_projects)
         self.route("GET", runs, self.list_runs)
         self.route("GET", runs + "/{run}", self.get_run)
         self.route("POST", runs + "/{run}/cancel", self.cancel_run)
@@ -120,6 +139,14 @@ class WorkflowsSimulator(Simulator):
         return body
 
     # -- sample data -------------------------------------------------------------------
+
+    def add_project(self, name: str) -> str:
+        project_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"project:{name}"))
+        key = "-".join(name.lower().split())
+        with self.lock:
+            self.other_projects.append({"id": project_id, "name": name, "key": key,
+                                        "protected": False})
+        return project_id
 
     def _release_payload(self) -> dict[str, str]:
         version = ".".join(map(str, self._release))
@@ -191,17 +218,33 @@ class WorkflowsSimulator(Simulator):
             raise HttpError(404, self.error_body(404, "Deployment workflow run not found"))
         return self.runs[request.params["run"]]
 
+    def _page(self, request: Request, items: list) -> tuple[list, dict[str, int]]:
+        """One page of `items` by `page` and `perPage`; other parameters are ignored."""
+        try:
+            page = int(request.query.get(PAGE_PARAM, 1))
+            per_page = int(request.query.get(PER_PAGE_PARAM, PER_PAGE_DEFAULT))
+        except ValueError:
+            raise HttpError(400, self.error_body(
+                400, "page and perPage must be integers")) from None
+        if page < 1 or per_page < 1:
+            raise HttpError(400, self.error_body(400, "page and perPage must be at least 1"))
+        chunk = items[(page - 1) * per_page: page * per_page]
+        first = (page - 1) * per_page + 1 if chunk else 0
+        return chunk, {"current": page, "from": first, "to": first + len(chunk) - 1 if chunk
+                       else 0, "total": len(items), "pageSize": per_page}
+
+    def list_projects(self, request: Request) -> Any:
+        mine = {"id": self.project_id, "name": self.project_name, "key": "pricing-rules",
+                "protected": False}
+        projects = sorted([mine, *self.other_projects], key=lambda p: p["name"])
+        chunk, paginate = self._page(request, projects)
+        return {"results": [dict(p) for p in chunk], "paginate": paginate}
+
     def list_runs(self, request: Request) -> Any:
         self._check_project(request)
-        try:
-            page = int(request.query.get("page", 1))
-            limit = int(request.query.get("limit", 20))
-        except ValueError:
-            raise HttpError(400, self.error_body(400, "page and limit must be integers")) from None
-        if page < 1 or not 1 <= limit <= 100:
-            raise HttpError(400, self.error_body(400, "page must be >= 1, limit 1 to 100"))
         runs = sorted(self.runs.values(), key=lambda r: (r.created_at, r.id), reverse=True)
-        return {"results": [self.render(r) for r in runs[(page - 1) * limit: page * limit]]}
+        chunk, paginate = self._page(request, runs)
+        return {"results": [self.render(r) for r in chunk], "paginate": paginate}
 
     def get_run(self, request: Request) -> Any:
         return self.render(self._run(request))
