@@ -73,8 +73,10 @@ class OIDCBackend(OIDCAuthenticationBackend):
 
     def verify_claims(self, claims):
         # An address the provider says it has not verified could be anyone's. Some
-        # providers send the flag as a string ("false"), which is still a no.
-        verified = claims.get("email_verified", True)
+        # providers send the flag as a string ("false"), which is still a no. One that
+        # does not say counts as unverified unless the operator vouches for the provider.
+        verified = claims.get("email_verified",
+                              not settings.RUNBOARD_OIDC_REQUIRE_VERIFIED_EMAIL)
         if isinstance(verified, str):
             verified = verified.strip().lower() == "true"
         return isinstance(claims.get("email"), str) and bool(claims["email"]) and verified is True

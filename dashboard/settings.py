@@ -129,6 +129,10 @@ LOGIN_REDIRECT_URL_FAILURE = "/accounts/login/?sso=failed"
 RUNBOARD_OIDC_GROUPS_CLAIM = env.str("RUNBOARD_OIDC_GROUPS_CLAIM", default="groups")
 RUNBOARD_OIDC_MANAGER_GROUPS = env.list("RUNBOARD_OIDC_MANAGER_GROUPS",
                                         default=["release-managers"])
+# Refuse an e-mail the provider does not say it verified (`email_verified`). Turn off only
+# for a provider that never sends the claim and owns every address it asserts.
+RUNBOARD_OIDC_REQUIRE_VERIFIED_EMAIL = env.bool("RUNBOARD_OIDC_REQUIRE_VERIFIED_EMAIL",
+                                                default=True)
 RUNBOARD_OIDC_LABEL = env.str("RUNBOARD_OIDC_LABEL", default="single sign-on")
 # Local passwords: "on" for everyone, "admins" (superusers only) or "off".
 RUNBOARD_LOCAL_LOGIN = env.str("RUNBOARD_LOCAL_LOGIN", default="on")

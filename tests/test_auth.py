@@ -78,3 +78,17 @@ def test_oidc_endpoints_reports_an_unreachable_issuer():
         call_command("oidc_endpoints", CLOSED)
     with pytest.raises(CommandError):
         discover(CLOSED, timeout=1)
+
+
+@pytest.mark.parametrize(("claims", "required", "accepted"), [
+    ({"email": "a@example.com", "email_verified": True}, True, True),
+    ({"email": "a@example.com"}, True, False),  # the provider does not say: not verified
+    ({"email": "a@example.com"}, False, True),  # the operator vouches for the provider
+    ({"email": "a@example.com", "email_verified": "false"}, False, False),
+    ({"email": "a@example.com", "email_verified": False}, False, False),
+])
+def test_sso_accepts_only_an_e_mail_the_provider_verified(settings, claims, required, accepted):
+    from dashboard.auth import OIDCBackend
+
+    settings.RUNBOARD_OIDC_REQUIRE_VERIFIED_EMAIL = required
+    assert OIDCBackend().verify_claims(claims) is accepted
