@@ -262,7 +262,8 @@ LOGGING = {
 }
 
 # --- notifications, link previews, Slack (dashboard/notifications.py, previews.py, slack.py)
-# Where users reach Runboard: the absolute run links in notifications start with it.
+# Where users and providers reach Runboard: notifications' run links and the webhook
+# URL `manage.py webhook_secret` prints start with it.
 RUNBOARD_BASE_URL = env.str("RUNBOARD_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
 # A run that finished longer ago than this is not announced (a first sync's history).
 RUNBOARD_NOTIFY_MAX_AGE = env.float("RUNBOARD_NOTIFY_MAX_AGE", default=3600.0)
@@ -302,6 +303,3 @@ RUNBOARD_WEBHOOK_RECONCILE = env.float("RUNBOARD_WEBHOOK_RECONCILE", default=300
 RUNBOARD_WATCH_SECONDS = env.float("RUNBOARD_WATCH_SECONDS", default=30.0)
 # How often beat asks the scheduler which connections are due (seconds).
 RUNBOARD_SCHEDULER_TICK = env.float("RUNBOARD_SCHEDULER_TICK", default=1.0)
-# Runboard's address as providers reach it, for the webhook URLs it prints (e.g.
-# https://runboard.example.com); the connections page uses the address it is viewed at.
-RUNBOARD_PUBLIC_URL = env.str("RUNBOARD_PUBLIC_URL", default="")

@@ -207,3 +207,17 @@ def test_simulator_sends_what_the_platform_documents(buddy_sim):
                   if b"EXECUTION_SUCCESSFUL" in d.body]
     body = json.loads(delivery.body)
     assert body["secret_key"] == "s3cret" and body["execution"]["id"] == run.data["id"]
+
+
+def test_webhook_secret_command_prints_the_absolute_url_providers_need(
+        buddy_connection, settings):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.RUNBOARD_BASE_URL = "https://runboard.example.com"
+    out = StringIO()
+    call_command("webhook_secret", buddy_connection.name, stdout=out)
+    buddy_connection.refresh_from_db()
+    assert (f"Webhook URL: https://runboard.example.com/hooks/{buddy_connection.webhook_key}/"
+            in out.getvalue())

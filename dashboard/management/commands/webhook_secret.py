@@ -30,7 +30,7 @@ class Command(BaseCommand):
             raise CommandError(f"{provider.label} sends no webhooks")
         secret = conn.set_webhook_secret()
         Connection.objects.filter(pk=conn.pk).update(webhooks_enabled=True)
-        url = settings.RUNBOARD_PUBLIC_URL.rstrip("/") + reverse("webhook",
-                                                                 args=[conn.webhook_key])
+        # The connections page shows the address it is viewed at; a command has only this.
+        url = settings.RUNBOARD_BASE_URL + reverse("webhook", args=[conn.webhook_key])
         self.stdout.write(f"Webhook URL: {url}\nSecret (shown once): {secret}\n"
                           f"Setup: {provider.webhook_setup.format(url=url)}")
