@@ -367,6 +367,10 @@ class ActionRecord(models.Model):
         PENDING = "pending", "In flight"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
+        # No usable answer (timeout, dropped connection, unreadable answer): the provider
+        # may have carried it out. Re-reading the run showed it did: reconciled.
+        UNKNOWN = "unknown", "Outcome unknown"
+        RECONCILED = "reconciled", "Succeeded (no answer; the run shows it)"
 
     # PROTECT: the audit is append-only, so a run (or a connection) with action history
     # cannot be deleted; disable the connection instead.

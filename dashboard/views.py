@@ -209,6 +209,8 @@ def _detail_context(request, run, **extra):
         # Credit a cancel to the Runboard user who sent it, not the provider account.
         "runboard_cancel": next((r for r in history if r.kind == Action.CANCEL
                                  and r.state == ActionRecord.State.SUCCEEDED), None),
+        # The latest attempt got no answer: say so before offering the buttons again.
+        "unanswered": history[0] if history and history[0].state == "unknown" else None,
         "version": f"{run.updated_at.timestamp():.6f}",
         "can_act": shows_actions(request),
         "provider": run.connection.provider_class,
@@ -266,9 +268,11 @@ def run_action(request, pk, kind):
         extra["action_error"] = " ".join(e for errs in form.errors.values() for e in errs)
     else:
         try:
-            actions.perform(run, request.user, kind, comment=form.cleaned_data["comment"],
-                            force=form.cleaned_data.get("force_cancel", False))
-            extra["action_message"] = f"{Action(kind).label} sent to {run.connection}."
+            record = actions.perform(run, request.user, kind,
+                                     comment=form.cleaned_data["comment"],
+                                     force=form.cleaned_data.get("force_cancel", False))
+            extra["action_message"] = (getattr(record, "notice", "")
+                                       or f"{Action(kind).label} sent to {run.connection}.")
         except actions.ActionRefused as exc:
             status = exc.status
             extra["action_error"] = exc.message
