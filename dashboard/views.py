@@ -41,13 +41,23 @@ def unchanged(request, version: str) -> bool:
     return bool(request.htmx) and request.GET.get("v") == version
 
 
+# Far past any list anyone pages through, and an OFFSET every database takes.
+MAX_PAGE = 100_000
+
+
+class BadPage(Http404):
+    """A page number that is not one: a 404 page, a 400 in the API."""
+
+
 def page_of(queryset, number, size=None):
     """One page without a COUNT(*): fetch one row more to know whether there is a next."""
     size = size or PAGE_SIZE
     try:
-        number = max(1, int(number or 1))
+        number = int(number or 1)
     except ValueError:
-        number = 1
+        number = 0
+    if not 1 <= number <= MAX_PAGE:
+        raise BadPage(f"page must be a whole number from 1 to {MAX_PAGE}.")
     rows = list(queryset[(number - 1) * size: number * size + 1])
     return {"rows": rows[:size], "number": number, "has_next": len(rows) > size,
             "has_previous": number > 1}
@@ -152,7 +162,10 @@ def run_list(request):
         context = _run_list_context(request, version)
         if request.GET.get("p") == context["page_key"]:
             # Same runs on the page: send only the rows that changed, out of band.
-            since = float(request.GET.get("v", "0-0").split("-")[0] or 0)
+            try:
+                since = float(request.GET.get("v", "0-0").split("-")[0] or 0)
+            except ValueError:  # not a version we sent: send every row of the page
+                since = 0.0
             context["changed"] = [r for r in context["page"]["rows"]
                                   if r.updated_at.timestamp() > since]
             return render(request, "runs/_changed.html", context)
@@ -366,11 +379,14 @@ def profile(request):
     form = TokenForm(request.POST or None)
     if request.method == "POST":
         if "revoke" in request.POST:
-            revoked = ApiToken.objects.active().filter(
-                user=request.user, pk=request.POST["revoke"]
+            pk = request.POST["revoke"]
+            revoked = pk.isdecimal() and len(pk) < 19 and ApiToken.objects.active().filter(
+                user=request.user, pk=pk
             ).update(revoked_at=datetime.now(UTC))
             if revoked:
                 messages.success(request, "Token revoked.")
+            else:
+                messages.error(request, "No such token of yours to revoke.")
             return redirect("profile")
         if form.is_valid():
             _, request.session["new_api_token"] = ApiToken.issue(
