@@ -18,6 +18,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -90,10 +91,32 @@ def acquire_lease(connection_id: int, owner: str) -> bool:
     )
 
 
-def renew_lease(connection_id: int, owner: str) -> None:
-    Connection.objects.filter(pk=connection_id, lease_owner=owner).update(
+def renew_lease(connection_id: int, owner: str) -> bool:
+    """Extend our lease; False if it is no longer ours (it expired and was taken)."""
+    return bool(Connection.objects.filter(pk=connection_id, lease_owner=owner).update(
         lease_until=timezone.now() + _lease()
-    )
+    ))
+
+
+class LeaseLost(Exception):
+    """Another worker took the connection's lease: this pass must stop writing."""
+
+
+class LeaseKeeper:
+    """Renews a pass's lease as it goes: called on every provider round trip, and
+    while waiting on one, it writes once a quarter of the lease has passed, so a slow
+    provider never lets the lease lapse under a pass still running."""
+
+    def __init__(self, connection_id: int, owner: str):
+        self.connection_id, self.owner = connection_id, owner
+        self.renewed = time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.renewed < _lease().total_seconds() / 4:
+            return
+        if not renew_lease(self.connection_id, self.owner):
+            raise LeaseLost(f"the lease of connection {self.connection_id} was taken over")
+        self.renewed = time.monotonic()
 
 
 def release_lease(connection_id: int, owner: str) -> None:
@@ -269,7 +292,8 @@ def _upsert(cursor, model, columns: list[str], key: list[str], rows: list[tuple]
 _END = object()
 
 
-def read_ahead(pages: Iterable[list], depth: int = 4) -> Iterator[list[list]]:
+def read_ahead(pages: Iterable[list], depth: int = 4, idle=None,
+               idle_every: float = 0.25) -> Iterator[list[list]]:
     """Iterate `pages` while a thread already fetches the next ones.
 
     A pass is mostly waiting: on the provider for a page, then on the database to
@@ -277,7 +301,8 @@ def read_ahead(pages: Iterable[list], depth: int = 4) -> Iterator[list[list]]:
     slower of them instead of their sum. Yields every page fetched so far (at least
     one) together: when writing is the slower side, writes grow to several pages and
     their fixed cost is shared. The thread only does HTTP (no database); its errors
-    are raised here, in order, after the pages it fetched before them.
+    are raised here, in order, after the pages it fetched before them. While waiting
+    for a page, `idle` is called every `idle_every` seconds (the lease's keeper).
     """
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -305,7 +330,15 @@ def read_ahead(pages: Iterable[list], depth: int = 4) -> Iterator[list[list]]:
     try:
         ready: list[list] = []
         while True:
-            page, error = buffer.get() if not ready else buffer.get_nowait()
+            if ready:
+                page, error = buffer.get_nowait()
+            else:
+                try:
+                    page, error = buffer.get(timeout=idle_every)
+                except queue.Empty:
+                    if idle:
+                        idle()
+                    continue
             if page is _END:
                 if ready:
                     yield ready
@@ -334,7 +367,13 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
         return result
     try:
         connection = Connection.objects.get(pk=connection_id)
-        newest = _sync_pass(connection, owner, result)
+        newest = _sync_pass(connection, LeaseKeeper(connection_id, owner), result)
+    except LeaseLost:
+        # Our lease lapsed and another worker is syncing: leave the pass (and the
+        # cursor) to it; what we wrote is idempotent.
+        logger.warning("sync of connection %s stopped: its lease was taken over", connection_id)
+        result.skipped = True
+        return result
     except Exception as exc:
         _record_failure(connection_id, exc)
         raise
@@ -368,13 +407,14 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
     return result
 
 
-def _sync_pass(connection: Connection, owner: str, result: SyncResult) -> datetime | None:
+def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
+               result: SyncResult) -> datetime | None:
     high_water = parse_time(connection.cursor.get("high_water"))
     since = high_water - OVERLAP if high_water else None
     seen: set[str] = set()
     newest = high_water
     with connection.client() as client:
-        for pages in read_ahead(client.list_runs(since=since)):
+        for pages in read_ahead(client.list_runs(since=since), idle=keep_lease):
             runs = [run for page in pages for run in page]
             result.pages += len(pages)
             result.runs_written += upsert_runs(connection, runs)
@@ -382,13 +422,14 @@ def _sync_pass(connection: Connection, owner: str, result: SyncResult) -> dateti
             created = [r.created_at for r in runs if r.created_at]
             if created and (newest is None or max(created) > newest):
                 newest = max(created)
-            renew_lease(connection.pk, owner)
+            keep_lease()
         # Fast path: runs still active that fell outside the incremental window are
         # fetched one by one, so a long-running deployment never goes stale.
         refresh = connection.runs.to_refresh().values_list("external_id", "locator")
         for external_id, locator in refresh:
             if external_id in seen:
                 continue
+            keep_lease()
             try:
                 result.runs_written += upsert_runs(connection, [client.get_run(locator)])
             except NotFound:
