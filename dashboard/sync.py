@@ -31,7 +31,15 @@ from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from dashboard import notifications
-from dashboard.models import Connection, Environment, Job, Project, Run, data_changed
+from dashboard.models import (
+    GONE_FROM_PROVIDER,
+    Connection,
+    Environment,
+    Job,
+    Project,
+    Run,
+    data_changed,
+)
 from providers.base import (
     EnvironmentData,
     NotFound,
@@ -436,8 +444,9 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
                 # Deleted at the provider: say so rather than show it running forever.
                 logger.info("%s: run %s no longer exists at the provider", connection,
                             external_id)
+                # No fingerprint: a listing that shows the run again rewrites it.
                 connection.runs.filter(external_id=external_id).update(
-                    status=Status.UNKNOWN, raw_status="(gone from the provider)",
+                    status=Status.UNKNOWN, raw_status=GONE_FROM_PROVIDER, fingerprint="",
                     updated_at=timezone.now())
                 data_changed()
         result.requests = client.requests_made

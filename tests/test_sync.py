@@ -191,10 +191,14 @@ def test_a_run_gone_from_the_provider_turns_unknown(buddy_sim, buddy_connection)
     sync.sync_connection(buddy_connection.pk)
     run = Run.objects.get(external_id="web-shop/1/1")
     assert (run.status, run.raw_status) == (Status.UNKNOWN, "(gone from the provider)")
-    # It stays visible, and after a day it is no longer re-read on every pass.
-    assert run in Run.objects.to_refresh()
-    Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(days=2))
+    # It stays visible, and is not asked for again on every pass (it was for a day).
+    path = "/workspaces/acme/projects/web-shop/pipelines/1/executions/1"
+    asked = [p for _, p, _ in buddy_sim.requests].count(path)
+    for _ in range(3):
+        sync.sync_connection(buddy_connection.pk)
+    assert [p for _, p, _ in buddy_sim.requests].count(path) == asked
     assert run not in Run.objects.to_refresh()
+    assert Run.objects.get(pk=run.pk).raw_status == "(gone from the provider)"
 
 
 def test_an_unchanged_run_is_not_written_again(buddy_sim, buddy_connection):
@@ -236,3 +240,15 @@ def test_an_answer_without_a_creation_time_keeps_the_one_we_hold(buddy_connectio
         external_id="x", status=Status.CANCELLING, raw_status="b", locator={})])
     run = Run.objects.get()
     assert (run.status, run.created_at) == (Status.CANCELLING, created)
+
+
+def test_a_gone_run_that_a_listing_shows_again_is_rewritten(buddy_sim, buddy_connection):
+    gone = buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    sync.sync_connection(buddy_connection.pk)
+    del buddy_sim.runs[gone.id]
+    sync.sync_connection(buddy_connection.pk)
+    assert Run.objects.get().status == Status.UNKNOWN
+    buddy_sim.runs[gone.id] = gone  # the provider knows it again, unchanged
+    sync.sync_connection(buddy_connection.pk)
+    assert (Run.objects.get().status, Run.objects.get().raw_status) == (
+        Status.QUEUED, "ENQUEUED")
