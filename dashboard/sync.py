@@ -254,12 +254,14 @@ def _run_row(connection_id, r: RunData, project_ids, env_ids, at, now) -> tuple:
 
 def _upsert(cursor, model, columns: list[str], key: list[str], rows: list[tuple],
             changed_only: bool = False) -> dict[str, int]:
-    """Insert or update `rows` in one statement; return external_id -> pk of those written.
+    """Insert or update `rows`; return external_id -> pk of those written.
 
     The ORM's bulk_create spends ~1 ms a run turning models into SQL literals; this
-    stages plain tuples (COPY on PostgreSQL) and merges them with one INSERT ... ON
-    CONFLICT, about five times faster (bench/sync.py). With `changed_only`, a stored
-    row is left alone, atomically, in the statement, when it was observed later than
+    stages plain tuples (COPY on PostgreSQL) and merges them with two statements, about
+    five times faster (bench/sync.py): an UPDATE of the rows we hold, then an INSERT
+    of the others only. (One INSERT ... ON CONFLICT for all would draw an id from the
+    sequence for every row, existing ones included: ids would leap by a page a pass.)
+    With `changed_only`, a stored row is left alone when it was observed later than
     ours or holds the same content (fingerprint).
     """
     if not rows:
@@ -282,16 +284,27 @@ def _upsert(cursor, model, columns: list[str], key: list[str], rows: list[tuple]
         cursor.execute(f"DELETE FROM {staging}")  # noqa: S608
         marks = ", ".join(["%s"] * len(columns))
         cursor.executemany(f"INSERT INTO {staging} ({cols}) VALUES ({marks})", rows)  # noqa: S608
-    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in key)
-    only_changed = (f" WHERE {table}.observed_at <= excluded.observed_at"
-                    f" AND {table}.fingerprint <> excluded.fingerprint") if changed_only else ""
-    # "WHERE true" lets SQLite parse ON CONFLICT after a SELECT; PostgreSQL ignores it.
+    matches = " AND ".join(f"{table}.{quote(c)} = s.{quote(c)}" for c in key)
+    changed = (f" AND {table}.observed_at <= {{new}}.observed_at"
+               f" AND {table}.fingerprint <> {{new}}.fingerprint") if changed_only else ""
     cursor.execute(
-        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {staging} WHERE true "  # noqa: S608
-        f"ON CONFLICT ({', '.join(quote(c) for c in key)}) DO UPDATE SET {updates}{only_changed}"
-        f" RETURNING id, external_id"
+        f"UPDATE {table} SET "  # noqa: S608
+        + ", ".join(f"{quote(c)} = s.{quote(c)}" for c in columns if c not in key)
+        + f" FROM {staging} AS s WHERE {matches}{changed.format(new='s')}"
+        f" RETURNING {table}.id, {table}.external_id"
     )
-    return {external_id: pk for pk, external_id in cursor.fetchall()}
+    written = {external_id: pk for pk, external_id in cursor.fetchall()}
+    # ON CONFLICT still: a row someone else inserted since the UPDATE is merged, not lost.
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in key)
+    cursor.execute(
+        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {staging} AS s "  # noqa: S608
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {matches}) "
+        f"ON CONFLICT ({', '.join(quote(c) for c in key)}) DO UPDATE SET {updates}"
+        + (f" WHERE {changed.format(new='excluded')[5:]}" if changed_only else "")
+        + " RETURNING id, external_id"
+    )
+    written.update({external_id: pk for pk, external_id in cursor.fetchall()})
+    return written
 
 
 # --- one pass ----------------------------------------------------------------------

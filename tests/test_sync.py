@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from dashboard import sync
 from dashboard.models import Connection, Job, Project, Run
-from providers.base import RateLimited, RunData, Status, Unavailable
+from providers.base import JobData, RateLimited, RunData, Status, Unavailable
 from providers.simulators.buddy import BUILD_PLAN, DEPLOY_PLAN
 
 pytestmark = pytest.mark.django_db
@@ -252,3 +252,23 @@ def test_a_gone_run_that_a_listing_shows_again_is_rewritten(buddy_sim, buddy_con
     sync.sync_connection(buddy_connection.pk)
     assert (Run.objects.get().status, Run.objects.get().raw_status) == (
         Status.QUEUED, "ENQUEUED")
+
+
+def test_re_syncing_existing_runs_does_not_draw_ids(buddy_connection):
+    """An upsert that updates (or skips) existing rows takes no id from the sequence:
+    ids of new runs follow on, they do not leap by a page per pass."""
+    def page(status, ids):
+        return [RunData(external_id=f"r{i}", status=status, raw_status=status.value,
+                        locator={}, jobs=[JobData(external_id="j", name="j", status=status,
+                                                  raw_status=status.value)])
+                for i in ids]
+
+    sync.upsert_runs(buddy_connection, page(Status.RUNNING, range(50)))
+    for status in (Status.RUNNING, Status.WAITING, Status.SUCCEEDED):  # same, changed, changed
+        sync.upsert_runs(buddy_connection, page(status, range(50)))
+    sync.upsert_runs(buddy_connection, page(Status.RUNNING, [50]))
+    ids = sorted(Run.objects.values_list("id", flat=True))
+    assert ids[-1] - ids[0] == 50
+    job_ids = sorted(Job.objects.values_list("id", flat=True))
+    assert job_ids[-1] - job_ids[0] == 50
+    assert Run.objects.filter(status=Status.SUCCEEDED).count() == 50
