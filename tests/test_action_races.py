@@ -7,9 +7,15 @@ PostgreSQL session); the simulators count what reaches the provider.
 
 from __future__ import annotations
 
+import os
 import random
+import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,9 +25,13 @@ from dashboard.models import ActionRecord, ApiToken, Connection, Run
 from providers.base import Action
 from providers.simulators import SIMULATORS
 from providers.simulators.base import SimClock
+from providers.simulators.buddy import DEPLOY_PLAN
 from providers.simulators.qovery import BUILD_FAILS_PLAN
+from tests.celery_worker import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CONCURRENT = 20
 ROUNDS = 3
@@ -123,3 +133,71 @@ def test_reject_is_refused_by_runboard_for_every_provider_and_audited(live_serve
         assert {r.status_code for r in responses} == {409}
         assert ActionRecord.objects.filter(run=run, kind="reject",
                                            state=ActionRecord.State.FAILED).count() == CONCURRENT
+
+
+# --- the same on SQLite, the embedded default -------------------------------------
+
+SETUP = """
+from django.contrib.auth.models import User
+from dashboard import sync
+from dashboard.models import ApiToken, Connection, Run, release_managers_group
+user = User.objects.create_user("manager")
+user.groups.add(release_managers_group())
+_, key = ApiToken.issue(user, "stress")
+connection = Connection.objects.create(provider="buddy", name="Buddy", base_url={url!r},
+                                       token={token!r}, scope={{"workspace": "acme"}})
+sync.sync_connection(connection.pk)
+print(key, Run.objects.get(status="running").pk)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_on_sqlite_too_twenty_concurrent_cancels_reach_the_provider_once(tmp_path, buddy_sim):
+    """A threaded server of its own on an SQLite file (no row locks there: the claim
+    relies on transactions that begin IMMEDIATE)."""
+    database = tmp_path / "runboard.sqlite3"
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{database}",
+           "DJANGO_SETTINGS_MODULE": "dashboard.settings_test", "RUNBOARD_VAR_DIR": str(tmp_path)}
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True, cwd=ROOT)
+    buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    buddy_sim.advance(10)
+    setup = SETUP.format(url=buddy_sim.url, token=buddy_sim.token)
+    out = subprocess.run([*manage, "shell", "-c", setup], env=env, check=True, cwd=ROOT,
+                         capture_output=True, text=True).stdout.split()
+    key, run_id = out[-2], out[-1]
+    port = free_port()
+    server = subprocess.Popen([*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
+                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{base}/api/runs/"), timeout=30, what="the server")
+        before = len(buddy_sim.requests)
+        responses = fire(f"{base}/api/runs/{run_id}/cancel/",
+                         {"Authorization": f"Bearer {key}"}, {"comment": "stress test"})
+        calls = provider_calls(buddy_sim, before)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    codes = sorted(r.status_code for r in responses)
+    assert len(calls) == 1, (calls, codes)
+    assert codes.count(200) == 1 and set(codes) == {200, 409}, codes
+    with sqlite3.connect(database) as db:
+        states = [state for (state,) in db.execute(
+            "SELECT state FROM dashboard_actionrecord WHERE run_id = ?", [run_id])]
+    assert len(states) == CONCURRENT
+    assert states.count("succeeded") == 1
+    assert states.count("failed") == CONCURRENT - 1
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 401
+    except httpx.TransportError:
+        return False
