@@ -34,7 +34,8 @@ def test_a_huge_page_number_is_a_404_not_a_500(client, viewer, run, url):
 def test_a_huge_page_number_in_the_api_is_a_clear_400(client, run, bearer):
     response = client.get(f"/api/runs/?page={HUGE}", headers=bearer)
     assert response.status_code == 400
-    assert response.json() == {"error": "page must be a whole number from 1 to 100000."}
+    assert response.json() == {"error": "Invalid input.", "fields": {
+        "page": "Input should be less than or equal to 100000"}}
 
 
 def test_a_live_poll_with_a_version_we_never_sent_gets_every_row(client, viewer, run):
@@ -62,9 +63,10 @@ def test_get_on_an_api_action_is_a_json_405(client, run, bearer):
     response = client.get(f"/api/runs/{run.pk}/cancel/", headers=bearer)
     assert response.status_code == 405
     assert response["Allow"] == "POST"
-    assert response.json() == {"error": "Use POST here."}
+    assert response.json() == {"error": "GET is not allowed here; use POST."}
     listing = client.post("/api/runs/", headers=bearer)
-    assert (listing.status_code, listing.json()) == (405, {"error": "Use GET here."})
+    assert (listing.status_code, listing.json()) == (
+        405, {"error": "POST is not allowed here; use GET."})
 
 
 @pytest.mark.parametrize("path", ["/api/runs//cancel/", "/api/runs/abc/", "/api/nope",
@@ -72,8 +74,8 @@ def test_get_on_an_api_action_is_a_json_405(client, run, bearer):
 def test_unknown_api_paths_are_json_404s(client, bearer, path):
     response = client.get(path, headers=bearer)
     assert response.status_code == 404
-    assert response["Content-Type"] == "application/json"
-    assert response.json()["error"].startswith("No such API endpoint: ")
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json()["error"].startswith("No such ")
 
 
 # --- a sweep: every list and page with hostile parameters ----------------------------
@@ -96,4 +98,4 @@ def test_no_page_answers_500_to_hostile_parameters(client, viewer, run, bearer, 
     for url in ("/api/runs/", f"/api/runs/{run.pk}/"):
         response = client.get(f"{url}?{query}", headers=bearer)
         assert response.status_code < 500, (url, query)
-        assert response["Content-Type"] == "application/json", (url, query)
+        assert response["Content-Type"].startswith("application/json"), (url, query)
