@@ -156,7 +156,8 @@ def _claim(run: Run, user, kind: str, comment: str, options: dict):
             run=run, kind=kind, state=State.PENDING, created_at__lt=now - PENDING_EXPIRY,
         ).update(state=State.UNKNOWN, finished_at=now,
                  response="Interrupted: Runboard recorded no answer. Check the run's state.")
-        reason = _in_flight_or_done(run, kind) or refusal(run, kind, user)
+        reason = (_in_flight(run, kind) or refusal(run, kind, user)
+                  or _already_done(run, kind))
         if reason is None:
             try:
                 with transaction.atomic():
@@ -172,13 +173,18 @@ def _claim(run: Run, user, kind: str, comment: str, options: dict):
         return record, reason
 
 
-def _in_flight_or_done(run: Run, kind: str) -> str | None:
+def _in_flight(run: Run, kind: str) -> str | None:
     pending = (ActionRecord.objects.filter(run=run, kind=kind, state=State.PENDING)
                .select_related("user").first())
     if pending:
         return (f"Another {kind} of this run is already in flight (sent by {pending.user} "
                 f"at {_clock(pending.created_at)}); wait for its answer.")
-    # Done, and the run has not changed since its answer: the same intent again.
+    return None
+
+
+def _already_done(run: Run, kind: str) -> str | None:
+    """Done, and the run has not changed since its answer: the same intent again (an
+    answer that does not show the run's new state leaves the state check no wiser)."""
     done = (ActionRecord.objects.filter(run=run, kind=kind, finished_at__gte=run.updated_at,
                                         state__in=[State.SUCCEEDED, State.RECONCILED])
             .select_related("user").first())

@@ -3,6 +3,7 @@ once, shows it. The simulators carry the action out and then drop the connection
 answer garbage, or answer after the client gave up."""
 
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -122,3 +123,25 @@ def test_a_server_error_is_unknown_not_refused(client, manager, running, buddy_s
     assert body["result"] == "unknown"
     assert "it is now running" in body["error"]
     assert "Internal error" in body["provider_response"]  # the provider's own words, kept
+
+
+def test_an_answer_that_does_not_move_the_run_still_ends_the_intent(client, manager, running,
+                                                                    buddy_sim):
+    """Where the answer leaves the run as we hold it (here: we hold a later observation,
+    so the answer is not written), the state check is no wiser: the record of the
+    action done, newer than the run's last change, refuses the same action again."""
+    Run.objects.filter(pk=running.pk).update(
+        observed_at=running.observed_at + timedelta(hours=1))
+    assert cancel(client, manager, running).status_code == 200
+    assert Run.objects.get().status == Status.RUNNING  # the answer was not written
+    again = cancel(client, manager, running)
+    assert again.status_code == 409
+    assert "was already sent by manager" in again.json()["error"]
+    assert len(patches(buddy_sim)) == 1
+    assert list(ActionRecord.objects.order_by("id").values_list("state", flat=True)) == [
+        "succeeded", "failed"]
+    # Once the run changes (the next sync shows it), the rule no longer applies.
+    buddy_sim.transition(running.sim_run, [DEPLOY_PLAN[1]])
+    Run.objects.filter(pk=running.pk).update(observed_at=running.observed_at, fingerprint="")
+    sync.sync_connection(running.connection_id)
+    assert "was already sent" not in cancel(client, manager, running).json().get("error", "")
