@@ -6,6 +6,8 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import IntegrityError, transaction
+from django.db import connection as db
 
 from dashboard import sync
 from dashboard.models import ActionRecord, ApiToken, Run
@@ -145,3 +147,21 @@ def test_an_answer_that_does_not_move_the_run_still_ends_the_intent(client, mana
     Run.objects.filter(pk=running.pk).update(observed_at=running.observed_at, fingerprint="")
     sync.sync_connection(running.connection_id)
     assert "was already sent" not in cancel(client, manager, running).json().get("error", "")
+
+
+def test_the_database_keeps_unknown_and_reconciled_records_as_written(client, manager, running,
+                                                                      buddy_sim):
+    buddy_sim.inject("disconnect")
+    cancel(client, manager, running)  # reconciled
+    buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    sync.sync_connection(running.connection_id)
+    other = Run.objects.exclude(pk=running.pk).get()
+    buddy_sim.inject("disconnect", times=2)
+    cancel(client, manager, other)  # unknown: the re-read failed too
+    states = dict(ActionRecord.objects.values_list("state", "pk"))
+    assert set(states) == {"unknown", "reconciled"}
+    for pk in states.values():
+        with pytest.raises(IntegrityError, match="append-only"), transaction.atomic(), \
+                db.cursor() as cursor:
+            cursor.execute("UPDATE dashboard_actionrecord SET state = 'succeeded' WHERE id = %s",
+                           [pk])
