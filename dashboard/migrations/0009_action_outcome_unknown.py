@@ -33,7 +33,7 @@ def _on_postgresql(sql):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dashboard', '0007_notifications'),
+        ('dashboard', '0008_webhooks_and_schedule'),
     ]
 
     operations = [
