@@ -1,9 +1,17 @@
 """Acting on a run: the one path buttons and the JSON API share.
 
 Every attempt leaves an ActionRecord (who, when, comment, options, the provider's
-answer). A partial unique constraint allows one pending action of a kind per run,
-so a double click or a second user cannot send a second request while one is in
-flight; the provider call happens outside any transaction.
+answer), refusals included. At most one provider call per action intent, under any
+interleaving of requests: the claim (re-reading the run, checking what is in flight
+or already done, inserting the pending record) is one transaction holding the run's
+row lock (SELECT ... FOR UPDATE on PostgreSQL; on SQLite every transaction begins
+IMMEDIATE, so claims run one at a time), and an outcome is written in the order a
+claim reads it: the run's new state first, then the record leaves *pending*. The
+provider call itself happens outside any transaction.
+
+A provider that times out, drops the connection or answers something unreadable may
+well have carried the action out: that outcome is *unknown*, never *failed*. The run
+is re-read at once and the record reconciled from what it shows.
 """
 
 from __future__ import annotations
@@ -19,12 +27,29 @@ from django.utils import timezone
 from dashboard.models import ActionRecord, Run
 from dashboard.secrets import UNREADABLE_MESSAGE
 from dashboard.sync import upsert_runs
-from providers.base import Action, ProviderError, RateLimited, RunData
+from providers.base import (
+    Action,
+    BadPayload,
+    ProviderError,
+    RateLimited,
+    RunData,
+    Status,
+    Unavailable,
+)
 
 logger = logging.getLogger(__name__)
 
 # A pending record older than this belongs to a request that died mid-flight.
 PENDING_EXPIRY = timedelta(minutes=2)
+
+# What a run shows once an action was carried out: how an unknown outcome is reconciled.
+EFFECT = {
+    Action.CANCEL: {Status.CANCELLING, Status.CANCELLED},
+    Action.APPROVE: {Status.QUEUED, Status.RUNNING, Status.SUCCEEDED},
+    Action.REJECT: {Status.FAILED, Status.CANCELLING, Status.CANCELLED, Status.SKIPPED},
+    Action.RETRY: {Status.QUEUED, Status.RUNNING, Status.WAITING, Status.SUCCEEDED},
+}
+State = ActionRecord.State
 
 
 class ActionRefused(Exception):
@@ -33,6 +58,10 @@ class ActionRefused(Exception):
     def __init__(self, message: str, record: ActionRecord | None = None, status: int = 409):
         super().__init__(message)
         self.message, self.record, self.status = message, record, status
+
+
+class OutcomeUnknown(ActionRefused):
+    """No usable answer came, and re-reading the run did not show the action done."""
 
 
 def refusal(run: Run, kind: str, user=None) -> str | None:
@@ -60,8 +89,12 @@ def refusal(run: Run, kind: str, user=None) -> str | None:
 
 def perform(run: Run, user, kind: str, comment: str = "", force: bool = False,
             variables: dict[str, str] | None = None) -> ActionRecord:
-    """`variables`: values for what a waiting run asks for (approve only, e.g. Buddy's
-    APPLY_VARIABLES); the audit keeps their names, not their values."""
+    """Send `kind` to the provider once; return the record, or raise ActionRefused.
+
+    `variables`: values for what a waiting run asks for (approve only, e.g. Buddy's
+    APPLY_VARIABLES); the audit keeps their names, not their values. A record reconciled
+    after an unknown outcome carries `notice`, what to tell the user.
+    """
     comment = comment.strip()
     provider = run.connection.provider_class
     options = {"force_cancel": True} if force and kind == Action.CANCEL else {}
@@ -74,31 +107,10 @@ def perform(run: Run, user, kind: str, comment: str = "", force: bool = False,
     if kind == Action.CANCEL and not comment:
         raise ActionRefused("A comment is required to cancel a run.", status=400)
 
-    run.refresh_from_db()
-    reason = refusal(run, kind, user)
+    record, reason = _claim(run, user, kind, comment, options)
     if reason:
-        record = ActionRecord.objects.create(
-            run=run, user=user, kind=kind, comment=comment, options=options,
-            state=ActionRecord.State.FAILED, response=f"Refused by Runboard: {reason}",
-            finished_at=timezone.now(),
-        )
         raise ActionRefused(reason, record)
-
-    ActionRecord.objects.filter(
-        run=run, kind=kind, state=ActionRecord.State.PENDING,
-        created_at__lt=timezone.now() - PENDING_EXPIRY,
-    ).update(state=ActionRecord.State.FAILED, response="Interrupted: no answer was recorded.",
-             finished_at=timezone.now())
-    try:
-        with transaction.atomic():
-            record = ActionRecord.objects.create(
-                run=run, user=user, kind=kind, comment=comment, options=options
-            )
-    except IntegrityError:
-        raise ActionRefused(
-            f"Another {kind} of this run is already in flight; wait for its answer."
-        ) from None
-
+    before = run.status
     try:
         with run.connection.client() as client:
             if kind == Action.CANCEL:
@@ -109,26 +121,27 @@ def perform(run: Run, user, kind: str, comment: str = "", force: bool = False,
                 answer = client.approve(run.locator, comment=comment, variables=variables)
             else:
                 answer = getattr(client, kind)(run.locator, comment=comment)
+    except (Unavailable, BadPayload) as exc:
+        return _unknown(run, record, before, exc.message, exc.status_code, exc.body)
     except ProviderError as exc:
-        record.state = ActionRecord.State.FAILED
-        record.response_code = exc.status_code
-        record.response = exc.body or exc.message
-        record.finished_at = timezone.now()
-        record.save()
+        _finish(record, State.FAILED, exc.status_code, exc.body or exc.message)
         raise ActionRefused(_plain_words(exc), record, status=502) from exc
+    except Exception as exc:  # a bug after the request may have left: not a refusal
+        logger.exception("%s of run %s: no usable answer", kind, run.pk)
+        return _unknown(run, record, before, f"Runboard could not read the answer ({exc!r})")
 
-    record.state = ActionRecord.State.SUCCEEDED
-    record.response_code = 200
+    # Written before the record leaves pending: a claim that sees no pending record
+    # sees the run as the answer left it.
     record.finished_at = timezone.now()
     if isinstance(answer, RunData):
         new = {"status": answer.raw_status, "normalized": answer.status.value}
         if answer.external_id != run.external_id:  # e.g. a retry that started a new run
             new["run"] = answer.external_id
-        record.response = json.dumps(new)
+        response = json.dumps(new)
         upsert_runs(run.connection, [answer])
     else:
-        record.response = json.dumps(answer) if answer is not None else ""
-    record.save()
+        response = json.dumps(answer) if answer is not None else ""
+    _finish(record, State.SUCCEEDED, 200, response)
     return record
 
 
@@ -139,6 +152,96 @@ def triggered_by_user(run: Run, user) -> bool:
         return False
     names = {user.get_username(), user.get_full_name(), getattr(user, "email", "")}
     return run.triggered_by.strip().casefold() in {n.strip().casefold() for n in names if n}
+
+
+def _claim(run: Run, user, kind: str, comment: str, options: dict):
+    """Record the attempt: pending if this request may call the provider, else failed
+    with Runboard's reason. Returns (record, reason)."""
+    with transaction.atomic():
+        list(Run.objects.select_for_update().filter(pk=run.pk).values_list("pk"))
+        run.refresh_from_db()
+        now = timezone.now()
+        ActionRecord.objects.filter(
+            run=run, kind=kind, state=State.PENDING, created_at__lt=now - PENDING_EXPIRY,
+        ).update(state=State.UNKNOWN, finished_at=now,
+                 response="Interrupted: Runboard recorded no answer. Check the run's state.")
+        reason = (_in_flight(run, kind) or refusal(run, kind, user)
+                  or _already_done(run, kind))
+        if reason is None:
+            try:
+                with transaction.atomic():
+                    record = ActionRecord.objects.create(
+                        run=run, user=user, kind=kind, comment=comment, options=options)
+                return record, None
+            except IntegrityError:  # the lock makes this unreachable; the constraint stays
+                reason = f"Another {kind} of this run is already in flight; wait for its answer."
+        record = ActionRecord.objects.create(
+            run=run, user=user, kind=kind, comment=comment, options=options,
+            state=State.FAILED, response=f"Refused by Runboard: {reason}", finished_at=now,
+        )
+        return record, reason
+
+
+def _in_flight(run: Run, kind: str) -> str | None:
+    pending = (ActionRecord.objects.filter(run=run, kind=kind, state=State.PENDING)
+               .select_related("user").first())
+    if pending:
+        return (f"Another {kind} of this run is already in flight (sent by {pending.user} "
+                f"at {_clock(pending.created_at)}); wait for its answer.")
+    return None
+
+
+def _already_done(run: Run, kind: str) -> str | None:
+    """Done, and the run has not changed since its answer: the same intent again (an
+    answer that does not show the run's new state leaves the state check no wiser)."""
+    done = (ActionRecord.objects.filter(run=run, kind=kind, finished_at__gte=run.updated_at,
+                                        state__in=[State.SUCCEEDED, State.RECONCILED])
+            .select_related("user").first())
+    if done:
+        return (f"A {kind} of this run was already sent by {done.user} at "
+                f"{_clock(done.created_at)}; the run has not changed since. Wait for it to show.")
+    return None
+
+
+def _unknown(run: Run, record: ActionRecord, before: str, error: str,
+             code: int | None = None, body: str = "") -> ActionRecord:
+    """No usable answer: re-read the run at once and reconcile the record from it."""
+    label = run.connection.provider_class.label
+    told = f"No answer came from {label} ({error})."
+    now_shows = None
+    try:
+        with run.connection.client() as client:
+            upsert_runs(run.connection, [client.get_run(run.locator)])
+        run.refresh_from_db()
+        now_shows = run.status
+    except ProviderError as exc:
+        told += f" Runboard could not re-read the run either ({exc.message})."
+    if now_shows is not None:
+        told += f" Runboard re-read the run: it is now {run.get_status_display().lower()}"
+    if now_shows is not None and now_shows != before and now_shows in EFFECT[record.kind]:
+        told += f", so the {record.kind} was carried out."
+        _finish(record, State.RECONCILED, code, _with_body(told, body))
+        record.notice = told
+        return record
+    told += ("." if now_shows is not None else "") + (
+        f" The {record.kind} may or may not have been carried out: check the run's state "
+        f"before trying again.")
+    _finish(record, State.UNKNOWN, code, _with_body(told, body))
+    raise OutcomeUnknown(told, record, status=502)
+
+
+def _with_body(told: str, body: str) -> str:
+    return f"{told}\nProvider's answer: {body}" if body else told
+
+
+def _finish(record: ActionRecord, state: str, code: int | None, response: str) -> None:
+    record.state, record.response_code, record.response = state, code, response
+    record.finished_at = record.finished_at or timezone.now()
+    record.save()
+
+
+def _clock(at) -> str:
+    return f"{timezone.localtime(at):%H:%M:%S}"
 
 
 def _plain_words(exc: ProviderError) -> str:

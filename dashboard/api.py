@@ -91,6 +91,7 @@ api = NinjaAPI(
 
 class Error(Schema):
     error: str
+    result: str | None = Field(None, description="The action's audit record: failed or unknown")
     provider_response: str | None = None
     fields: dict | None = None
 
@@ -165,7 +166,8 @@ class ActionOut(Schema):
     at: datetime
     comment: str
     options: dict
-    result: str = Field(description="pending, succeeded or failed")
+    result: str = Field(description="pending, succeeded, failed, unknown (no usable answer "
+                        "came) or reconciled (no answer came; the run, re-read, shows it done)")
     provider_response: str
 
 
@@ -253,6 +255,7 @@ class ActionIn(Schema):
 class ActionResult(Schema):
     result: str
     provider_response: str
+    message: str | None = Field(None, description="What happened, where no answer came")
     run: RunOut
 
 
@@ -346,8 +349,9 @@ def run(request, pk: Id):
           url_name="run-action", summary="Cancel, approve, reject or retry a run",
           description=(
               "Needs the release-manager permission. 409: refused by Runboard (e.g. the run "
-              "already finished, or the same action is in flight); 502: refused or failed at "
-              "the provider (`provider_response` holds its answer)."))
+              "already finished, or the same action is in flight); 502: refused at the "
+              "provider (`result` failed), or no usable answer came (`result` unknown: the "
+              "run was re-read and may or may not show it done; check before trying again)."))
 def run_action(request, pk: Id, kind: ActionKind, payload: ActionIn = None):
     if not request.user.has_perm("dashboard.act_on_run"):
         return Answer(403, {"error": "You need the release-manager permission to act on runs."})
@@ -358,8 +362,8 @@ def run_action(request, pk: Id, kind: ActionKind, payload: ActionIn = None):
                                  force=payload.force_cancel, variables=payload.variables)
     except actions.ActionRefused as exc:
         return Answer(exc.status, {
-            "error": exc.message,
+            "error": exc.message, "result": exc.record.state if exc.record else None,
             "provider_response": exc.record.response if exc.record else None})
     found.refresh_from_db()
     return {"result": record.state, "provider_response": record.response,
-            "run": run_json(request, found)}
+            "message": getattr(record, "notice", None), "run": run_json(request, found)}

@@ -197,6 +197,10 @@ class Environment(models.Model):
         return self.name
 
 
+# The provider status shown for a run the provider no longer knows (a 404 on re-read).
+GONE_FROM_PROVIDER = "(gone from the provider)"
+
+
 class RunQuerySet(models.QuerySet):
     def for_list(self):
         # Pages never show the raw payload or the connection's token (which would be
@@ -218,10 +222,12 @@ class RunQuerySet(models.QuerySet):
 
     def to_refresh(self):
         """Runs the sync re-reads one by one: active ones, and those of unknown status
-        for a day (after that, an unknown value is not going to resolve itself)."""
+        for a day (after that, an unknown value is not going to resolve itself). A run
+        the provider answered 404 for is not asked for again: a listing that shows it
+        again rewrites it."""
         return self.active().exclude(
             status=Status.UNKNOWN, created_at__lt=timezone.now() - timedelta(days=1)
-        )
+        ).exclude(status=Status.UNKNOWN, raw_status=GONE_FROM_PROVIDER)
 
 
 class Run(models.Model):
@@ -375,6 +381,10 @@ class ActionRecord(models.Model):
         PENDING = "pending", "In flight"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
+        # No usable answer (timeout, dropped connection, unreadable answer): the provider
+        # may have carried it out. Re-reading the run showed it did: reconciled.
+        UNKNOWN = "unknown", "Outcome unknown"
+        RECONCILED = "reconciled", "Succeeded (no answer; the run shows it)"
 
     # PROTECT: the audit is append-only, so a run (or a connection) with action history
     # cannot be deleted; disable the connection instead.

@@ -32,8 +32,6 @@ from dashboard.models import (
 from providers.base import FINISHED, Action, Status
 
 PAGE_SIZE = 50
-# Far past any real history, and small enough that an OFFSET never overflows.
-MAX_PAGE = 100_000
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -44,13 +42,23 @@ def unchanged(request, version: str) -> bool:
     return bool(request.htmx) and request.GET.get("v") == version
 
 
+# Far past any list anyone pages through, and an OFFSET every database takes.
+MAX_PAGE = 100_000
+
+
+class BadPage(Http404):
+    """A page number that is not one: a 404 page, a 400 in the API."""
+
+
 def page_of(queryset, number, size=None):
     """One page without a COUNT(*): fetch one row more to know whether there is a next."""
     size = size or PAGE_SIZE
     try:
-        number = min(max(1, int(number or 1)), MAX_PAGE)
+        number = int(number or 1)
     except ValueError:
-        number = 1
+        number = 0
+    if not 1 <= number <= MAX_PAGE:
+        raise BadPage(f"page must be a whole number from 1 to {MAX_PAGE}.")
     rows = list(queryset[(number - 1) * size: number * size + 1])
     return {"rows": rows[:size], "number": number, "has_next": len(rows) > size,
             "has_previous": number > 1}
@@ -145,13 +153,13 @@ def personal_key(request) -> tuple:
             request.user.pk if settings.RUNBOARD_SEPARATION_OF_DUTIES else "")
 
 
-def _poll_since(request) -> float | None:
-    """When the data a poll shows was written (its data version's first part); None
-    for a version that is not ours, which gets the whole table."""
+def _poll_since(request) -> float:
+    """When the data a poll shows was written (its data version's first part); 0 for a
+    version that is not ours, so that every row of the page is sent."""
     try:
         return float(request.GET.get("v", "0-0").split("-")[0] or 0)
     except ValueError:
-        return None
+        return 0.0
 
 
 @login_required
@@ -163,7 +171,7 @@ def run_list(request):
     if request.htmx and request.htmx.trigger == "runs-poller":
         context = _run_list_context(request, version)
         since = _poll_since(request)
-        if request.GET.get("p") == context["page_key"] and since is not None:
+        if request.GET.get("p") == context["page_key"]:
             # Same runs on the page: send only the rows that changed, out of band.
             context["changed"] = [r for r in context["page"]["rows"]
                                   if r.updated_at.timestamp() > since]
@@ -221,6 +229,8 @@ def _detail_context(request, run, **extra):
         # Credit a cancel to the Runboard user who sent it, not the provider account.
         "runboard_cancel": next((r for r in history if r.kind == Action.CANCEL
                                  and r.state == ActionRecord.State.SUCCEEDED), None),
+        # The latest attempt got no answer: say so before offering the buttons again.
+        "unanswered": history[0] if history and history[0].state == "unknown" else None,
         "version": f"{run.updated_at.timestamp():.6f}",
         "can_act": shows_actions(request),
         "provider": run.connection.provider_class,
@@ -289,10 +299,12 @@ def run_action(request, pk, kind):
         extra["action_error"] = " ".join(e for errs in form.errors.values() for e in errs)
     else:
         try:
-            actions.perform(run, request.user, kind, comment=form.cleaned_data["comment"],
-                            force=form.cleaned_data.get("force_cancel", False),
-                            variables=form.variables() if kind == Action.APPROVE else None)
-            extra["action_message"] = f"{Action(kind).label} sent to {run.connection}."
+            record = actions.perform(
+                run, request.user, kind, comment=form.cleaned_data["comment"],
+                force=form.cleaned_data.get("force_cancel", False),
+                variables=form.variables() if kind == Action.APPROVE else None)
+            extra["action_message"] = (getattr(record, "notice", "")
+                                       or f"{Action(kind).label} sent to {run.connection}.")
         except actions.ActionRefused as exc:
             status = exc.status
             extra["action_error"] = exc.message
@@ -387,11 +399,13 @@ def profile(request):
     if request.method == "POST":
         if "revoke" in request.POST:
             pk = request.POST["revoke"]
-            revoked = pk.isdecimal() and ApiToken.objects.active().filter(
+            revoked = pk.isdecimal() and len(pk) < 19 and ApiToken.objects.active().filter(
                 user=request.user, pk=pk
             ).update(revoked_at=datetime.now(UTC))
             if revoked:
                 messages.success(request, "Token revoked.")
+            else:
+                messages.error(request, "No such token of yours to revoke.")
             return redirect("profile")
         if form.is_valid():
             _, request.session["new_api_token"] = ApiToken.issue(

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from dashboard import sync
 from dashboard.models import Connection, Job, Project, Run
-from providers.base import RateLimited, RunData, Status, Unavailable
+from providers.base import JobData, RateLimited, RunData, Status, Unavailable
 from providers.simulators.buddy import BUILD_PLAN, DEPLOY_PLAN
 
 pytestmark = pytest.mark.django_db
@@ -195,10 +195,14 @@ def test_a_run_gone_from_the_provider_turns_unknown(buddy_sim, buddy_connection)
     sync.sync_connection(buddy_connection.pk)
     run = Run.objects.get(external_id="web-shop/1/1")
     assert (run.status, run.raw_status) == (Status.UNKNOWN, "(gone from the provider)")
-    # It stays visible, and after a day it is no longer re-read on every pass.
-    assert run in Run.objects.to_refresh()
-    Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(days=2))
+    # It stays visible, and is not asked for again on every pass (it was for a day).
+    path = "/workspaces/acme/projects/web-shop/pipelines/1/executions/1"
+    asked = [p for _, p, _ in buddy_sim.requests].count(path)
+    for _ in range(3):
+        sync.sync_connection(buddy_connection.pk)
+    assert [p for _, p, _ in buddy_sim.requests].count(path) == asked
     assert run not in Run.objects.to_refresh()
+    assert Run.objects.get(pk=run.pk).raw_status == "(gone from the provider)"
 
 
 def test_an_unchanged_run_is_not_written_again(buddy_sim, buddy_connection):
@@ -240,3 +244,35 @@ def test_an_answer_without_a_creation_time_keeps_the_one_we_hold(buddy_connectio
         external_id="x", status=Status.CANCELLING, raw_status="b", locator={})])
     run = Run.objects.get()
     assert (run.status, run.created_at) == (Status.CANCELLING, created)
+
+
+def test_a_gone_run_that_a_listing_shows_again_is_rewritten(buddy_sim, buddy_connection):
+    gone = buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    sync.sync_connection(buddy_connection.pk)
+    del buddy_sim.runs[gone.id]
+    sync.sync_connection(buddy_connection.pk)
+    assert Run.objects.get().status == Status.UNKNOWN
+    buddy_sim.runs[gone.id] = gone  # the provider knows it again, unchanged
+    sync.sync_connection(buddy_connection.pk)
+    assert (Run.objects.get().status, Run.objects.get().raw_status) == (
+        Status.QUEUED, "ENQUEUED")
+
+
+def test_re_syncing_existing_runs_does_not_draw_ids(buddy_connection):
+    """An upsert that updates (or skips) existing rows takes no id from the sequence:
+    ids of new runs follow on, they do not leap by a page per pass."""
+    def page(status, ids):
+        return [RunData(external_id=f"r{i}", status=status, raw_status=status.value,
+                        locator={}, jobs=[JobData(external_id="j", name="j", status=status,
+                                                  raw_status=status.value)])
+                for i in ids]
+
+    sync.upsert_runs(buddy_connection, page(Status.RUNNING, range(50)))
+    for status in (Status.RUNNING, Status.WAITING, Status.SUCCEEDED):  # same, changed, changed
+        sync.upsert_runs(buddy_connection, page(status, range(50)))
+    sync.upsert_runs(buddy_connection, page(Status.RUNNING, [50]))
+    ids = sorted(Run.objects.values_list("id", flat=True))
+    assert ids[-1] - ids[0] == 50
+    job_ids = sorted(Job.objects.values_list("id", flat=True))
+    assert job_ids[-1] - job_ids[0] == 50
+    assert Run.objects.filter(status=Status.SUCCEEDED).count() == 50
