@@ -98,8 +98,11 @@ class Connection(models.Model):
             return False
         if self.last_success_at is None:
             return bool(self.last_error)
-        age = timezone.now() - self.last_success_at
-        return age > timedelta(seconds=settings.RUNBOARD_STALE_AFTER) or (
+        # The scheduler may plan a quiet or budget-bound connection's next pass minutes
+        # ahead: it is stale once overdue, not merely once its last pass is old.
+        expected = max(self.last_success_at, self.next_poll_at or self.last_success_at)
+        overdue = timezone.now() - expected
+        return overdue > timedelta(seconds=settings.RUNBOARD_STALE_AFTER) or (
             self.last_error_at is not None and self.last_error_at > self.last_success_at
         )
 

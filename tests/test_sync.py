@@ -276,3 +276,19 @@ def test_re_syncing_existing_runs_does_not_draw_ids(buddy_connection):
     job_ids = sorted(Job.objects.values_list("id", flat=True))
     assert job_ids[-1] - job_ids[0] == 50
     assert Run.objects.filter(status=Status.SUCCEEDED).count() == 50
+
+
+@pytest.mark.parametrize(("synced_ago", "next_poll_in", "stale"), [
+    (60, None, False),
+    (200, None, True),       # nothing planned: old is stale
+    (200, 100, False),       # the scheduler spaced it out (budget, quiet account)
+    (400, -130, True),       # its planned pass is overdue: the workers are not keeping up
+])
+def test_a_connection_is_stale_once_overdue_not_once_its_pass_is_old(
+        buddy_connection, settings, synced_ago, next_poll_in, stale):
+    settings.RUNBOARD_STALE_AFTER = 120
+    now = timezone.now()
+    buddy_connection.last_success_at = now - timedelta(seconds=synced_ago)
+    buddy_connection.next_poll_at = (now + timedelta(seconds=next_poll_in)
+                                     if next_poll_in is not None else None)
+    assert buddy_connection.is_stale is stale
