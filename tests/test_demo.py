@@ -96,3 +96,41 @@ def test_when_the_demo_worker_dies_its_beat_and_everything_else_stop(tmp_path):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         demo.wait(timeout=10)
+
+
+def test_the_demo_registers_webhooks_and_its_simulators_deliver_them(tmp_path):
+    """The demo is as fresh as a real account with webhooks: each simulator announces its
+    changes to Runboard, which accepts them (counted in the demo's own database)."""
+    import sqlite3
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL",
+                        "SECRET_KEY", "CACHE_URL"}}
+    env.update({"DEBUG": "true", "RUNBOARD_VAR_DIR": str(tmp_path)})
+    demo = subprocess.Popen(
+        [sys.executable, "manage.py", "demo", "--port", str(free_port()), "--spawn-every", "2"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def accepted_providers():
+        database = tmp_path / "runboard.sqlite3"
+        if not database.exists():
+            return set()
+        try:
+            with contextlib.closing(sqlite3.connect(database, timeout=5)) as db:
+                rows = db.execute(
+                    "SELECT DISTINCT c.provider FROM dashboard_webhookdelivery d"
+                    " JOIN dashboard_connection c ON c.id = d.connection_id"
+                    " WHERE d.outcome = 'accepted' AND c.webhooks_enabled").fetchall()
+        except sqlite3.Error:  # not migrated yet
+            return set()
+        return {provider for (provider,) in rows}
+
+    try:
+        found = wait_for(lambda: (p := accepted_providers()) >= {"buddy", "qovery"} and p,
+                         120, "webhooks from the demo's simulators")
+        assert {"buddy", "qovery"} <= found
+    finally:
+        os.killpg(demo.pid, signal.SIGTERM)
+        demo.wait(timeout=30)

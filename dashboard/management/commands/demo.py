@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
+from django.urls import reverse
 
 from dashboard.models import Connection, release_managers_group
 from providers import registry
@@ -53,18 +54,24 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         rng = random.Random(7)
         stop = threading.Event()
-        simulators = []
+        simulators, senders = [], []
         for key, simulator_class in SIMULATORS.items():
             sim = simulator_class(token=secrets.token_urlsafe(16))
             scope = sim.seed_demo(rng)
             sim.start()
             simulators.append(sim)
-            Connection.objects.update_or_create(
+            connection, _ = Connection.objects.update_or_create(
                 name=f"Demo {registry.provider_class(key).label}",
                 defaults={"provider": key, "base_url": sim.url, "token": sim.token,
                           "scope": scope, "enabled": True, "next_attempt_at": None,
                           "lease_until": None, "last_error": ""},
             )
+            # The simulators announce changes as their platforms do, so the demo is as
+            # fresh as a real account with webhooks registered.
+            secret = connection.set_webhook_secret()
+            Connection.objects.filter(pk=connection.pk).update(webhooks_enabled=True)
+            hook = f"http://127.0.0.1:{port}" + reverse("webhook", args=[connection.webhook_key])
+            senders.append(sim.send_webhooks(hook, secret, interval=0.5))
             threading.Thread(target=self._spawn, args=(sim, rng, spawn_every, stop),
                              daemon=True).start()
             self.stdout.write(f"Simulator {key} listening on {sim.url}")
@@ -99,6 +106,8 @@ class Command(BaseCommand):
         finally:
             stop.set()
             _stop_groups(processes)
+            for sender in senders:
+                sender.stop()
             for sim in simulators:
                 sim.stop()
 
