@@ -301,3 +301,10 @@ RUNBOARD_SCHEDULER_TICK = env.float("RUNBOARD_SCHEDULER_TICK", default=1.0)
 # Runboard's address as providers reach it, for the webhook URLs it prints (e.g.
 # https://runboard.example.com); the connections page uses the address it is viewed at.
 RUNBOARD_PUBLIC_URL = env.str("RUNBOARD_PUBLIC_URL", default="")
+
+# --- /metrics for Prometheus (dashboard/metrics.py): off (404) unless one of these is set.
+# A scraper sends `Authorization: Bearer <token>`. Networks (comma-separated CIDRs) are
+# matched against the socket's address, REMOTE_ADDR: behind a reverse proxy that is the
+# proxy's, so there use the token. With both set, a scrape needs both.
+RUNBOARD_METRICS_TOKEN = env.str("RUNBOARD_METRICS_TOKEN", default="")
+RUNBOARD_METRICS_NETWORKS = env.list("RUNBOARD_METRICS_NETWORKS", default=[])

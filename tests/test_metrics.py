@@ -1,0 +1,216 @@
+"""/metrics: every figure read from the database moves as the sync and users work, at a
+fixed query cost; off unless a token or networks are set, and refused without them."""
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.checks import run_checks
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+
+from dashboard import notifications, sync
+from dashboard.actions import ActionRefused, perform
+from dashboard.channels import Channel, Delivery, Event
+from dashboard.models import ActionRecord, Connection, Run
+from providers.base import RateLimited
+from providers.simulators.buddy import DEPLOY_PLAN
+from tests.listener import Listener
+
+pytestmark = pytest.mark.django_db
+
+TOKEN = "metrics-test-token-0123456789"
+AUTH = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
+BUDDY = {"connection": "Buddy", "provider": "buddy"}
+
+
+def scrape(client) -> dict[tuple[str, frozenset], float]:
+    response = client.get("/metrics", **AUTH)
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("text/plain; version=0.0.4")
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.content.decode())
+            for sample in family.samples}
+
+
+def value(samples, name, **labels):
+    return samples.get((name, frozenset(labels.items())))
+
+
+@pytest.fixture
+def metrics_on(settings):
+    settings.RUNBOARD_METRICS_TOKEN = TOKEN
+    settings.RUNBOARD_METRICS_NETWORKS = []
+
+
+def test_every_figure_moves_as_runboard_syncs_acts_and_notifies(
+        client, metrics_on, buddy_sim, buddy_connection, manager):
+    def figures():
+        samples = scrape(client)
+        return {name: value(samples, name, **BUDDY) for name in (
+            "runboard_sync_pass_duration_seconds_count",
+            "runboard_sync_pass_duration_seconds_sum", "runboard_sync_failures_total",
+            "runboard_sync_runs_written_total", "runboard_provider_requests_total",
+            "runboard_provider_rate_limited_total", "runboard_connection_stale",
+            "runboard_sync_last_success_age_seconds")}, samples
+
+    start, _ = figures()
+    assert start == {
+        "runboard_sync_pass_duration_seconds_count": 0.0,
+        "runboard_sync_pass_duration_seconds_sum": 0.0, "runboard_sync_failures_total": 0.0,
+        "runboard_sync_runs_written_total": 0.0, "runboard_provider_requests_total": 0.0,
+        "runboard_provider_rate_limited_total": 0.0, "runboard_connection_stale": 0.0,
+        "runboard_sync_last_success_age_seconds": None,  # never synced: no such sample
+    }
+
+    # A pass that succeeds.
+    buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    buddy_sim.advance(10)
+    sync.sync_connection(buddy_connection.pk)
+    first, _ = figures()
+    assert first["runboard_sync_pass_duration_seconds_count"] == 1
+    assert first["runboard_sync_pass_duration_seconds_sum"] > 0
+    assert first["runboard_sync_failures_total"] == 0
+    assert first["runboard_sync_runs_written_total"] == 1
+    # What the simulator received is what was counted, request for request.
+    assert first["runboard_provider_requests_total"] == len(buddy_sim.requests) > 0
+    assert first["runboard_provider_rate_limited_total"] == 0
+    assert 0 <= first["runboard_sync_last_success_age_seconds"] < 60
+    assert first["runboard_connection_stale"] == 0
+
+    # A pass the provider answers with 429.
+    buddy_sim.inject("rate_limit", retry_after=30)
+    with pytest.raises(RateLimited):
+        sync.sync_connection(buddy_connection.pk)
+    second, _ = figures()
+    assert second["runboard_sync_pass_duration_seconds_count"] == 2
+    assert second["runboard_sync_pass_duration_seconds_sum"] >= (
+        first["runboard_sync_pass_duration_seconds_sum"])
+    assert second["runboard_sync_failures_total"] == 1
+    assert second["runboard_provider_rate_limited_total"] == 1
+    assert second["runboard_provider_requests_total"] == len(buddy_sim.requests)
+    assert second["runboard_connection_stale"] == 1
+
+    # Actions: a cancel the provider takes, one Runboard refuses (finished kinds only are
+    # counted as outcomes), one in flight.
+    run = Run.objects.get()
+    perform(run, manager, "cancel", comment="wrong build")
+    with pytest.raises(ActionRefused):
+        perform(run, manager, "approve", comment="not waiting")
+    other = User.objects.create_user("other")
+    ActionRecord.objects.create(run=run, user=other, kind="retry")  # pending
+    # The cancel's request counts too.
+    third, samples = figures()
+    assert third["runboard_provider_requests_total"] == len(buddy_sim.requests)
+    assert value(samples, "runboard_actions_total", kind="cancel", outcome="succeeded") == 1
+    assert value(samples, "runboard_actions_total", kind="approve", outcome="failed") == 1
+    assert value(samples, "runboard_actions_in_flight", kind="retry") == 1
+
+    # Notifications: one delivered to a listener, one refused, one waiting.
+    with Listener() as hook:
+        room = Channel.objects.create(name="Release room",
+                                      url=f"json://127.0.0.1:{hook.port}/hook")
+        assert notifications.send_test(room).state == Delivery.State.SENT
+        assert len(hook.to("/hook")) == 1
+        hook.answer = lambda received: (500, {"error": "down"})
+        assert notifications.send_test(room).state == Delivery.State.FAILED
+    notifications.claim(room, Event.ACTION, "action waiting", run=run)
+    _, samples = figures()
+    deliveries = "runboard_notification_deliveries_total"
+    assert value(samples, deliveries, channel="Release room", state="sent") == 1
+    assert value(samples, deliveries, channel="Release room", state="failed") == 1
+    assert value(samples, "runboard_notification_deliveries_unfinished",
+                 channel="Release room", state="pending") == 1
+
+    # Time passes without a successful pass: the age grows.
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        last_success_at=timezone.now() - timedelta(minutes=10))
+    later, _ = figures()
+    assert 600 <= later["runboard_sync_last_success_age_seconds"] < 700
+
+
+def test_a_scrape_costs_the_same_queries_whatever_the_amount_of_data(
+        client, metrics_on, django_assert_num_queries, buddy_sim, buddy_connection, manager):
+    def add(n: int, start: int):
+        for i in range(start, start + n):
+            connection = Connection.objects.create(
+                provider="buddy", name=f"Buddy {i}", base_url=buddy_sim.url,
+                token=buddy_sim.token, scope={"workspace": buddy_sim.workspace},
+                last_success_at=timezone.now())
+            run = Run.objects.create(connection=connection, external_id=f"r{i}")
+            ActionRecord.objects.create(run=run, user=manager, kind="cancel",
+                                        state="succeeded")
+            channel = Channel.objects.create(name=f"Room {i}", url="json://127.0.0.1:9/")
+            Delivery.objects.create(channel=channel, event=Event.TEST, key="k",
+                                    state=Delivery.State.SENT)
+
+    add(1, 0)
+    with django_assert_num_queries(3):
+        small = scrape(client)
+    add(30, 1)
+    with django_assert_num_queries(3):
+        large = scrape(client)
+    assert len(large) > len(small)
+    assert value(large, "runboard_actions_total", kind="cancel", outcome="succeeded") == 31
+
+
+def test_off_unless_configured_then_on_with_the_token(client, settings, buddy_connection):
+    settings.RUNBOARD_METRICS_TOKEN = ""
+    settings.RUNBOARD_METRICS_NETWORKS = []
+    assert client.get("/metrics", **AUTH).status_code == 404
+    settings.RUNBOARD_METRICS_TOKEN = TOKEN
+    response = client.get("/metrics", **AUTH)
+    assert response.status_code == 200
+    assert b'runboard_sync_failures_total{connection="Buddy",provider="buddy"} 0.0' in (
+        response.content)
+
+
+@pytest.mark.parametrize("header", [
+    None, "", "Bearer", "Bearer ", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}",
+    f"Basic {TOKEN}", "Bearer ünïcödé", f"bearer  {TOKEN} extra",
+])
+def test_a_missing_or_wrong_token_is_refused_without_a_login_redirect(
+        client, metrics_on, header):
+    extra = {} if header is None else {"HTTP_AUTHORIZATION": header}
+    response = client.get("/metrics", **extra)
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert b"runboard_" not in response.content
+
+
+def test_the_right_token_works_whatever_the_scheme_case(client, metrics_on):
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"bearer {TOKEN}")
+    assert response.status_code == 200
+    assert b"# TYPE runboard_sync_pass_duration_seconds summary" in response.content
+
+
+def test_only_get(client, metrics_on):
+    assert client.post("/metrics", **AUTH).status_code == 405
+
+
+def test_networks_allow_their_addresses_only(client, settings, buddy_connection):
+    settings.RUNBOARD_METRICS_TOKEN = ""
+    settings.RUNBOARD_METRICS_NETWORKS = ["10.0.0.0/8", "2001:db8::/32"]
+    for address in ("10.1.2.3", "::ffff:10.1.2.3", "2001:db8::5"):
+        response = client.get("/metrics", REMOTE_ADDR=address)
+        assert response.status_code == 200, address
+        assert b"runboard_connection_stale" in response.content
+    for address in ("127.0.0.1", "192.168.1.1", "2001:db9::1", "", "not-an-address"):
+        assert client.get("/metrics", REMOTE_ADDR=address).status_code == 403, address
+
+
+def test_with_both_set_a_scrape_needs_both(client, settings, db):
+    settings.RUNBOARD_METRICS_TOKEN = TOKEN
+    settings.RUNBOARD_METRICS_NETWORKS = ["10.0.0.0/8"]
+    assert client.get("/metrics", REMOTE_ADDR="10.0.0.1", **AUTH).status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="10.0.0.1").status_code == 401
+    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1", **AUTH).status_code == 403
+
+
+def test_a_bad_network_setting_is_reported_and_matches_nothing(client, settings, db):
+    settings.RUNBOARD_METRICS_TOKEN = ""
+    settings.RUNBOARD_METRICS_NETWORKS = ["10.0.0.0/33", "localhost", "127.0.0.0/8"]
+    errors = [m for m in run_checks() if m.id == "runboard.E101"]
+    assert len(errors) == 2 and "'10.0.0.0/33'" in errors[0].msg
+    assert client.get("/metrics", REMOTE_ADDR="10.0.0.1").status_code == 403
+    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 200
