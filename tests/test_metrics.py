@@ -9,12 +9,13 @@ from django.core.checks import run_checks
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from dashboard import notifications, sync
+from dashboard import notifications, sync, tasks
 from dashboard.actions import ActionRefused, perform
 from dashboard.channels import Channel, Delivery, Event
 from dashboard.models import ActionRecord, Connection, Run
 from providers.base import RateLimited
 from providers.simulators.buddy import DEPLOY_PLAN
+from tests.celery_worker import celery_worker, wait_for
 from tests.listener import Listener
 
 pytestmark = pytest.mark.django_db
@@ -91,18 +92,22 @@ def test_every_figure_moves_as_runboard_syncs_acts_and_notifies(
     assert second["runboard_provider_requests_total"] == len(buddy_sim.requests)
     assert second["runboard_connection_stale"] == 1
 
-    # Actions: a cancel the provider takes, one Runboard refuses (finished kinds only are
-    # counted as outcomes), one in flight.
+    # Actions: a cancel the provider answers with 429, then one it takes, one Runboard
+    # refuses, one in flight (not an outcome yet).
     run = Run.objects.get()
+    buddy_sim.inject("rate_limit", retry_after=30)
+    with pytest.raises(ActionRefused):
+        perform(run, manager, "cancel", comment="wrong build")
     perform(run, manager, "cancel", comment="wrong build")
     with pytest.raises(ActionRefused):
         perform(run, manager, "approve", comment="not waiting")
     other = User.objects.create_user("other")
     ActionRecord.objects.create(run=run, user=other, kind="retry")  # pending
-    # The cancel's request counts too.
     third, samples = figures()
     assert third["runboard_provider_requests_total"] == len(buddy_sim.requests)
+    assert third["runboard_provider_rate_limited_total"] == 2
     assert value(samples, "runboard_actions_total", kind="cancel", outcome="succeeded") == 1
+    assert value(samples, "runboard_actions_total", kind="cancel", outcome="failed") == 1
     assert value(samples, "runboard_actions_total", kind="approve", outcome="failed") == 1
     assert value(samples, "runboard_actions_in_flight", kind="retry") == 1
 
@@ -184,6 +189,13 @@ def test_the_right_token_works_whatever_the_scheme_case(client, metrics_on):
     assert b"# TYPE runboard_sync_pass_duration_seconds summary" in response.content
 
 
+def test_openmetrics_when_the_scraper_asks_for_it(client, metrics_on, buddy_connection):
+    response = client.get("/metrics", HTTP_ACCEPT="application/openmetrics-text; version=1.0.0",
+                          **AUTH)
+    assert response["Content-Type"].startswith("application/openmetrics-text")
+    assert response.content.endswith(b"# EOF\n")
+
+
 def test_only_get(client, metrics_on):
     assert client.post("/metrics", **AUTH).status_code == 405
 
@@ -214,3 +226,26 @@ def test_a_bad_network_setting_is_reported_and_matches_nothing(client, settings,
     assert len(errors) == 2 and "'10.0.0.0/33'" in errors[0].msg
     assert client.get("/metrics", REMOTE_ADDR="10.0.0.1").status_code == 403
     assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 200
+
+
+@pytest.mark.celery
+@pytest.mark.django_db(transaction=True)
+def test_passes_in_a_worker_process_show_in_the_web_process(client, metrics_on, buddy_sim,
+                                                             buddy_connection):
+    """What the figures are kept in the database for: a real Celery worker syncs (a pass
+    the provider answers with 429, then its retry), the web process reports it."""
+    buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    buddy_sim.inject("rate_limit", retry_after=1)
+    with celery_worker():
+        tasks.sync_connection.delay(buddy_connection.pk)
+        wait_for(lambda: Connection.objects.filter(pk=buddy_connection.pk,
+                                                   last_success_at__isnull=False).exists(),
+                 timeout=30, what="the retried pass to succeed")
+    samples = scrape(client)
+    assert value(samples, "runboard_sync_pass_duration_seconds_count", **BUDDY) == 2
+    assert value(samples, "runboard_sync_failures_total", **BUDDY) == 1
+    assert value(samples, "runboard_provider_rate_limited_total", **BUDDY) == 1
+    assert value(samples, "runboard_provider_requests_total", **BUDDY) == len(
+        buddy_sim.requests)
+    assert value(samples, "runboard_sync_runs_written_total", **BUDDY) == 1
+    assert value(samples, "runboard_connection_stale", **BUDDY) == 0
