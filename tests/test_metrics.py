@@ -194,6 +194,17 @@ def test_openmetrics_when_the_scraper_asks_for_it(client, metrics_on, buddy_conn
                           **AUTH)
     assert response["Content-Type"].startswith("application/openmetrics-text")
     assert response.content.endswith(b"# EOF\n")
+    for accept in ("application/openmetrics-text; version=9.9", "application/openmetrics-text;"
+                   " escaping=bogus", ";;", "*/*", "text/plain; escaping=values", "\u00ff"):
+        assert client.get("/metrics", HTTP_ACCEPT=accept, **AUTH).status_code == 200, accept
+
+
+def test_names_are_escaped_in_labels(client, metrics_on, buddy_sim):
+    name = 'Prod "EU" \\ north\nline'
+    Connection.objects.create(provider="buddy", name=name, base_url=buddy_sim.url,
+                              token=buddy_sim.token, scope={"workspace": "acme"})
+    samples = scrape(client)
+    assert value(samples, "runboard_connection_enabled", connection=name, provider="buddy") == 1
 
 
 def test_only_get(client, metrics_on):
