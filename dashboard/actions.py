@@ -14,10 +14,10 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
-from dashboard.models import ActionRecord, Connection, Run
+from dashboard.metrics import count_requests
+from dashboard.models import ActionRecord, Run
 from dashboard.secrets import UNREADABLE_MESSAGE
 from dashboard.sync import upsert_runs
 from providers.base import Action, ProviderError, RateLimited, RunData
@@ -119,11 +119,8 @@ def perform(run: Run, user, kind: str, comment: str = "", force: bool = False,
         record.save()
         raise ActionRefused(_plain_words(exc), record, status=502) from exc
     finally:
-        if client is not None:  # the connection's request counters (/metrics)
-            Connection.objects.filter(pk=run.connection_id).update(
-                provider_requests=F("provider_requests") + client.requests_made,
-                provider_rate_limited=F("provider_rate_limited")
-                + client.rate_limited_responses)
+        if client is not None:
+            count_requests(run.connection_id, client)
 
     record.state = ActionRecord.State.SUCCEEDED
     record.response_code = 200

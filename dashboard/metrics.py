@@ -19,7 +19,7 @@ import logging
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
-from django.db.models import Count
+from django.db.models import Count, F
 from django.http import Http404, HttpResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -30,7 +30,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from dashboard.channels import Delivery
-from dashboard.models import ActionRecord, Connection
+from dashboard.models import ActionRecord, Connection, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ MIN_TOKEN_LENGTH = 16
 
 
 class RunboardCollector(Collector):
-    """Collects on every scrape; three queries whatever the number of rows."""
+    """Collects on every scrape; four queries whatever the number of rows."""
 
     def collect(self):
         yield from self.connections()
@@ -128,9 +128,26 @@ class RunboardCollector(Collector):
         yield from (done, waiting)
 
     def webhooks(self):
-        # WEBHOOK DELIVERIES (issue 14): to be added here, by connection and outcome, as
-        # one aggregate query over the webhook delivery log once that model is on main.
-        return ()
+        received = CounterMetricFamily(
+            "runboard_webhook_deliveries",
+            "Webhook deliveries received (the webhook delivery log), by connection and "
+            "outcome; rejected ones as logged (RUNBOARD_WEBHOOK_REJECTED_LOG_PER_MINUTE).",
+            labels=["connection", "provider", "outcome"])
+        counts = (WebhookDelivery.objects.order_by()
+                  .values_list("connection__name", "connection__provider", "outcome")
+                  .annotate(n=Count("pk")))
+        for name, provider, outcome, n in counts:
+            received.add_metric([name, provider, outcome], n)
+        yield received
+
+
+def count_requests(connection_id: int, client) -> None:
+    """Add what a client outside a sync pass (an action, a webhook re-read) sent to the
+    connection's counters; a pass counts its own in the update it makes anyway."""
+    if client.requests_made:
+        Connection.objects.filter(pk=connection_id).update(
+            provider_requests=F("provider_requests") + client.requests_made,
+            provider_rate_limited=F("provider_rate_limited") + client.rate_limited_responses)
 
 
 registry = CollectorRegistry(auto_describe=False)  # collects nothing until scraped

@@ -6,15 +6,16 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import User
 from django.core.checks import run_checks
+from django.urls import reverse
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from dashboard import notifications, sync, tasks
 from dashboard.actions import ActionRefused, perform
 from dashboard.channels import Channel, Delivery, Event
-from dashboard.models import ActionRecord, Connection, Run
+from dashboard.models import ActionRecord, Connection, Run, WebhookDelivery
 from providers.base import RateLimited
-from providers.simulators.buddy import DEPLOY_PLAN
+from providers.simulators.buddy import BUILD_PLAN, DEPLOY_PLAN
 from tests.celery_worker import celery_worker, wait_for
 from tests.listener import Listener
 
@@ -65,7 +66,7 @@ def test_every_figure_moves_as_runboard_syncs_acts_and_notifies(
     }
 
     # A pass that succeeds.
-    buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    sim_run = buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
     buddy_sim.advance(10)
     sync.sync_connection(buddy_connection.pk)
     first, _ = figures()
@@ -111,6 +112,21 @@ def test_every_figure_moves_as_runboard_syncs_acts_and_notifies(
     assert value(samples, "runboard_actions_total", kind="approve", outcome="failed") == 1
     assert value(samples, "runboard_actions_in_flight", kind="retry") == 1
 
+    # Webhooks: the platform announces the cancelled run, then retries it; a forgery.
+    secret = buddy_connection.set_webhook_secret()
+    Connection.objects.filter(pk=buddy_connection.pk).update(webhooks_enabled=True)
+    before = sim_run.status
+    buddy_sim.advance(5)  # terminated
+    [finished] = buddy_sim.webhook_deliveries(sim_run, before, secret)
+    [forged] = buddy_sim.webhook_deliveries(sim_run, before, "not-the-secret")
+    for body, status in ((finished.body, 202), (finished.body, 200), (forged.body, 401)):
+        assert post_webhook(client, buddy_connection, body).status_code == status
+    _, samples = figures()
+    hooks = "runboard_webhook_deliveries_total"
+    assert value(samples, hooks, outcome="accepted", **BUDDY) == 1
+    assert value(samples, hooks, outcome="duplicate", **BUDDY) == 1
+    assert value(samples, hooks, outcome="rejected", **BUDDY) == 1
+
     # Notifications: one delivered to a listener, one refused, one waiting.
     with Listener() as hook:
         room = Channel.objects.create(name="Release room",
@@ -134,6 +150,11 @@ def test_every_figure_moves_as_runboard_syncs_acts_and_notifies(
     assert 600 <= later["runboard_sync_last_success_age_seconds"] < 700
 
 
+def post_webhook(client, connection, body: bytes):
+    return client.post(reverse("webhook", args=[connection.webhook_key]), body,
+                       content_type="application/json")
+
+
 def test_a_scrape_costs_the_same_queries_whatever_the_amount_of_data(
         client, metrics_on, django_assert_num_queries, buddy_sim, buddy_connection, manager):
     def add(n: int, start: int):
@@ -148,15 +169,19 @@ def test_a_scrape_costs_the_same_queries_whatever_the_amount_of_data(
             channel = Channel.objects.create(name=f"Room {i}", url="json://127.0.0.1:9/")
             Delivery.objects.create(channel=channel, event=Event.TEST, key="k",
                                     state=Delivery.State.SENT)
+            WebhookDelivery.objects.create(connection=connection, outcome="accepted",
+                                           http_status=202)
 
     add(1, 0)
-    with django_assert_num_queries(3):
+    with django_assert_num_queries(4):
         small = scrape(client)
     add(30, 1)
-    with django_assert_num_queries(3):
+    with django_assert_num_queries(4):
         large = scrape(client)
     assert len(large) > len(small)
     assert value(large, "runboard_actions_total", kind="cancel", outcome="succeeded") == 31
+    assert value(large, "runboard_webhook_deliveries_total", connection="Buddy 30",
+                 provider="buddy", outcome="accepted") == 1
 
 
 def test_off_unless_configured_then_on_with_the_token(client, settings, buddy_connection):
@@ -244,14 +269,25 @@ def test_a_bad_network_setting_is_reported_and_matches_nothing(client, settings,
 def test_passes_in_a_worker_process_show_in_the_web_process(client, metrics_on, buddy_sim,
                                                              buddy_connection):
     """What the figures are kept in the database for: a real Celery worker syncs (a pass
-    the provider answers with 429, then its retry), the web process reports it."""
-    buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    the provider answers with 429, then its retry) and re-reads the run a webhook names;
+    the web process reports it all."""
+    sim_run = buddy_sim.add_execution("web-shop", 1, BUILD_PLAN)
     buddy_sim.inject("rate_limit", retry_after=1)
+    secret = buddy_connection.set_webhook_secret()
+    Connection.objects.filter(pk=buddy_connection.pk).update(webhooks_enabled=True)
     with celery_worker():
         tasks.sync_connection.delay(buddy_connection.pk)
         wait_for(lambda: Connection.objects.filter(pk=buddy_connection.pk,
                                                    last_success_at__isnull=False).exists(),
                  timeout=30, what="the retried pass to succeed")
+        before, sent = sim_run.status, len(buddy_sim.requests)
+        buddy_sim.advance(60)  # the build finishes
+        deliveries = buddy_sim.webhook_deliveries(sim_run, before, secret)
+        for delivery in deliveries:
+            assert post_webhook(client, buddy_connection, delivery.body).status_code == 202
+        wait_for(lambda: WebhookDelivery.objects.filter(processed_at__isnull=False).count()
+                 == len(deliveries) > 0, timeout=30, what="the webhooks' re-reads")
+    assert len(buddy_sim.requests) > sent  # the re-read went to the provider
     samples = scrape(client)
     assert value(samples, "runboard_sync_pass_duration_seconds_count", **BUDDY) == 2
     assert value(samples, "runboard_sync_failures_total", **BUDDY) == 1
