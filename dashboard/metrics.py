@@ -35,7 +35,7 @@ from dashboard.models import ActionRecord, Connection, WebhookDelivery
 logger = logging.getLogger(__name__)
 
 # Action records and deliveries in these states are finished and never change again, so
-# their counts only grow; the others are in flight and reported as gauges.
+# their counts only grow; the others may still change and are reported as gauges.
 ACTION_OUTCOMES = (ActionRecord.State.SUCCEEDED, ActionRecord.State.FAILED)
 DELIVERY_OUTCOMES = (Delivery.State.SENT, Delivery.State.FAILED)
 MIN_TOKEN_LENGTH = 16
@@ -101,16 +101,18 @@ class RunboardCollector(Collector):
         done = CounterMetricFamily(
             "runboard_actions", "Actions taken on runs (the audit), by kind and outcome.",
             labels=["kind", "outcome"])
-        in_flight = GaugeMetricFamily(
-            "runboard_actions_in_flight", "Actions sent and not answered yet.", labels=["kind"])
+        unfinished = GaugeMetricFamily(
+            "runboard_actions_unfinished",
+            "Actions whose record may still change (pending: sent, not answered yet).",
+            labels=["kind", "state"])
         counts = (ActionRecord.objects.order_by().values_list("kind", "state")
                   .annotate(n=Count("pk")))
         for kind, state, n in counts:
             if state in ACTION_OUTCOMES:
                 done.add_metric([kind, state], n)
             else:
-                in_flight.add_metric([kind], n)
-        yield from (done, in_flight)
+                unfinished.add_metric([kind, state], n)
+        yield from (done, unfinished)
 
     def deliveries(self):
         done = CounterMetricFamily(

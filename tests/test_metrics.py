@@ -110,7 +110,7 @@ def test_every_figure_moves_as_runboard_syncs_acts_and_notifies(
     assert value(samples, "runboard_actions_total", kind="cancel", outcome="succeeded") == 1
     assert value(samples, "runboard_actions_total", kind="cancel", outcome="failed") == 1
     assert value(samples, "runboard_actions_total", kind="approve", outcome="failed") == 1
-    assert value(samples, "runboard_actions_in_flight", kind="retry") == 1
+    assert value(samples, "runboard_actions_unfinished", kind="retry", state="pending") == 1
 
     # Webhooks: the platform announces the cancelled run, then retries it; a forgery.
     secret = buddy_connection.set_webhook_secret()
