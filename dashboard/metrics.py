@@ -34,10 +34,11 @@ from dashboard.models import ActionRecord, Connection, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
-# Action records and deliveries in these states are finished and never change again, so
-# their counts only grow; the others may still change and are reported as gauges.
-ACTION_OUTCOMES = (ActionRecord.State.SUCCEEDED, ActionRecord.State.FAILED)
-DELIVERY_OUTCOMES = (Delivery.State.SENT, Delivery.State.FAILED)
+# Action records and deliveries in these states may still change: reported as gauges.
+# Every other state is an outcome that never changes (the audit is append-only), so the
+# counts of outcomes only grow.
+ACTION_UNFINISHED = (ActionRecord.State.PENDING,)
+DELIVERY_UNFINISHED = (Delivery.State.PENDING, Delivery.State.SENDING)
 MIN_TOKEN_LENGTH = 16
 
 
@@ -108,10 +109,7 @@ class RunboardCollector(Collector):
         counts = (ActionRecord.objects.order_by().values_list("kind", "state")
                   .annotate(n=Count("pk")))
         for kind, state, n in counts:
-            if state in ACTION_OUTCOMES:
-                done.add_metric([kind, state], n)
-            else:
-                unfinished.add_metric([kind, state], n)
+            (unfinished if state in ACTION_UNFINISHED else done).add_metric([kind, state], n)
         yield from (done, unfinished)
 
     def deliveries(self):
@@ -126,7 +124,7 @@ class RunboardCollector(Collector):
         counts = (Delivery.objects.order_by().values_list("channel__name", "state")
                   .annotate(n=Count("pk")))
         for channel, state, n in counts:
-            (done if state in DELIVERY_OUTCOMES else waiting).add_metric([channel, state], n)
+            (waiting if state in DELIVERY_UNFINISHED else done).add_metric([channel, state], n)
         yield from (done, waiting)
 
     def webhooks(self):
