@@ -203,11 +203,17 @@ def check_metrics_settings(app_configs, **kwargs):
     problems = []
     for entry in settings.RUNBOARD_METRICS_NETWORKS:
         try:
-            ipaddress.ip_network(entry.strip(), strict=False)
+            network = ipaddress.ip_network(entry.strip(), strict=False)
         except ValueError:
             problems.append(Error(
                 f"RUNBOARD_METRICS_NETWORKS: {entry!r} is not a network (e.g. 10.0.0.0/8).",
                 id="runboard.E101"))
+            continue
+        if network.is_loopback and not settings.RUNBOARD_METRICS_TOKEN:
+            problems.append(Warning(
+                f"RUNBOARD_METRICS_NETWORKS: {entry!r} is loopback: through a reverse proxy "
+                "on this host every request comes from there, so /metrics would be public.",
+                hint="Set RUNBOARD_METRICS_TOKEN too.", id="runboard.W102"))
     token = settings.RUNBOARD_METRICS_TOKEN
     if token and len(token) < MIN_TOKEN_LENGTH:
         problems.append(Warning(

@@ -296,3 +296,12 @@ def test_passes_in_a_worker_process_show_in_the_web_process(client, metrics_on, 
         buddy_sim.requests)
     assert value(samples, "runboard_sync_runs_written_total", **BUDDY) == 1
     assert value(samples, "runboard_connection_stale", **BUDDY) == 0
+
+
+def test_a_loopback_network_without_a_token_is_warned_about(settings):
+    settings.RUNBOARD_METRICS_TOKEN = ""
+    settings.RUNBOARD_METRICS_NETWORKS = ["10.0.0.0/8", "127.0.0.1/32", "::1"]
+    warned = [m.msg for m in run_checks() if m.id == "runboard.W102"]
+    assert len(warned) == 2 and "'127.0.0.1/32'" in warned[0]
+    settings.RUNBOARD_METRICS_TOKEN = TOKEN
+    assert not [m for m in run_checks() if m.id == "runboard.W102"]
