@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from dashboard.metrics import count_requests
 from dashboard.models import ActionRecord, Run
 from dashboard.secrets import UNREADABLE_MESSAGE
 from dashboard.sync import upsert_runs
@@ -111,6 +112,7 @@ def perform(run: Run, user, kind: str, comment: str = "", force: bool = False,
     if reason:
         raise ActionRefused(reason, record)
     before = run.status
+    client = None
     try:
         with run.connection.client() as client:
             if kind == Action.CANCEL:
@@ -129,6 +131,9 @@ def perform(run: Run, user, kind: str, comment: str = "", force: bool = False,
     except Exception as exc:  # a bug after the request may have left: not a refusal
         logger.exception("%s of run %s: no usable answer", kind, run.pk)
         return _unknown(run, record, before, f"Runboard could not read the answer ({exc!r})")
+    finally:
+        if client is not None:
+            count_requests(run.connection_id, client)
 
     # Written before the record leaves pending: a claim that sees no pending record
     # sees the run as the answer left it.
@@ -209,6 +214,7 @@ def _unknown(run: Run, record: ActionRecord, before: str, error: str,
     label = run.connection.provider_class.label
     told = f"No answer came from {label} ({error})."
     now_shows = None
+    client = None
     try:
         with run.connection.client() as client:
             upsert_runs(run.connection, [client.get_run(run.locator)])
@@ -216,6 +222,9 @@ def _unknown(run: Run, record: ActionRecord, before: str, error: str,
         now_shows = run.status
     except ProviderError as exc:
         told += f" Runboard could not re-read the run either ({exc.message})."
+    finally:
+        if client is not None:
+            count_requests(run.connection_id, client)
     if now_shows is not None:
         told += f" Runboard re-read the run: it is now {run.get_status_display().lower()}"
     if now_shows is not None and now_shows != before and now_shows in EFFECT[record.kind]:

@@ -6,4 +6,4 @@ class DashboardConfig(AppConfig):
     verbose_name = "Runboard"
 
     def ready(self):
-        from dashboard import notifications  # noqa: F401 (connects its signal)
+        from dashboard import metrics, notifications  # noqa: F401 (a check; a signal)

@@ -42,6 +42,13 @@ class Connection(models.Model):
     last_error_at = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     runs_synced = models.PositiveIntegerField(default=0)
+    # Counters for /metrics (dashboard/metrics.py), only ever incremented, in the database
+    # because the sync runs in worker processes the web process cannot see into.
+    sync_passes = models.PositiveBigIntegerField(default=0)
+    sync_failures = models.PositiveBigIntegerField(default=0)
+    sync_seconds = models.FloatField(default=0.0)
+    provider_requests = models.PositiveBigIntegerField(default=0)
+    provider_rate_limited = models.PositiveBigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
     # Webhooks: /hooks/<webhook_key>/ authenticated by a secret shown once, kept hashed.

@@ -303,3 +303,10 @@ RUNBOARD_WEBHOOK_RECONCILE = env.float("RUNBOARD_WEBHOOK_RECONCILE", default=300
 RUNBOARD_WATCH_SECONDS = env.float("RUNBOARD_WATCH_SECONDS", default=30.0)
 # How often beat asks the scheduler which connections are due (seconds).
 RUNBOARD_SCHEDULER_TICK = env.float("RUNBOARD_SCHEDULER_TICK", default=1.0)
+
+# --- /metrics for Prometheus (dashboard/metrics.py): off (404) unless one of these is set.
+# A scraper sends `Authorization: Bearer <token>`. Networks (comma-separated CIDRs) are
+# matched against the socket's address, REMOTE_ADDR: behind a reverse proxy that is the
+# proxy's, so there use the token. With both set, a scrape needs both.
+RUNBOARD_METRICS_TOKEN = env.str("RUNBOARD_METRICS_TOKEN", default="")
+RUNBOARD_METRICS_NETWORKS = env.list("RUNBOARD_METRICS_NETWORKS", default=[])

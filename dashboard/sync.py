@@ -44,6 +44,7 @@ from providers.base import (
     EnvironmentData,
     NotFound,
     ProjectData,
+    Provider,
     ProviderError,
     RateLimited,
     RateLimitInfo,
@@ -81,6 +82,7 @@ class SyncResult:
     spacing: float = 0.0  # seconds the provider's rate budget asks between passes
     rate_limit_seen: int | None = None  # the provider's rate-limit header, for the scheduler
     rate_limit: RateLimitInfo | None = None  # what is left of the provider's window
+    client: Provider | None = None  # the pass's client, whose request counts /metrics adds up
 
 
 # --- the lease ---------------------------------------------------------------------
@@ -386,6 +388,7 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
     if not acquire_lease(connection_id, owner):
         result.skipped = True
         return result
+    started = time.monotonic()
     try:
         connection = Connection.objects.get(pk=connection_id)
         newest = _sync_pass(connection, LeaseKeeper(connection_id, owner), result)
@@ -396,7 +399,7 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
         result.skipped = True
         return result
     except Exception as exc:
-        _record_failure(connection_id, exc)
+        _record_failure(connection_id, exc, _counted(result, started))
         raise
     else:
         cursor = dict(connection.cursor)
@@ -415,7 +418,7 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
         next_attempt = now + timedelta(seconds=spacing) if spacing else None
         Connection.objects.filter(pk=connection_id).update(
             cursor=cursor, last_success_at=now, last_error="", next_attempt_at=next_attempt,
-            runs_synced=F("runs_synced") + result.runs_written,
+            runs_synced=F("runs_synced") + result.runs_written, **_counted(result, started),
             updated_at=now if result.runs_written else Case(
                 When(visible, then=Value(now)), default=F("updated_at")),
         )
@@ -435,6 +438,7 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
     seen: set[str] = set()
     newest = high_water
     with connection.client() as client:
+        result.client = client
         if since:
             client.known_runs = dict(connection.runs.filter(created_at__gte=since)
                                      .values_list("external_id", "raw_status"))
@@ -472,7 +476,20 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
     return newest
 
 
-def _record_failure(connection_id: int, exc: Exception) -> None:
+def _counted(result: SyncResult, started: float) -> dict:
+    """This pass added to the connection's counters (read by dashboard/metrics.py), as
+    F() increments to go into the update the pass makes anyway."""
+    client = result.client
+    return {
+        "sync_passes": F("sync_passes") + 1,
+        "sync_seconds": F("sync_seconds") + (time.monotonic() - started),
+        "provider_requests": F("provider_requests") + (client.requests_made if client else 0),
+        "provider_rate_limited": F("provider_rate_limited")
+        + (client.rate_limited_responses if client else 0),
+    }
+
+
+def _record_failure(connection_id: int, exc: Exception, counted: dict) -> None:
     now = timezone.now()
     message = exc.message if isinstance(exc, ProviderError) else f"Internal error: {exc!r}"
     logger.warning("sync of connection %s failed: %s", connection_id, message)
@@ -484,7 +501,7 @@ def _record_failure(connection_id: int, exc: Exception) -> None:
     try:
         Connection.objects.filter(pk=connection_id).update(
             last_error=message[:1000], last_error_at=now, next_attempt_at=next_attempt,
-            updated_at=now,
+            updated_at=now, sync_failures=F("sync_failures") + 1, **counted,
         )
         data_changed()
     except DatabaseError:  # the database itself is what failed; the log has it

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
-from dashboard import schedule, sync
+from dashboard import metrics, schedule, sync
 from providers.base import ProviderError, RateLimited, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ def process_webhook(self, delivery_id: int) -> dict:
                 client.close()
                 schedule.record_rate_limit(connection.pk, client.rate_limit)
                 schedule.spend(connection.pk, client.requests_made)
+                metrics.count_requests(connection.pk, client)
             written = sync.upsert_runs(connection, runs)
         else:  # the delivery names no run: read the run list (an incremental pass)
             result = sync.sync_connection(connection.pk)

@@ -9,6 +9,7 @@ from dashboard import (
     auth,
     health,
     inbox,
+    metrics,
     previews,
     releases,
     slack,
@@ -45,4 +46,5 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("hooks/<uuid:key>/", webhooks.receive, name="webhook"),
+    path("metrics", metrics.metrics, name="metrics"),
 ]

@@ -279,6 +279,7 @@ class Provider:
         # external_id -> raw status Runboard holds for runs in the sync's window: lets a
         # provider whose list is a short view skip re-reading runs that did not change.
         self.known_runs: Mapping[str, str] = {}
+        self.rate_limited_responses = 0  # answers of 429 (for the operators' metrics)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={**self.auth_headers(token), "Accept": "application/json"},
@@ -391,6 +392,7 @@ class Provider:
         kwargs = {"status_code": response.status_code, "body": response.text}
         code = response.status_code
         if code == 429:
+            self.rate_limited_responses += 1
             raise RateLimited(
                 message or f"{self.label} is rate limiting requests",
                 retry_after=self.retry_after(response), **kwargs,
