@@ -107,8 +107,9 @@ def test_a_watched_page_brings_the_next_pass_forward_but_not_past_the_budget(
         buddy_connection):
     now = timezone.now()
     Connection.objects.filter(pk=buddy_connection.pk).update(
-        next_poll_at=now + timedelta(seconds=600), last_attempt_at=now,
-        last_pass_requests=30)  # conservative 600/h at half: 30 requests every 360 s
+        next_poll_at=now + timedelta(seconds=600),
+        # A 30-request pass just now: conservative 600/h at half, paid back in 360 s.
+        budget_at=now + timedelta(seconds=360), last_pass_requests=30)
     schedule.watching([buddy_connection.pk], now)
     conn = Connection.objects.get(pk=buddy_connection.pk)
     assert conn.next_poll_at == now + timedelta(seconds=360)
@@ -119,6 +120,7 @@ def test_a_watched_page_brings_the_next_pass_forward_but_not_past_the_budget(
 @pytest.mark.django_db(transaction=True)
 def test_turning_webhooks_off_falls_back_to_polling_with_no_lost_change(
         buddy_sim, buddy_connection):
+    buddy_sim.rate_limit = 36000  # X-Rate-Limit-Limit: a pass's budget is paid back in < 1 s
     buddy_sim.add_execution("web-shop", 1, BUILD_PLAN, age=3600)
     buddy_connection.set_webhook_secret()
     Connection.objects.filter(pk=buddy_connection.pk).update(
@@ -133,7 +135,10 @@ def test_turning_webhooks_off_falls_back_to_polling_with_no_lost_change(
         buddy_sim.add_execution("web-shop", 1, BUILD_PLAN, age=10)
         assert tasks.sync_all() == 0  # nothing due yet (queues in-process, runs in the worker)
         call_command("webhook_secret", buddy_connection.name, "--off")
-        assert tasks.sync_all() == 1
+        conn = Connection.objects.get(pk=buddy_connection.pk)
+        # As soon as the budget allows, not at the reconcile interval.
+        assert conn.next_poll_at <= max(conn.budget_at, timezone.now())
+        wait_for(lambda: tasks.sync_all() == 1, timeout=5, what="the pass to be due")
         wait_for(lambda: Run.objects.count() == 2, what="polling to bring the change in")
     conn = Connection.objects.get(pk=buddy_connection.pk)
     assert not conn.webhooks_enabled and conn.next_poll_at < timezone.now() + timedelta(
@@ -143,9 +148,58 @@ def test_turning_webhooks_off_falls_back_to_polling_with_no_lost_change(
 def test_webhook_reads_come_out_of_the_same_budget(buddy_connection):
     now = timezone.now()
     Connection.objects.filter(pk=buddy_connection.pk).update(next_poll_at=now)
-    schedule.spend(buddy_connection.pk, 5)  # conservative 600/h at half: 12 s a request
+    schedule.charge(buddy_connection.pk, 5, now)  # conservative 600/h at half: 12 s a request
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    assert conn.budget_at == now + timedelta(seconds=60)
+    granted, _ = schedule.take(buddy_connection.pk, 1, now)
+    assert granted == 1
+    # The next pass waits until the reads are paid back.
     assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == now + timedelta(
-        seconds=60)
+        seconds=72)
+
+
+def test_webhook_reads_run_ahead_of_the_budget_by_one_pass_and_a_burst_never_further(
+        buddy_connection, settings):
+    settings.RUNBOARD_WEBHOOK_BURST = 3
+    now = timezone.now()
+    Connection.objects.filter(pk=buddy_connection.pk).update(last_pass_requests=4)
+    # 12 s a request; 4 (a pass) + 3 (the burst) may be spent ahead of the clock.
+    assert schedule.take(buddy_connection.pk, 20, now) == (7, 0.0)
+    granted, wait = schedule.take(buddy_connection.pk, 1, now)
+    assert (granted, wait) == (0, pytest.approx(12.0))
+    later = now + timedelta(seconds=12)
+    assert schedule.take(buddy_connection.pk, 5, later) == (1, 0.0)
+    # Over [now, now + 12 s]: 8 requests = 7 ahead + 12 s at the share, not one more.
+    assert schedule.take(buddy_connection.pk, 1, later)[0] == 0
+
+
+def test_polling_after_webhooks_go_off_waits_for_the_budget_not_longer(buddy_connection):
+    now = timezone.now()
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        next_poll_at=now + timedelta(seconds=300), budget_at=now + timedelta(seconds=20))
+    schedule.poll_soon(buddy_connection.pk, now)
+    assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == now + timedelta(
+        seconds=20)
+    Connection.objects.filter(pk=buddy_connection.pk).update(next_poll_at=None, budget_at=None)
+    schedule.poll_soon(buddy_connection.pk, now)
+    assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == now
+
+
+def test_turning_webhooks_off_in_the_admin_brings_the_next_pass_forward(
+        admin_client, buddy_connection):
+    buddy_connection.set_webhook_secret()
+    now = timezone.now()
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        webhooks_enabled=True, next_poll_at=now + timedelta(seconds=300))
+    response = admin_client.post(
+        f"/admin/dashboard/connection/{buddy_connection.pk}/change/",
+        {"provider": "buddy", "name": "Buddy", "base_url": buddy_connection.base_url,
+         "token": "", "scope": '{"workspace": "%s"}' % buddy_connection.scope["workspace"],
+         "enabled": "on"})
+    assert response.status_code == 302, response.content[:2000]
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    assert not conn.webhooks_enabled
+    assert conn.next_poll_at <= timezone.now()
 
 
 def test_a_window_nearly_used_up_by_one_client_stops_the_next_before_a_429(
