@@ -353,7 +353,11 @@ def run_mode(args, webhooks: bool) -> dict:
     beat_thread = threading.Thread(target=beat, daemon=True)
     beat_thread.start()
     watcher = PageWatcher(client, connections)
-    time.sleep(5)  # first passes
+    # The first passes (a full read: Qovery's costs 100+ requests) are not idle spending.
+    deadline = time.time() + 180
+    while time.time() < deadline and Connection.objects.filter(
+            pk__in=[c.pk for c in connections.values()], last_pass_requests__isnull=True).exists():
+        time.sleep(1)
     # Idle: nothing happening at the providers; pages open.
     for pipe in pipes.values():
         pipe.send(("mark", None))
