@@ -11,8 +11,9 @@ that spaces a connection's requests: sync passes and webhook reads alike.
 - The budget is kept as a clock, `Connection.budget_at` (a token bucket in GCRA form):
   every request spent moves it on by `seconds_per_request`. A pass is not due before it;
   webhook reads may run ahead of it by one pass's cost plus RUNBOARD_WEBHOOK_BURST
-  requests (they are what a user is waiting for) and push the next pass back. Over any
-  window W, requests <= share * allowance * W + that tolerance.
+  requests (they are what a user is waiting for; at most a quarter of the share) and push
+  the next pass back. That allowance is taken out of the share the clock runs at, so in
+  any window of the provider's, passes and reads together spend at most the share.
 - Within the budget, the wanted interval:
   live runs (queued, running, waiting for approval) or a page watching the connection:
   RUNBOARD_POLL_MIN — no platform sends a webhook when a run starts waiting;
@@ -58,7 +59,9 @@ def seconds_per_request(connection: Connection, now: datetime | None = None,
     now = now or timezone.now()
     share = settings.RUNBOARD_BUDGET_SHARE if share is None else share
     budget = connection.provider_class.budget_for(connection.rate_limit_seen)
-    seconds = budget.window / (share * budget.requests)
+    # What reads may spend ahead of the clock comes out of the share, so that no window
+    # of the provider's ever sees more than the share, bursts included.
+    seconds = budget.window / (share * budget.requests - ahead_allowance(connection, share))
     reset_at, remaining = connection.rate_limit_reset_at, connection.rate_limit_remaining
     if remaining is not None and reset_at is not None and reset_at > now:
         # Other clients of the same token spend this window too: our share of what is
@@ -66,6 +69,17 @@ def seconds_per_request(connection: Connection, now: datetime | None = None,
         left = (reset_at - now).total_seconds()
         seconds = max(seconds, left / (share * max(1, remaining)))
     return seconds
+
+
+def ahead_allowance(connection: Connection, share: float | None = None) -> float:
+    """Requests webhook reads may spend ahead of the budget clock: a pass's cost (so a
+    pass does not hold reads back) and RUNBOARD_WEBHOOK_BURST; at most a quarter of the
+    share of a window."""
+    share = settings.RUNBOARD_BUDGET_SHARE if share is None else share
+    budget = connection.provider_class.budget_for(connection.rate_limit_seen)
+    return min(settings.RUNBOARD_WEBHOOK_BURST
+               + (connection.last_pass_requests or FIRST_PASS_COST),
+               share * budget.requests / 4)
 
 
 def plan(connection: Connection, *, live: bool, watched: bool,
@@ -178,15 +192,15 @@ def charge(connection_id: int, requests: int, now: datetime | None = None) -> da
 def take(connection_id: int, wanted: int, now: datetime | None = None) -> tuple[int, float]:
     """Requests for webhook reads: (how many of `wanted` the budget grants now, seconds
     until the next one would be granted when none is). Reads may run ahead of the budget
-    clock by one pass's cost plus RUNBOARD_WEBHOOK_BURST requests, never further."""
+    clock by `ahead_allowance`, never further."""
     now = now or timezone.now()
     for _ in range(5):  # another worker moved the clock in between: look again
         connection = Connection.objects.defer("token", "cursor").get(pk=connection_id)
         per = seconds_per_request(connection, now)
-        allowance = settings.RUNBOARD_WEBHOOK_BURST + (connection.last_pass_requests
-                                                       or FIRST_PASS_COST)
+        allowance = ahead_allowance(connection)
         ahead = max(0.0, ((connection.budget_at or now) - now).total_seconds())
-        granted = min(wanted, int((allowance * per - ahead) / per + 1e-9))
+        # (a millisecond's slack: the clock is stored to the microsecond)
+        granted = min(wanted, int((allowance * per - ahead + 0.001) / per))
         if granted <= 0:
             return 0, ahead + per - allowance * per
         start = max(now, connection.budget_at or now)

@@ -50,10 +50,11 @@ def test_the_budget_floor_spends_exactly_the_share():
 
 
 def test_live_runs_are_polled_as_fast_as_the_budget_allows():
+    # Half of 1000/hour, less what webhook reads may spend ahead (a pass and 5).
     cheap = schedule.plan(connection(last_pass_requests=1), live=True, watched=False)
-    assert (cheap.interval, cheap.reason) == (pytest.approx(7.2), "live runs")
+    assert (cheap.interval, cheap.reason) == (pytest.approx(3600 / 494), "live runs")
     costly = schedule.plan(connection(last_pass_requests=31), live=True, watched=False)
-    assert costly.interval == pytest.approx(31 * 7.2)  # never over the share
+    assert costly.interval == pytest.approx(31 * 3600 / 464)  # never over the share
     roomy = schedule.plan(connection("buddy", last_pass_requests=6, rate_limit_seen=100000),
                           live=True, watched=False)
     assert roomy.interval == 2.0  # RUNBOARD_POLL_MIN
@@ -64,7 +65,7 @@ def test_a_watched_page_speeds_its_connection_up():
                          live=False, watched=False)
     watched = schedule.plan(connection("buddy", last_pass_requests=1, quiet_passes=3),
                             live=False, watched=True)
-    assert idle.interval == 120.0 and watched.interval == pytest.approx(12.0)
+    assert idle.interval == 120.0 and watched.interval == pytest.approx(3600 / 294)
 
 
 def test_a_quiet_account_backs_off_up_to_the_maximum():
@@ -81,7 +82,7 @@ def test_healthy_webhooks_leave_only_reconciling(buddy_connection):
     assert schedule.plan(buddy_connection, live=False, watched=False).interval == 300.0
     # No platform announces a run waiting for approval: live runs are still polled.
     live = schedule.plan(buddy_connection, live=True, watched=False)
-    assert (live.interval, live.reason) == (12.0, "live runs")  # the budget's floor
+    assert (live.interval, live.reason) == (pytest.approx(3600 / 294), "live runs")
 
 
 def test_after_a_pass_the_next_is_planned_and_not_due_before(buddy_sim, buddy_connection):
@@ -96,11 +97,12 @@ def test_after_a_pass_the_next_is_planned_and_not_due_before(buddy_sim, buddy_co
     # Buddy's documented lists: projects and pipelines each to their empty page, the
     # executions, and the steps of the (new) run from its own read.
     assert conn.last_pass_requests == result.requests == 6
-    # Idle wants 15 s, but 6 requests within half of 1000/hour allow one pass per 43.2 s.
-    assert (planned.reason, planned.interval) == ("idle", pytest.approx(43.2))
+    # Idle wants 15 s, but 6 requests within half of 1000/hour (less 6 + 5 for webhook
+    # reads ahead of the clock) allow one pass per 44.2 s.
+    assert (planned.reason, planned.interval) == ("idle", pytest.approx(6 * 3600 / 489))
     assert conn.next_poll_at == now + timedelta(seconds=planned.interval)
-    assert not schedule.due(now + timedelta(seconds=43)).exists()
-    assert schedule.due(now + timedelta(seconds=44)).exists()
+    assert not schedule.due(now + timedelta(seconds=44)).exists()
+    assert schedule.due(now + timedelta(seconds=45)).exists()
 
 
 def test_a_watched_page_brings_the_next_pass_forward_but_not_past_the_budget(
@@ -148,14 +150,15 @@ def test_turning_webhooks_off_falls_back_to_polling_with_no_lost_change(
 def test_webhook_reads_come_out_of_the_same_budget(buddy_connection):
     now = timezone.now()
     Connection.objects.filter(pk=buddy_connection.pk).update(next_poll_at=now)
-    schedule.charge(buddy_connection.pk, 5, now)  # conservative 600/h at half: 12 s a request
+    per = 3600 / (300 - 15)  # conservative 600/h at half, less 10 (a first pass) + 5
+    schedule.charge(buddy_connection.pk, 5, now)
     conn = Connection.objects.get(pk=buddy_connection.pk)
-    assert conn.budget_at == now + timedelta(seconds=60)
+    assert conn.budget_at == now + timedelta(seconds=5 * per)
     granted, _ = schedule.take(buddy_connection.pk, 1, now)
     assert granted == 1
     # The next pass waits until the reads are paid back.
     assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == now + timedelta(
-        seconds=72)
+        seconds=6 * per)
 
 
 def test_webhook_reads_run_ahead_of_the_budget_by_one_pass_and_a_burst_never_further(
@@ -163,13 +166,13 @@ def test_webhook_reads_run_ahead_of_the_budget_by_one_pass_and_a_burst_never_fur
     settings.RUNBOARD_WEBHOOK_BURST = 3
     now = timezone.now()
     Connection.objects.filter(pk=buddy_connection.pk).update(last_pass_requests=4)
-    # 12 s a request; 4 (a pass) + 3 (the burst) may be spent ahead of the clock.
+    per = 3600 / (300 - 7)  # 4 (a pass) + 3 (the burst) may be spent ahead of the clock
     assert schedule.take(buddy_connection.pk, 20, now) == (7, 0.0)
     granted, wait = schedule.take(buddy_connection.pk, 1, now)
-    assert (granted, wait) == (0, pytest.approx(12.0))
-    later = now + timedelta(seconds=12)
+    assert (granted, wait) == (0, pytest.approx(per))
+    later = now + timedelta(seconds=per)
     assert schedule.take(buddy_connection.pk, 5, later) == (1, 0.0)
-    # Over [now, now + 12 s]: 8 requests = 7 ahead + 12 s at the share, not one more.
+    # Over [now, now + per]: 8 requests = 7 ahead + one at the clock's rate, not one more.
     assert schedule.take(buddy_connection.pk, 1, later)[0] == 0
 
 
