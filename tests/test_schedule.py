@@ -1,6 +1,7 @@
 """The polling scheduler: budget arithmetic, what speeds a connection up or slows it down,
 and falling back to polling when webhooks are turned off."""
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -197,7 +198,7 @@ def test_turning_webhooks_off_in_the_admin_brings_the_next_pass_forward(
     response = admin_client.post(
         f"/admin/dashboard/connection/{buddy_connection.pk}/change/",
         {"provider": "buddy", "name": "Buddy", "base_url": buddy_connection.base_url,
-         "token": "", "scope": '{"workspace": "%s"}' % buddy_connection.scope["workspace"],
+         "token": "", "scope": json.dumps(buddy_connection.scope),
          "enabled": "on"})
     assert response.status_code == 302, response.content[:2000]
     conn = Connection.objects.get(pk=buddy_connection.pk)
