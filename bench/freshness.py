@@ -12,7 +12,12 @@ Runboard runs as in production, minus nginx: a threaded WSGI server in this proc
 webhook endpoint, the pages), a real Celery worker on Redis (--concurrency 2), and beat's
 tick (sync_all every RUNBOARD_SCHEDULER_TICK) from a thread here. A page per provider polls
 the run list's live answer every 0.5 s, as an open browser tab does; a change counts as
-shown when that answer first carries the run's new status (or a later one).
+shown when that answer first carries the run's new status (or a later one). The run list
+shows the 50 newest runs: a change to a run that has fallen off it (a long approval, a
+run finishing after 50 newer ones started) is shown only on the run's own page, so the
+watcher also reads, every 0.5 s, which runs were written since its last look: such a
+change counts as shown then (when the run's own page, polling as often, would show it),
+and is counted in "off list".
 
     .venv/bin/python bench/freshness.py [--idle 240] [--load 240] [--tail 60] [--modes on,off]
 
@@ -226,7 +231,10 @@ class PageWatcher:
 
     def __init__(self, client, connections):
         self.client, self.connections = client, connections
-        self.seen: dict[tuple[str, str], float] = {}  # (provider:external id, raw) -> first
+        # provider:external id -> [(raw status, when it was first shown), ...], a new entry
+        # each time the status shown changes (a run may come back to a status it had).
+        self.seen: dict[str, list[tuple[str, float]]] = {}
+        self.written: dict[str, list[tuple[str, float]]] = {}  # the same, from the database
         self._ids: dict[int, str] = {}
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
@@ -238,7 +246,16 @@ class PageWatcher:
         from dashboard.models import Run
 
         state = {key: ("", "") for key in self.connections}
+        since = None
         while not self._stop.wait(0.5):
+            # Runs written since the last look, at any position: their own pages show them.
+            now = time.time()
+            written = Run.objects.all() if since is None else Run.objects.filter(
+                updated_at__gte=since)
+            for provider, external, raw, updated in written.values_list(
+                    "connection__provider", "external_id", "raw_status", "updated_at"):
+                note(self.written, f"{provider}:{external}", raw, now)
+                since = updated if since is None or updated > since else since
             for key in self.connections:
                 version, page = state[key]
                 response = self.client.get(
@@ -257,12 +274,25 @@ class PageWatcher:
                     self._ids.update(Run.objects.filter(pk__in=missing)
                                      .values_list("pk", "external_id"))
                 for pk, raw in rows:
-                    self.seen.setdefault((f"{key}:{self._ids.get(pk)}", raw), now)
+                    note(self.seen, f"{key}:{self._ids.get(pk)}", raw, now)
             close_old_connections()
 
     def stop(self):
         self._stop.set()
         self.thread.join(timeout=5)
+
+
+def note(store: dict, ident: str, raw: str, now: float) -> None:
+    shown = store.setdefault(ident, [])
+    if not shown or shown[-1][0] != raw:
+        shown.append((raw, now))
+
+
+def first_shown(store: dict, ident: str, statuses: set[str], at: float) -> float | None:
+    """When `ident` was first shown in one of `statuses` since `at` (a change happens at
+    `at`: a status shown before it is an earlier visit of that status, not this change)."""
+    return min((t for raw, t in store.get(ident, ()) if raw in statuses and t >= at - 0.01),
+               default=None)
 
 
 def percentile(values, q):
@@ -323,7 +353,11 @@ def run_mode(args, webhooks: bool) -> dict:
     beat_thread = threading.Thread(target=beat, daemon=True)
     beat_thread.start()
     watcher = PageWatcher(client, connections)
-    time.sleep(5)  # first passes
+    # The first passes (a full read: Qovery's costs 100+ requests) are not idle spending.
+    deadline = time.time() + 180
+    while time.time() < deadline and Connection.objects.filter(
+            pk__in=[c.pk for c in connections.values()], last_pass_requests__isnull=True).exists():
+        time.sleep(1)
     # Idle: nothing happening at the providers; pages open.
     for pipe in pipes.values():
         pipe.send(("mark", None))
@@ -351,24 +385,28 @@ def run_mode(args, webhooks: bool) -> dict:
     for key, pipe in pipes.items():
         pipe.send(("changes", None))
         histories, announced_flags = pipe.recv()
-        delays, announced_delays, unseen = [], [], 0
+        delays, announced_delays, unseen, off_list = [], [], 0, 0
         flags = iter(announced_flags)
         for ext, steps in histories:
             for i, (_status, at) in enumerate(steps):
                 announced = next(flags)
                 if not load_started <= at <= load_ended:
                     continue
-                later = [watcher.seen.get((f"{key}:{ext}", s)) for s, _ in steps[i:]]
-                shown = min((t for t in later if t), default=None)
+                statuses = {s for s, _ in steps[i:]}  # this change, or a later one
+                listed = first_shown(watcher.seen, f"{key}:{ext}", statuses, at)
+                written = first_shown(watcher.written, f"{key}:{ext}", statuses, at)
+                shown = min((t for t in (listed, written) if t), default=None)
                 if shown is None:
                     unseen += 1
                     continue
+                off_list += listed is None
                 delays.append(max(0.0, shown - at))
                 if announced and webhooks:
                     announced_delays.append(max(0.0, shown - at))
         budget = registry.provider_class(key).budget_for(
             Connection.objects.get(pk=connections[key].pk).rate_limit_seen)
         results[key] = {"delays": delays, "announced": announced_delays, "unseen": unseen,
+                        "off_list": off_list,
                         "idle": idle[key], "load": loaded[key], "budget": budget}
         pipe.send(("stop", None))
     worker.terminate()
@@ -388,14 +426,15 @@ def setup_django_tables():
 
 def report(mode: str, results: dict) -> None:
     print(f"\n== webhooks {mode} ==")
-    print(f"{'provider':11} {'changes':>7} {'unseen':>6} {'p50 s':>7} {'p95 s':>7} "
+    print(f"{'provider':11} {'changes':>7} {'unseen':>6} {'offlist':>7} {'p50 s':>7} "
+          f"{'p95 s':>7} "
           f"{'p95 announced':>13} {'req/h idle':>10} {'req/h load':>10} {'budget/h':>9} "
           f"{'429s':>5}")
     for key, r in results.items():
         per_hour = {phase: r[phase]["requests"] * 3600 / max(1, r[phase]["seconds"])
                     for phase in ("idle", "load")}
         budget = r["budget"]
-        print(f"{key:11} {len(r['delays']):7} {r['unseen']:6} "
+        print(f"{key:11} {len(r['delays']):7} {r['unseen']:6} {r['off_list']:7} "
               f"{percentile(r['delays'], 0.5):7.2f} {percentile(r['delays'], 0.95):7.2f} "
               f"{percentile(r['announced'], 0.95):13.2f} {per_hour['idle']:10.0f} "
               f"{per_hour['load']:10.0f} {budget.per_hour:8.0f}{'' if budget.documented else '*'} "

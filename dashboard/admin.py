@@ -62,6 +62,12 @@ class ConnectionAdmin(admin.ModelAdmin):
                                     "updated_at"])
         else:
             obj.save()
+        if change and "webhooks_enabled" in form.changed_data:
+            # Webhooks off: nothing announces changes any more, so poll as soon as the
+            # budget allows instead of at the reconcile interval planned while they were on.
+            from dashboard import schedule
+
+            schedule.poll_soon(obj.pk)
 
     actions = ["new_webhook_secret"]
 

@@ -68,6 +68,11 @@ class Connection(models.Model):
     # connection (sync passes, webhook reads), so none of them runs into a 429.
     rate_limit_remaining = models.PositiveIntegerField(null=True, blank=True)
     rate_limit_reset_at = models.DateTimeField(null=True, blank=True)
+    # The budget as a clock (dashboard/schedule.py): every request a pass or a webhook
+    # read spends moves it on by the time the connection's share allows per request.
+    budget_at = models.DateTimeField(null=True, blank=True)
+    # When the queued flush of pending webhook hints runs (None: none is queued).
+    webhook_flush_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]

@@ -1,11 +1,19 @@
 """The polling scheduler: each connection is polled as often as its state deserves and
-its provider's rate budget allows, instead of at one fixed interval.
+its provider's rate budget allows, instead of at one fixed interval. It is the ONE place
+that spaces a connection's requests: sync passes and webhook reads alike.
 
 - Budget: a provider declares its documented allowance (`Provider.rate_budget`, e.g.
   Northflank 1000/hour; Buddy the X-Rate-Limit-Limit it sends; a conservative default
   where nothing is documented). Runboard spends at most RUNBOARD_BUDGET_SHARE of it
-  (default half, the rest is for users' actions and other tools on the same token):
-  a pass that cost N requests is followed by at least N / (share * allowance per second).
+  (default half, the rest is for users' actions and other tools on the same token).
+  Where the provider says how much of its window is left (which every client of the
+  token spends), the share applies to what is left, spread until the reset.
+- The budget is kept as a clock, `Connection.budget_at` (a token bucket in GCRA form):
+  every request spent moves it on by `seconds_per_request`. A pass is not due before it;
+  webhook reads may run ahead of it by one pass's cost plus RUNBOARD_WEBHOOK_BURST
+  requests (they are what a user is waiting for; at most a quarter of the share) and push
+  the next pass back. That allowance is taken out of the share the clock runs at, so in
+  any window of the provider's, passes and reads together spend at most the share.
 - Within the budget, the wanted interval:
   live runs (queued, running, waiting for approval) or a page watching the connection:
   RUNBOARD_POLL_MIN — no platform sends a webhook when a run starts waiting;
@@ -20,8 +28,8 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import F, Q
-from django.db.models.functions import Least
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
+from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
 from dashboard.models import Connection
@@ -45,12 +53,39 @@ def budget_floor(budget: RateBudget, cost: int, share: float) -> float:
     return max(1, cost) / allowed_per_second
 
 
-def plan(connection: Connection, *, live: bool, watched: bool,
-         share: float | None = None) -> Plan:
+def seconds_per_request(connection: Connection, now: datetime | None = None,
+                        share: float | None = None) -> float:
+    """The connection's budget as time: one request per this many seconds, on average."""
+    now = now or timezone.now()
     share = settings.RUNBOARD_BUDGET_SHARE if share is None else share
     budget = connection.provider_class.budget_for(connection.rate_limit_seen)
+    # What reads may spend ahead of the clock comes out of the share, so that no window
+    # of the provider's ever sees more than the share, bursts included.
+    seconds = budget.window / (share * budget.requests - ahead_allowance(connection, share))
+    reset_at, remaining = connection.rate_limit_reset_at, connection.rate_limit_remaining
+    if remaining is not None and reset_at is not None and reset_at > now:
+        # Other clients of the same token spend this window too: our share of what is
+        # left must last until the reset.
+        left = (reset_at - now).total_seconds()
+        seconds = max(seconds, left / (share * max(1, remaining)))
+    return seconds
+
+
+def ahead_allowance(connection: Connection, share: float | None = None) -> float:
+    """Requests webhook reads may spend ahead of the budget clock: a pass's cost (so a
+    pass does not hold reads back) and RUNBOARD_WEBHOOK_BURST; at most a quarter of the
+    share of a window."""
+    share = settings.RUNBOARD_BUDGET_SHARE if share is None else share
+    budget = connection.provider_class.budget_for(connection.rate_limit_seen)
+    return min(settings.RUNBOARD_WEBHOOK_BURST
+               + (connection.last_pass_requests or FIRST_PASS_COST),
+               share * budget.requests / 4)
+
+
+def plan(connection: Connection, *, live: bool, watched: bool,
+         share: float | None = None, now: datetime | None = None) -> Plan:
     cost = connection.last_pass_requests or FIRST_PASS_COST
-    floor = budget_floor(budget, cost, share)
+    floor = max(1, cost) * seconds_per_request(connection, now, share)
     if live or watched:
         wanted, reason = settings.RUNBOARD_POLL_MIN, "live runs" if live else "watched"
     elif connection.webhooks_healthy:
@@ -75,11 +110,15 @@ def after_pass(connection_id: int, *, requests: int, runs_written: int,
     connection.quiet_passes = 0 if runs_written else connection.quiet_passes + 1
     live = connection.runs.active().exists()
     watched = bool(connection.watched_until and connection.watched_until > now)
-    result = plan(connection, live=live, watched=watched)
+    result = plan(connection, live=live, watched=watched, now=now)
     Connection.objects.filter(pk=connection_id).update(
         last_pass_requests=connection.last_pass_requests,
-        rate_limit_seen=connection.rate_limit_seen, quiet_passes=connection.quiet_passes,
-        next_poll_at=now + timedelta(seconds=result.interval))
+        rate_limit_seen=connection.rate_limit_seen, quiet_passes=connection.quiet_passes)
+    budget_at = charge(connection_id, requests, now)
+    # Not before what the pass (and any webhook read since) spent is paid back.
+    next_poll = max(now + timedelta(seconds=result.wanted), budget_at)
+    result.interval = (next_poll - now).total_seconds()
+    Connection.objects.filter(pk=connection_id).update(next_poll_at=next_poll)
     return result
 
 
@@ -109,9 +148,8 @@ def watching(connection_ids, now: datetime | None = None) -> None:
              if cache.add(f"runboard:watched:{pk}", 1, max(1, window / 3))]
     for connection in Connection.objects.filter(pk__in=fresh).defer("token", "cursor"):
         soon = now + timedelta(seconds=settings.RUNBOARD_POLL_MIN)
-        if connection.last_attempt_at:
-            floor = plan(connection, live=False, watched=True).floor
-            soon = max(soon, connection.last_attempt_at + timedelta(seconds=floor))
+        if connection.budget_at:
+            soon = max(soon, connection.budget_at)
         Connection.objects.filter(pk=connection.pk).update(
             watched_until=now + timedelta(seconds=window),
             next_poll_at=Least(F("next_poll_at"), soon))
@@ -133,13 +171,53 @@ def record_rate_limit(connection_id: int, info: RateLimitInfo) -> None:
         rate_limit_reset_at=datetime.fromtimestamp(info.reset_at, tz=UTC))
 
 
-def spend(connection_id: int, requests: int) -> None:
-    """Requests spent outside a pass (webhook reads) come out of the same budget: the
-    next pass moves back by the time the share allows for them."""
-    if requests <= 0:
-        return
+def _advance(start, seconds: float):
+    """budget_at moved on by `seconds` from `start` or itself, whichever is later."""
+    return ExpressionWrapper(
+        Greatest(Coalesce(F("budget_at"), Value(start)), Value(start))
+        + Value(timedelta(seconds=seconds)), output_field=DateTimeField())
+
+
+def charge(connection_id: int, requests: int, now: datetime | None = None) -> datetime:
+    """Spend `requests` (already sent) from the connection's budget; its new budget_at."""
+    now = now or timezone.now()
     connection = Connection.objects.defer("token", "cursor").get(pk=connection_id)
-    budget = connection.provider_class.budget_for(connection.rate_limit_seen)
-    seconds = requests / (settings.RUNBOARD_BUDGET_SHARE * budget.requests / budget.window)
-    Connection.objects.filter(pk=connection_id, next_poll_at__isnull=False).update(
-        next_poll_at=F("next_poll_at") + timedelta(seconds=seconds))
+    if requests > 0:
+        seconds = requests * seconds_per_request(connection, now)
+        Connection.objects.filter(pk=connection_id).update(budget_at=_advance(now, seconds))
+        connection.refresh_from_db(fields=["budget_at"])
+    return max(now, connection.budget_at or now)
+
+
+def take(connection_id: int, wanted: int, now: datetime | None = None) -> tuple[int, float]:
+    """Requests for webhook reads: (how many of `wanted` the budget grants now, seconds
+    until the next one would be granted when none is). Reads may run ahead of the budget
+    clock by `ahead_allowance`, never further."""
+    now = now or timezone.now()
+    for _ in range(5):  # another worker moved the clock in between: look again
+        connection = Connection.objects.defer("token", "cursor").get(pk=connection_id)
+        per = seconds_per_request(connection, now)
+        allowance = ahead_allowance(connection)
+        ahead = max(0.0, ((connection.budget_at or now) - now).total_seconds())
+        # (a millisecond's slack: the clock is stored to the microsecond)
+        granted = min(wanted, int((allowance * per - ahead + 0.001) / per))
+        if granted <= 0:
+            return 0, ahead + per - allowance * per
+        start = max(now, connection.budget_at or now)
+        moved = Connection.objects.filter(pk=connection_id, budget_at=connection.budget_at) \
+            if connection.budget_at else \
+            Connection.objects.filter(pk=connection_id, budget_at__isnull=True)
+        if moved.update(budget_at=start + timedelta(seconds=granted * per)):
+            # The next pass waits for what the reads spent.
+            Connection.objects.filter(pk=connection_id, next_poll_at__isnull=False).update(
+                next_poll_at=Greatest(F("next_poll_at"), F("budget_at")))
+            return granted, 0.0
+    return 0, 1.0
+
+
+def poll_soon(connection_id: int, now: datetime | None = None) -> None:
+    """Poll as soon as the budget allows (webhooks turned off, a delivery naming no run)."""
+    now = now or timezone.now()
+    allowed = Greatest(Coalesce(F("budget_at"), Value(now)), Value(now))
+    Connection.objects.filter(pk=connection_id).update(
+        next_poll_at=Least(Coalesce(F("next_poll_at"), allowed), allowed))

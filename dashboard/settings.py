@@ -299,6 +299,10 @@ RUNBOARD_POLL_IDLE = env.float("RUNBOARD_POLL_IDLE", default=15.0)
 RUNBOARD_POLL_MAX = env.float("RUNBOARD_POLL_MAX", default=600.0)
 # With healthy webhooks and nothing live, reconcile this often (seconds).
 RUNBOARD_WEBHOOK_RECONCILE = env.float("RUNBOARD_WEBHOOK_RECONCILE", default=300.0)
+# Webhook reads may run ahead of the budget by one pass's cost plus this many requests.
+RUNBOARD_WEBHOOK_BURST = env.int("RUNBOARD_WEBHOOK_BURST", default=5)
+# Deliveries for one connection within this many seconds are read together, once per run.
+RUNBOARD_WEBHOOK_COALESCE = env.float("RUNBOARD_WEBHOOK_COALESCE", default=0.3)
 # A page open on a connection's runs keeps it "watched" this long after its last poll.
 RUNBOARD_WATCH_SECONDS = env.float("RUNBOARD_WATCH_SECONDS", default=30.0)
 # How often beat asks the scheduler which connections are due (seconds).

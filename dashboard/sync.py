@@ -79,7 +79,6 @@ class SyncResult:
     runs_written: int = 0
     pages: int = 0
     requests: int = 0
-    spacing: float = 0.0  # seconds the provider's rate budget asks between passes
     rate_limit_seen: int | None = None  # the provider's rate-limit header, for the scheduler
     rate_limit: RateLimitInfo | None = None  # what is left of the provider's window
     client: Provider | None = None  # the pass's client, whose request counts /metrics adds up
@@ -412,12 +411,10 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
         heartbeat = now - timedelta(seconds=settings.RUNBOARD_LIVE_HEARTBEAT)
         visible = (Q(last_error__gt="") | Q(last_success_at__isnull=True)
                    | Q(updated_at__lt=heartbeat))
-        # A provider with an hourly budget (Northflank) is not asked again sooner than
-        # its budget allows; the others follow beat's interval.
-        spacing = result.spacing if result.spacing > settings.RUNBOARD_SYNC_INTERVAL else 0
-        next_attempt = now + timedelta(seconds=spacing) if spacing else None
+        # next_attempt_at only holds back a connection after an error; how soon the next
+        # pass comes is the scheduler's budget (dashboard/schedule.py).
         Connection.objects.filter(pk=connection_id).update(
-            cursor=cursor, last_success_at=now, last_error="", next_attempt_at=next_attempt,
+            cursor=cursor, last_success_at=now, last_error="", next_attempt_at=None,
             runs_synced=F("runs_synced") + result.runs_written, **_counted(result, started),
             updated_at=now if result.runs_written else Case(
                 When(visible, then=Value(now)), default=F("updated_at")),
@@ -470,7 +467,6 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
                     updated_at=timezone.now())
                 data_changed()
         result.requests = client.requests_made
-        result.spacing = client.pass_spacing()
         result.rate_limit_seen = client.rate_limit.limit
         result.rate_limit = client.rate_limit
     return newest

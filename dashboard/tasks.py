@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
-from dashboard import metrics, schedule, sync
+from dashboard import schedule, sync, webhooks
 from providers.base import ProviderError, RateLimited, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def sync_all() -> int:
     soft_time_limit=240, time_limit=300, max_retries=4,
 )
 def sync_connection(self, connection_id: int) -> dict:
+    started = timezone.now()
     try:
         result = sync.sync_connection(connection_id)
     except RateLimited as exc:
@@ -50,6 +51,7 @@ def sync_connection(self, connection_id: int) -> dict:
                             runs_written=result.runs_written,
                             rate_limit_seen=result.rate_limit_seen,
                             rate_limit=result.rate_limit)
+        webhooks.read_by_pass(connection_id, started)
     return {"connection": connection_id, "skipped": result.skipped,
             "runs_written": result.runs_written}
 
@@ -57,49 +59,18 @@ def sync_connection(self, connection_id: int) -> dict:
 # --- webhooks (appended) ---------------------------------------------------------------
 
 
-@shared_task(
-    bind=True, name="dashboard.tasks.process_webhook", acks_late=True,
-    soft_time_limit=60, time_limit=90, max_retries=5,
-)
-def process_webhook(self, delivery_id: int) -> dict:
-    """Re-read from the provider what an accepted delivery named, and write it."""
-    from dashboard.models import WebhookDelivery
-    from providers.base import WebhookEvent
+@shared_task(name="dashboard.tasks.flush_webhooks", acks_late=True, soft_time_limit=60,
+             time_limit=90)
+def flush_webhooks(connection_id: int) -> dict:
+    """Read what a connection's pending deliveries name: coalesced, within its budget."""
+    return webhooks.flush(connection_id)
 
-    delivery = WebhookDelivery.objects.select_related("connection").get(pk=delivery_id)
-    connection = delivery.connection
-    written = 0
-    try:
-        if delivery.hints:
-            client = connection.client()
-            try:
-                runs = client.runs_from_webhook(
-                    WebhookEvent(delivery.event, hints=delivery.hints))
-            finally:
-                client.close()
-                schedule.record_rate_limit(connection.pk, client.rate_limit)
-                schedule.spend(connection.pk, client.requests_made)
-                metrics.count_requests(connection.pk, client)
-            written = sync.upsert_runs(connection, runs)
-        else:  # the delivery names no run: read the run list (an incremental pass)
-            result = sync.sync_connection(connection.pk)
-            if result.skipped:
-                # A pass is under way; it may have read the list before this change.
-                raise self.retry(countdown=1)
-            written = result.runs_written
-            schedule.after_pass(connection.pk, requests=result.requests,
-                                runs_written=written, rate_limit_seen=result.rate_limit_seen,
-                                rate_limit=result.rate_limit)
-    except RateLimited as exc:
-        raise self.retry(exc=exc, countdown=exc.retry_after + random.uniform(0, 2)) from exc
-    except Unavailable as exc:
-        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
-    except ProviderError as exc:
-        # E.g. the run is not this connection's, or gone: nothing to write; the log says.
-        logger.warning("webhook delivery %s: %s", delivery_id, exc.message)
-        WebhookDelivery.objects.filter(pk=delivery_id).update(
-            processed_at=timezone.now(), runs_written=0, reason=exc.message[:300])
-        return {"delivery": delivery_id, "failed": True}
-    WebhookDelivery.objects.filter(pk=delivery_id).update(
-        processed_at=timezone.now(), runs_written=written)
-    return {"delivery": delivery_id, "runs_written": written}
+
+@shared_task(name="dashboard.tasks.process_webhook")
+def process_webhook(delivery_id: int) -> dict:
+    """Deliveries queued before flushes existed: flush their connection."""
+    from dashboard.models import WebhookDelivery
+
+    connection_id = WebhookDelivery.objects.values_list(
+        "connection_id", flat=True).get(pk=delivery_id)
+    return webhooks.flush(connection_id)

@@ -6,24 +6,40 @@ its work done by a Celery task, which reads the runs it names back from the prov
 API: a body is never taken for a run's state. Duplicates and replays (the same delivery
 id, or the same body, within RUNBOARD_WEBHOOK_REPLAY_WINDOW) are answered 200 and do
 nothing; anything malformed gets a 4xx and a log line, never a 500.
+
+Reads are coalesced and budgeted: an accepted delivery is a pending "hint" (its row,
+processed_at empty) and queues at most one flush per connection, RUNBOARD_WEBHOOK_COALESCE
+seconds later. The flush reads each distinct hint (run, or environment) once, as many as
+the connection's budget grants (dashboard/schedule.py `take`), and queues itself again
+for when the budget allows the rest. A sync pass that starts after a delivery arrived has
+read what it named: the pass marks it processed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
+from django.db.models import Q
 from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from dashboard.models import Connection, WebhookDelivery
-from providers.base import WebhookRejected
+from providers.base import (
+    ProviderError,
+    RateLimited,
+    Unavailable,
+    WebhookEvent,
+    WebhookRejected,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -119,14 +135,144 @@ def receive(request, key):
     else:
         outcome, status = Outcome.ACCEPTED, 202
     with transaction.atomic():
-        delivery = WebhookDelivery.objects.create(
+        WebhookDelivery.objects.create(
             connection=connection, outcome=outcome, http_status=status, event=event.event[:100],
             delivery_id=delivery_id[:128], hints=event.hints, received_at=now)
         Connection.objects.filter(pk=connection.pk).update(
             last_webhook_at=now, last_webhook_accepted=True)
         if outcome == Outcome.ACCEPTED:
-            from dashboard import tasks
-
-            transaction.on_commit(lambda: tasks.process_webhook.delay(delivery.pk))
+            transaction.on_commit(lambda: queue_flush(
+                connection.pk, settings.RUNBOARD_WEBHOOK_COALESCE))
     logger.info("webhook for connection %s: %s %s", connection.pk, event.event, outcome)
     return _answer(status, WebhookDelivery.Outcome(outcome).label)
+
+
+# --- reading what deliveries named: coalesced, within the budget ---------------------
+
+
+def pending(connection_id: int):
+    return WebhookDelivery.objects.filter(connection_id=connection_id, outcome=Outcome.ACCEPTED,
+                                          processed_at__isnull=True)
+
+
+def queue_flush(connection_id: int, countdown: float) -> bool:
+    """Queue a flush of the connection's pending hints in `countdown` seconds, unless one
+    is queued no later than that already (or one queued has been lost for a minute)."""
+    from dashboard import tasks
+
+    now = timezone.now()
+    at = now + timedelta(seconds=countdown)
+    queued = Connection.objects.filter(pk=connection_id).filter(
+        Q(webhook_flush_at__isnull=True) | Q(webhook_flush_at__gt=at)
+        | Q(webhook_flush_at__lt=now - timedelta(seconds=60)),
+    ).update(webhook_flush_at=at)
+    if queued:
+        tasks.flush_webhooks.apply_async((connection_id,), countdown=countdown)
+    return bool(queued)
+
+
+def _key(hint) -> str:
+    return json.dumps(hint, sort_keys=True)
+
+
+def flush(connection_id: int) -> dict:
+    """Read what the connection's pending deliveries name, once per distinct hint."""
+    from dashboard import sync
+
+    Connection.objects.filter(pk=connection_id).update(webhook_flush_at=None)
+    if not pending(connection_id).exists():
+        return {"connection": connection_id, "read": 0}
+    owner = uuid.uuid4().hex
+    if not sync.acquire_lease(connection_id, owner):
+        # A pass (which marks what it read) or another flush is under way.
+        queue_flush(connection_id, 0.5)
+        return {"connection": connection_id, "busy": True}
+    try:
+        return _flush(connection_id, owner)
+    finally:
+        sync.release_lease(connection_id, owner)
+
+
+def _flush(connection_id: int, owner: str) -> dict:
+    from dashboard import metrics, schedule, sync
+
+    rows = list(pending(connection_id).order_by("received_at").values_list("pk", "hints"))
+    hints: dict[str, dict] = {}
+    for _, named in rows:
+        for hint in named:
+            hints.setdefault(_key(hint), hint)
+    connection = Connection.objects.get(pk=connection_id)
+    written: dict[str, int] = {}  # hint -> runs written, for each hint read (or gone)
+    reasons: dict[str, str] = {}
+    wait = None
+    if hints:
+        granted, wait = schedule.take(connection_id, len(hints))
+        chosen = list(hints.items())[:granted]
+        if chosen:
+            client = connection.client()
+            try:
+                for key, hint in chosen:
+                    try:
+                        runs = client.runs_from_webhook(WebhookEvent("coalesced", hints=[hint]))
+                    except (RateLimited, Unavailable):
+                        raise
+                    except ProviderError as exc:
+                        # E.g. the run is not this connection's, or gone: nothing to write.
+                        logger.warning("webhook hint %s of connection %s: %s", key,
+                                       connection_id, exc.message)
+                        written[key], reasons[key] = 0, exc.message
+                        continue
+                    written[key] = sync.upsert_runs(connection, runs)
+                    sync.renew_lease(connection_id, owner)
+            except RateLimited as exc:
+                wait = max(wait or 0.0, exc.retry_after)
+            except Unavailable as exc:
+                logger.warning("webhook reads of connection %s: %s", connection_id, exc.message)
+                wait = max(wait or 0.0, settings.RUNBOARD_RETRY_BACKOFF)
+            finally:
+                client.close()
+                schedule.record_rate_limit(connection_id, client.rate_limit)
+                # `take` charged one request a hint; some reads cost more (Qovery's).
+                schedule.charge(connection_id, client.requests_made - len(chosen))
+                metrics.count_requests(connection_id, client)
+    now = timezone.now()
+    for pk, named in rows:
+        keys = [_key(hint) for hint in named]
+        if keys and all(key in written for key in keys):
+            reason = "; ".join(reasons[key] for key in keys if key in reasons)
+            WebhookDelivery.objects.filter(pk=pk).update(
+                processed_at=now, runs_written=sum(written[key] for key in keys),
+                reason=reason[:300])
+    listless = [pk for pk, named in rows if not named]
+    if listless:
+        _pass_for(connection, owner, listless, now)
+    if len(written) < len(hints):
+        queue_flush(connection_id, max(0.05, wait or 1.0))
+    return {"connection": connection_id, "hints": len(hints), "read": len(written)}
+
+
+def _pass_for(connection: Connection, owner: str, deliveries: list[int], now) -> None:
+    """Deliveries that name no run want the run list read: at once when the budget is
+    not in debt, otherwise by the scheduler's next pass (which marks them processed)."""
+    from dashboard import schedule, sync
+
+    budget_at = Connection.objects.values_list("budget_at", flat=True).get(pk=connection.pk)
+    if budget_at and budget_at > now:
+        schedule.poll_soon(connection.pk, now)
+        return
+    started = timezone.now()
+    try:
+        result = sync.sync_connection(connection.pk, owner=owner)
+    except ProviderError:  # recorded on the connection; the scheduler's pass tries again
+        schedule.poll_soon(connection.pk)
+        return
+    schedule.after_pass(connection.pk, requests=result.requests,
+                        runs_written=result.runs_written, rate_limit_seen=result.rate_limit_seen,
+                        rate_limit=result.rate_limit)
+    read_by_pass(connection.pk, started)
+
+
+def read_by_pass(connection_id: int, started) -> int:
+    """A pass that started after these deliveries arrived has read what they named."""
+    return pending(connection_id).filter(received_at__lt=started).update(
+        processed_at=timezone.now(), reason="read by a sync pass")

@@ -254,9 +254,6 @@ class Provider:
     scope_required: ClassVar[tuple[str, ...]] = ()
     scope_optional: ClassVar[tuple[str, ...]] = ()
     status_map: ClassVar[Mapping[str, Status]] = {}
-    # Where the provider's budget is N requests per window (seconds), passes are spaced
-    # so that they spend it no faster than the window allows (see `pass_spacing`).
-    rate_window: ClassVar[float | None] = None
     default_base_url: ClassVar[str] = ""
 
     def __init__(
@@ -409,19 +406,6 @@ class Provider:
 
     def retry_after(self, response: httpx.Response) -> float:
         return retry_after_seconds(response)
-
-    def pass_spacing(self) -> float:
-        """Seconds to wait before the next pass, so that a pass like this one, repeated,
-        stays within the provider's budget per window (0: no need to wait)."""
-        if not self.rate_window or not self.rate_limit.limit:
-            return 0.0
-        spacing = self.requests_made * self.rate_window / self.rate_limit.limit
-        info = self.rate_limit
-        if info.remaining is not None and info.reset_at is not None:
-            # Others may spend the same budget: what is left must last until the reset.
-            left = max(0.0, info.reset_at - time.time())
-            spacing = max(spacing, self.requests_made * left / max(1, info.remaining))
-        return spacing
 
     def seconds_until_reset(self) -> float:
         if self.rate_limit.reset_at is not None:

@@ -46,8 +46,9 @@ lists POST .../release-flows/{flowId}/run and POST .../workflows/{workflowId}/ru
 endpoint pages (and the seed) .../release-flows/{stage}/runs and .../workflows/{id}/runs.
 Rate budget: a pass costs 1 (pipelines) + 1 per pipeline + 1 per stage with a release
 flow + 1 (workflows) + 1 per workflow requests, plus one per active run outside the
-incremental window; `rate_window` makes the engine space passes so they spend at most
-1000 an hour (the demo: 9 requests a pass, one pass every 32 s).
+incremental window; `rate_budget` (1000 an hour) is what the scheduler spaces passes and
+webhook reads by, at Runboard's share of it (the demo: 9 requests a pass, at half of the
+hour one pass every 65 s at most).
 """
 
 from __future__ import annotations
@@ -128,7 +129,6 @@ class NorthflankProvider(Provider):
     scope_required = ("project",)
     scope_optional = ("team", "pipeline", "stage", "workflow")
     status_map = STATUS_MAP
-    rate_window = 3600.0  # 1000 requests an hour by default
     default_base_url = "https://api.northflank.com"
 
     def __init__(self, *args, **kwargs):

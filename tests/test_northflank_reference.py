@@ -515,38 +515,54 @@ def test_approval_is_declared_impossible_with_a_reason(sim, django_user_model):
     assert len(sim.requests) == sent
 
 
+def _pass_and_plan(connection):
+    """A pass as the Celery task runs it: the pass, then the scheduler plans the next."""
+    from dashboard import schedule
+
+    result = sync.sync_connection(connection.pk)
+    schedule.after_pass(connection.pk, requests=result.requests,
+                        runs_written=result.runs_written,
+                        rate_limit_seen=result.rate_limit_seen, rate_limit=result.rate_limit)
+    return result
+
+
 @pytest.mark.django_db
-def test_passes_are_spaced_so_the_hourly_budget_lasts_the_hour(clock):
+def test_passes_are_spaced_so_the_hourly_budget_lasts_the_hour(clock, settings):
     """A demo pass costs 9 requests (1 pipelines list, 2 pipelines, 3 + 2 stages, 1
     workflows list). At beat's 10 s that would be 3240 an hour against Northflank's 1000:
-    the next pass waits for its share of the hour instead."""
+    the next pass waits for its share of the hour instead (the scheduler's budget, the
+    one mechanism that spaces passes)."""
     import random
 
     from django.utils import timezone
 
+    settings.RUNBOARD_BUDGET_SHARE = 0.5
     with NorthflankSimulator(token="t", clock=clock) as sim:
         scope = sim.seed_demo(random.Random(2))
         connection = Connection.objects.create(provider="northflank", name="NF",
                                                base_url=sim.url, token=sim.token, scope=scope)
         before = timezone.now()
-        result = sync.sync_connection(connection.pk)
+        result = _pass_and_plan(connection)
     assert result.requests == 9
     assert not [p for _, p, _ in sim.requests if "/api/release-flows/development" in p]
     connection.refresh_from_db()
     assert connection.last_error == ""
-    wait = (connection.next_attempt_at - before).total_seconds()
-    assert wait == pytest.approx(9 * 3600 / 1000, abs=1.5)
-    assert 3600 / result.spacing * result.requests <= REFERENCE["rate_limit"]["requests"]
+    # Live runs want a pass every 2 s; the budget says 9 requests per 9 * 3600 / 486 s
+    # (half the hour, less 9 + 5 that webhook reads may spend ahead of the clock).
+    wait = (connection.next_poll_at - before).total_seconds()
+    assert wait == pytest.approx(9 * 3600 / 486, abs=1.5)
+    assert 3600 / wait * result.requests <= 0.5 * REFERENCE["rate_limit"]["requests"] * 1.01
 
 
 @pytest.mark.django_db
-def test_a_budget_others_have_spent_spaces_passes_further(clock):
-    """The budget is the account's: whatever another client of it spent, what is left
-    must last until the reset."""
+def test_a_budget_others_have_spent_spaces_passes_further(clock, settings):
+    """The budget is the account's: whatever another client of it spent, our share of
+    what is left must last until the reset."""
     import random
 
     from django.utils import timezone
 
+    settings.RUNBOARD_BUDGET_SHARE = 0.5
     with NorthflankSimulator(token="t", clock=clock, rate_limit=100) as sim:
         scope = sim.seed_demo(random.Random(2))
         with httpx.Client(base_url=sim.url, headers={"Authorization": "Bearer t"}) as other:
@@ -555,8 +571,9 @@ def test_a_budget_others_have_spent_spaces_passes_further(clock):
         connection = Connection.objects.create(provider="northflank", name="NF",
                                                base_url=sim.url, token=sim.token, scope=scope)
         before = timezone.now()
-        sync.sync_connection(connection.pk)
+        _pass_and_plan(connection)
     connection.refresh_from_db()
-    # 41 requests left for the hour (not 100): a 9-request pass every 3600 * 9 / 41 s.
-    wait = (connection.next_attempt_at - before).total_seconds()
-    assert wait == pytest.approx(3600 * 9 / 41, rel=0.02)
+    # 41 requests left for the hour (not 100), half of them ours: a 9-request pass every
+    # 3600 * 9 / 20.5 s.
+    wait = (connection.next_poll_at - before).total_seconds()
+    assert wait == pytest.approx(3600 * 9 / (0.5 * 41), rel=0.02)

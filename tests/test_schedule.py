@@ -1,6 +1,7 @@
 """The polling scheduler: budget arithmetic, what speeds a connection up or slows it down,
 and falling back to polling when webhooks are turned off."""
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -50,10 +51,11 @@ def test_the_budget_floor_spends_exactly_the_share():
 
 
 def test_live_runs_are_polled_as_fast_as_the_budget_allows():
+    # Half of 1000/hour, less what webhook reads may spend ahead (a pass and 5).
     cheap = schedule.plan(connection(last_pass_requests=1), live=True, watched=False)
-    assert (cheap.interval, cheap.reason) == (pytest.approx(7.2), "live runs")
+    assert (cheap.interval, cheap.reason) == (pytest.approx(3600 / 494), "live runs")
     costly = schedule.plan(connection(last_pass_requests=31), live=True, watched=False)
-    assert costly.interval == pytest.approx(31 * 7.2)  # never over the share
+    assert costly.interval == pytest.approx(31 * 3600 / 464)  # never over the share
     roomy = schedule.plan(connection("buddy", last_pass_requests=6, rate_limit_seen=100000),
                           live=True, watched=False)
     assert roomy.interval == 2.0  # RUNBOARD_POLL_MIN
@@ -64,7 +66,7 @@ def test_a_watched_page_speeds_its_connection_up():
                          live=False, watched=False)
     watched = schedule.plan(connection("buddy", last_pass_requests=1, quiet_passes=3),
                             live=False, watched=True)
-    assert idle.interval == 120.0 and watched.interval == pytest.approx(12.0)
+    assert idle.interval == 120.0 and watched.interval == pytest.approx(3600 / 294)
 
 
 def test_a_quiet_account_backs_off_up_to_the_maximum():
@@ -81,7 +83,7 @@ def test_healthy_webhooks_leave_only_reconciling(buddy_connection):
     assert schedule.plan(buddy_connection, live=False, watched=False).interval == 300.0
     # No platform announces a run waiting for approval: live runs are still polled.
     live = schedule.plan(buddy_connection, live=True, watched=False)
-    assert (live.interval, live.reason) == (12.0, "live runs")  # the budget's floor
+    assert (live.interval, live.reason) == (pytest.approx(3600 / 294), "live runs")
 
 
 def test_after_a_pass_the_next_is_planned_and_not_due_before(buddy_sim, buddy_connection):
@@ -96,19 +98,21 @@ def test_after_a_pass_the_next_is_planned_and_not_due_before(buddy_sim, buddy_co
     # Buddy's documented lists: projects and pipelines each to their empty page, the
     # executions, and the steps of the (new) run from its own read.
     assert conn.last_pass_requests == result.requests == 6
-    # Idle wants 15 s, but 6 requests within half of 1000/hour allow one pass per 43.2 s.
-    assert (planned.reason, planned.interval) == ("idle", pytest.approx(43.2))
+    # Idle wants 15 s, but 6 requests within half of 1000/hour (less 6 + 5 for webhook
+    # reads ahead of the clock) allow one pass per 44.2 s.
+    assert (planned.reason, planned.interval) == ("idle", pytest.approx(6 * 3600 / 489))
     assert conn.next_poll_at == now + timedelta(seconds=planned.interval)
-    assert not schedule.due(now + timedelta(seconds=43)).exists()
-    assert schedule.due(now + timedelta(seconds=44)).exists()
+    assert not schedule.due(now + timedelta(seconds=44)).exists()
+    assert schedule.due(now + timedelta(seconds=45)).exists()
 
 
 def test_a_watched_page_brings_the_next_pass_forward_but_not_past_the_budget(
         buddy_connection):
     now = timezone.now()
     Connection.objects.filter(pk=buddy_connection.pk).update(
-        next_poll_at=now + timedelta(seconds=600), last_attempt_at=now,
-        last_pass_requests=30)  # conservative 600/h at half: 30 requests every 360 s
+        next_poll_at=now + timedelta(seconds=600),
+        # A 30-request pass just now: conservative 600/h at half, paid back in 360 s.
+        budget_at=now + timedelta(seconds=360), last_pass_requests=30)
     schedule.watching([buddy_connection.pk], now)
     conn = Connection.objects.get(pk=buddy_connection.pk)
     assert conn.next_poll_at == now + timedelta(seconds=360)
@@ -119,6 +123,7 @@ def test_a_watched_page_brings_the_next_pass_forward_but_not_past_the_budget(
 @pytest.mark.django_db(transaction=True)
 def test_turning_webhooks_off_falls_back_to_polling_with_no_lost_change(
         buddy_sim, buddy_connection):
+    buddy_sim.rate_limit = 36000  # X-Rate-Limit-Limit: a pass's budget is paid back in < 1 s
     buddy_sim.add_execution("web-shop", 1, BUILD_PLAN, age=3600)
     buddy_connection.set_webhook_secret()
     Connection.objects.filter(pk=buddy_connection.pk).update(
@@ -133,7 +138,10 @@ def test_turning_webhooks_off_falls_back_to_polling_with_no_lost_change(
         buddy_sim.add_execution("web-shop", 1, BUILD_PLAN, age=10)
         assert tasks.sync_all() == 0  # nothing due yet (queues in-process, runs in the worker)
         call_command("webhook_secret", buddy_connection.name, "--off")
-        assert tasks.sync_all() == 1
+        conn = Connection.objects.get(pk=buddy_connection.pk)
+        # As soon as the budget allows, not at the reconcile interval.
+        assert conn.next_poll_at <= max(conn.budget_at, timezone.now())
+        wait_for(lambda: tasks.sync_all() == 1, timeout=5, what="the pass to be due")
         wait_for(lambda: Run.objects.count() == 2, what="polling to bring the change in")
     conn = Connection.objects.get(pk=buddy_connection.pk)
     assert not conn.webhooks_enabled and conn.next_poll_at < timezone.now() + timedelta(
@@ -143,9 +151,59 @@ def test_turning_webhooks_off_falls_back_to_polling_with_no_lost_change(
 def test_webhook_reads_come_out_of_the_same_budget(buddy_connection):
     now = timezone.now()
     Connection.objects.filter(pk=buddy_connection.pk).update(next_poll_at=now)
-    schedule.spend(buddy_connection.pk, 5)  # conservative 600/h at half: 12 s a request
+    per = 3600 / (300 - 15)  # conservative 600/h at half, less 10 (a first pass) + 5
+    schedule.charge(buddy_connection.pk, 5, now)
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    assert conn.budget_at == now + timedelta(seconds=5 * per)
+    granted, _ = schedule.take(buddy_connection.pk, 1, now)
+    assert granted == 1
+    # The next pass waits until the reads are paid back.
     assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == now + timedelta(
-        seconds=60)
+        seconds=6 * per)
+
+
+def test_webhook_reads_run_ahead_of_the_budget_by_one_pass_and_a_burst_never_further(
+        buddy_connection, settings):
+    settings.RUNBOARD_WEBHOOK_BURST = 3
+    now = timezone.now()
+    Connection.objects.filter(pk=buddy_connection.pk).update(last_pass_requests=4)
+    per = 3600 / (300 - 7)  # 4 (a pass) + 3 (the burst) may be spent ahead of the clock
+    assert schedule.take(buddy_connection.pk, 20, now) == (7, 0.0)
+    granted, wait = schedule.take(buddy_connection.pk, 1, now)
+    assert (granted, wait) == (0, pytest.approx(per))
+    later = now + timedelta(seconds=per)
+    assert schedule.take(buddy_connection.pk, 5, later) == (1, 0.0)
+    # Over [now, now + per]: 8 requests = 7 ahead + one at the clock's rate, not one more.
+    assert schedule.take(buddy_connection.pk, 1, later)[0] == 0
+
+
+def test_polling_after_webhooks_go_off_waits_for_the_budget_not_longer(buddy_connection):
+    now = timezone.now()
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        next_poll_at=now + timedelta(seconds=300), budget_at=now + timedelta(seconds=20))
+    schedule.poll_soon(buddy_connection.pk, now)
+    assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == now + timedelta(
+        seconds=20)
+    Connection.objects.filter(pk=buddy_connection.pk).update(next_poll_at=None, budget_at=None)
+    schedule.poll_soon(buddy_connection.pk, now)
+    assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == now
+
+
+def test_turning_webhooks_off_in_the_admin_brings_the_next_pass_forward(
+        admin_client, buddy_connection):
+    buddy_connection.set_webhook_secret()
+    now = timezone.now()
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        webhooks_enabled=True, next_poll_at=now + timedelta(seconds=300))
+    response = admin_client.post(
+        f"/admin/dashboard/connection/{buddy_connection.pk}/change/",
+        {"provider": "buddy", "name": "Buddy", "base_url": buddy_connection.base_url,
+         "token": "", "scope": json.dumps(buddy_connection.scope),
+         "enabled": "on"})
+    assert response.status_code == 302, response.content[:2000]
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    assert not conn.webhooks_enabled
+    assert conn.next_poll_at <= timezone.now()
 
 
 def test_a_window_nearly_used_up_by_one_client_stops_the_next_before_a_429(

@@ -221,3 +221,54 @@ def test_webhook_secret_command_prints_the_absolute_url_providers_need(
     buddy_connection.refresh_from_db()
     assert (f"Webhook URL: https://runboard.example.com/hooks/{buddy_connection.webhook_key}/"
             in out.getvalue())
+
+
+# --- a flood of deliveries: coalesced, and within the connection's budget ----------------
+
+@pytest.mark.celery
+@pytest.mark.django_db(transaction=True)
+def test_a_flood_of_deliveries_is_read_once_per_run_within_the_budget(
+        client, buddy_sim, buddy_connection):
+    """48 deliveries about 12 runs, queued before a worker is up: 12 reads, no more, spent
+    no faster than the connection's budget allows, and every change lands. (The worker
+    runs with the default settings: half the budget, a burst of 5.)"""
+    import time
+
+    from providers.simulators.buddy import BUILD_PLAN
+    from tests.celery_worker import Worker, new_queue, use_queue
+
+    buddy_sim.rate_limit = 3600  # X-Rate-Limit-Limit: at half, one request every 2 s
+    executions = [buddy_sim.add_execution("web-shop", 1, BUILD_PLAN) for _ in range(12)]
+    sync.sync_connection(buddy_connection.pk)
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        last_pass_requests=3, rate_limit_seen=3600)  # 3 + 5 reads may go ahead of the clock
+    secret = enable_webhooks(buddy_connection)
+    buddy_sim.advance(60)  # every execution is now SUCCESSFUL
+    reads: list[float] = []
+    dispatch = buddy_sim.dispatch
+
+    def timed(request):
+        if request.method == "GET" and "/executions/" in request.path:
+            reads.append(time.monotonic())
+        return dispatch(request)
+
+    buddy_sim.dispatch = timed
+    with use_queue(new_queue()) as queue:
+        for n in range(4):
+            for run in executions:
+                response = post(client, buddy_connection,
+                                buddy_body(secret, run.data["id"], attempt=n))
+                assert response.status_code == 202
+        worker = Worker(queue, name="w", concurrency=2)
+        try:
+            wait_for(lambda: Run.objects.filter(raw_status="SUCCESSFUL").count() == 12,
+                     timeout=60, what="every change to land")
+            wait_for(lambda: not WebhookDelivery.objects.filter(
+                processed_at__isnull=True).exists(), what="the deliveries to be processed")
+        finally:
+            worker.stop()
+    assert len(reads) == 12  # one read per run, not per delivery
+    # The budget: 8 reads at once (a pass's cost and the burst), then one per 2 s.
+    for k, at in enumerate(reads):
+        assert at - reads[0] >= max(0, k + 1 - 8) * 2.0 - 0.05, reads
+    assert WebhookDelivery.objects.filter(outcome=Outcome.ACCEPTED).count() == 48

@@ -2,6 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
+from dashboard import schedule
 from dashboard.models import Connection
 
 
@@ -20,9 +21,9 @@ class Command(BaseCommand):
         except Connection.DoesNotExist:
             raise CommandError(f"No connection named {connection!r}") from None
         if off:
-            # Poll at once: deliveries the platform sends from now on are refused.
-            Connection.objects.filter(pk=conn.pk).update(webhooks_enabled=False,
-                                                         next_poll_at=None)
+            # Poll as soon as the budget allows: deliveries from now on are refused.
+            Connection.objects.filter(pk=conn.pk).update(webhooks_enabled=False)
+            schedule.poll_soon(conn.pk)
             self.stdout.write(f"Webhooks off for {conn.name}: polling only.")
             return
         provider = conn.provider_class
