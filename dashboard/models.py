@@ -111,10 +111,13 @@ class Connection(models.Model):
         if self.last_success_at is None:
             return bool(self.last_error)
         # The scheduler may plan a quiet or budget-bound connection's next pass minutes
-        # ahead: it is stale once overdue, not merely once its last pass is old.
-        expected = max(self.last_success_at, self.next_poll_at or self.last_success_at)
-        overdue = timezone.now() - expected
-        return overdue > timedelta(seconds=settings.RUNBOARD_STALE_AFTER) or (
+        # ahead: an old pass is stale once the planned one is overdue too, and whatever
+        # the plan once it is older than the longest quiet interval allows.
+        now, grace = timezone.now(), timedelta(seconds=settings.RUNBOARD_STALE_AFTER)
+        age = now - self.last_success_at
+        overdue = self.next_poll_at is None or now - self.next_poll_at > grace
+        return (age > grace and overdue) or (
+            age > grace + timedelta(seconds=settings.RUNBOARD_POLL_MAX)) or (
             self.last_error_at is not None and self.last_error_at > self.last_success_at
         )
 

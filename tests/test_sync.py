@@ -283,6 +283,7 @@ def test_re_syncing_existing_runs_does_not_draw_ids(buddy_connection):
     (200, None, True),       # nothing planned: old is stale
     (200, 100, False),       # the scheduler spaced it out (budget, quiet account)
     (400, -130, True),       # its planned pass is overdue: the workers are not keeping up
+    (3600, 2, True),         # a plan, but older than the longest quiet interval allows
 ])
 def test_a_connection_is_stale_once_overdue_not_once_its_pass_is_old(
         buddy_connection, settings, synced_ago, next_poll_in, stale):
