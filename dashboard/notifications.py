@@ -34,6 +34,7 @@ from django.utils import timezone
 from dashboard.channels import Channel, Delivery, Event
 from dashboard.models import ActionRecord, Connection, Run
 from dashboard.secrets import UnreadableSecret
+from dashboard.templatetags.runboard import duration
 from providers.base import Status
 
 logger = logging.getLogger(__name__)
@@ -322,17 +323,6 @@ def run_link(run: Run) -> str:
     return settings.RUNBOARD_BASE_URL + run.get_absolute_url()
 
 
-def humanize(delta: timedelta | None) -> str:
-    if delta is None:
-        return "—"
-    seconds = max(0, int(delta.total_seconds()))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
-
-
 def waited(run: Run, event: str) -> tuple[str, timedelta | None]:
     """How long the run has waited, as fits the event: for approval, in the queue, or all."""
     now = timezone.now()
@@ -366,7 +356,7 @@ def describe_run(run: Run, event: str) -> tuple[str, str]:
     where = f" in {plain(run.environment.name, 80)}" if run.environment else ""
     title = f"{HEADLINES[event]}: {run_title(run)}{where}"
     label, how_long = waited(run, event)
-    body = "\n".join([*_run_lines(run), f"{label}: {humanize(how_long)}",
+    body = "\n".join([*_run_lines(run), f"{label}: {duration(how_long) or '—'}",
                       f"Link: {run_link(run)}"])
     return title[:300], body
 

@@ -1,5 +1,6 @@
 """Notification channels: rules, once-only claims, Apprise delivery, the delivery log."""
 
+import re
 import time
 
 import pytest
@@ -84,7 +85,8 @@ def test_two_workers_send_each_event_once_through_apprise_json(workflows_sim):
     assert "Environment: Production" in message
     assert f"Version: {run.version}" in message and run.version
     assert "Triggered by: Ana Lima" in message
-    assert "Waiting for: " in message
+    # The same compact duration as the pages show ("3m 5s"), not a second spelling.
+    assert re.search(r"^Waiting for: (\d+h )?(\d+m )?\d+[hms]$", message, re.MULTILINE), message
     assert f"Link: {BASE_URL}/runs/{run.pk}/" in message
     assert posts[0].headers["Content-Type"].startswith("application/json")
     log = Delivery.objects.order_by("event")
