@@ -19,6 +19,7 @@ import logging
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.db import DatabaseError, connection
 from django.db.models import Count, F
 from django.http import Http404, HttpResponse
 from django.utils import timezone
@@ -195,7 +196,16 @@ def metrics(request):
         response["WWW-Authenticate"] = 'Bearer realm="runboard metrics"'
         return response
     encoder, content_type = choose_encoder(request.META.get("HTTP_ACCEPT", ""))
-    return HttpResponse(encoder(registry), content_type=content_type)
+    try:
+        body = encoder(registry)
+    except DatabaseError as exc:
+        # Every figure comes from the database: without it there is nothing true to say.
+        # 503 marks the target down with a reason, where a 500 would look like a bug.
+        connection.close()  # the next scrape reconnects from scratch
+        logger.warning("metrics: the database is unavailable: %s", exc)
+        return HttpResponse("The database is unavailable.\n", status=503,
+                            content_type="text/plain")
+    return HttpResponse(body, content_type=content_type)
 
 
 @register(Tags.security, deploy=False)

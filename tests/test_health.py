@@ -47,6 +47,9 @@ def test_readyz_fails_when_the_broker_does_not_answer(client, db, settings):
     assert "127.0.0.1" not in response.content.decode()  # details go to the log only
 
 
+METRICS_TOKEN = "readyz-test-metrics-token-0123456789"
+
+
 class PrivatePostgres:
     """A PostgreSQL server of this test's own, so that it can be stopped."""
 
@@ -104,7 +107,8 @@ def test_readyz_fails_when_postgresql_is_stopped(private_postgres):
          "--skip-checks"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings_test",
-             "DATABASE_URL": f"postgres://postgres@127.0.0.1:{private_postgres.port}/postgres"},
+             "DATABASE_URL": f"postgres://postgres@127.0.0.1:{private_postgres.port}/postgres",
+             "RUNBOARD_METRICS_TOKEN": METRICS_TOKEN},
     )
     url = f"http://127.0.0.1:{port}/readyz"
     try:
@@ -125,6 +129,11 @@ def test_readyz_fails_when_postgresql_is_stopped(private_postgres):
         assert second.status_code == 503
         assert second.json()["failing"] == ["database"]
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        # A scrape says why it has no figures, rather than failing as a server error.
+        scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10,
+                           headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert scrape.status_code == 503, scrape.text
+        assert scrape.text == "The database is unavailable.\n"
     finally:
         web.terminate()
         web.wait(timeout=10)
