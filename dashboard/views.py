@@ -14,7 +14,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.safestring import mark_safe
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods
 from django_htmx.http import reswap, retarget
 
 from dashboard import actions, schedule
@@ -282,10 +282,18 @@ def run_permalink(request, provider, external_id):
     return redirect(runs[0])
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @login_required
-@permission_required("dashboard.act_on_run", raise_exception=True)
 def run_action(request, pk, kind):
+    if request.method == "GET":
+        # An action's address pasted into chat or opened from history: the run's page
+        # holds its forms, where a blank 405 would say nothing.
+        return redirect("run-detail", pk=pk)
+    return _act(request, pk, kind)
+
+
+@permission_required("dashboard.act_on_run", raise_exception=True)
+def _act(request, pk, kind):
     run = get_object_or_404(Run.objects.for_list(), pk=pk)
     if kind not in Action.values:
         raise Http404("No such action")

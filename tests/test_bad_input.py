@@ -99,3 +99,10 @@ def test_no_page_answers_500_to_hostile_parameters(client, viewer, run, bearer, 
         response = client.get(f"{url}?{query}", headers=bearer)
         assert response.status_code < 500, (url, query)
         assert response["Content-Type"].startswith("application/json"), (url, query)
+
+
+def test_opening_an_action_address_leads_to_the_run_page(client, viewer, run):
+    client.force_login(viewer)
+    for kind in ("cancel", "approve", "retry"):
+        response = client.get(f"/runs/{run.pk}/{kind}/")
+        assert (response.status_code, response["Location"]) == (302, f"/runs/{run.pk}/")
