@@ -50,6 +50,12 @@ EFFECT = {
     Action.REJECT: {Status.FAILED, Status.CANCELLING, Status.CANCELLED, Status.SKIPPED},
     Action.RETRY: {Status.QUEUED, Status.RUNNING, Status.WAITING, Status.SUCCEEDED},
 }
+# What a run shows when the action was evidently not carried out (an approved run may
+# still fail, and a retry starts another run: neither says anything then).
+NOT_DONE = {
+    Action.CANCEL: {Status.SUCCEEDED, Status.FAILED, Status.SKIPPED},
+    Action.REJECT: {Status.SUCCEEDED},
+}
 State = ActionRecord.State
 
 
@@ -176,13 +182,15 @@ def _claim(run: Run, user, kind: str, comment: str, options: dict):
             try:
                 with transaction.atomic():
                     record = ActionRecord.objects.create(
-                        run=run, user=user, kind=kind, comment=comment, options=options)
+                        run=run, user=user, kind=kind, comment=comment, options=options,
+                        status_before=run.status)
                 return record, None
             except IntegrityError:  # the lock makes this unreachable; the constraint stays
                 reason = f"Another {kind} of this run is already in flight; wait for its answer."
         record = ActionRecord.objects.create(
             run=run, user=user, kind=kind, comment=comment, options=options,
-            state=State.FAILED, response=f"Refused by Runboard: {reason}", finished_at=now,
+            status_before=run.status, state=State.FAILED,
+            response=f"Refused by Runboard: {reason}", finished_at=now,
         )
         return record, reason
 
@@ -237,6 +245,41 @@ def _unknown(run: Run, record: ActionRecord, before: str, error: str,
         f"before trying again.")
     _finish(record, State.UNKNOWN, code, _with_body(told, body))
     raise OutcomeUnknown(told, record, status=502)
+
+
+def settle_unknown(run_ids) -> int:
+    """After the sync wrote these runs: settle each unknown outcome on them that the run
+    now answers. A run that moved into the action's effect says it was carried out; a run
+    that finished some other way says it was not. Each settlement is a record of its own
+    (the unknown one is frozen), one per unknown record. Returns how many were settled."""
+    settled = 0
+    for record in (ActionRecord.objects.filter(run_id__in=list(run_ids), state=State.UNKNOWN,
+                                               settled_by__isnull=True)
+                   .select_related("run", "run__connection")):
+        run = record.run
+        if run.updated_at <= record.finished_at or run.status == record.status_before:
+            continue  # nothing new to judge by
+        label = run.connection.provider_class.label
+        shows = run.get_status_display().lower()
+        if run.status in EFFECT[record.kind]:
+            state, told = State.RECONCILED, "was carried out"
+        elif run.status in NOT_DONE.get(record.kind, ()):
+            state, told = State.FAILED, "was not carried out"
+        else:
+            continue
+        try:
+            with transaction.atomic():
+                ActionRecord.objects.create(
+                    run=run, user=record.user, kind=record.kind, options=record.options,
+                    status_before=record.status_before, state=state, settles=record,
+                    finished_at=timezone.now(),
+                    response=(f"Settles the {record.kind} sent at {_clock(record.created_at)}, "
+                              f"whose answer never came: {label} now shows the run {shows}, "
+                              f"so the {record.kind} {told}."))
+            settled += 1
+        except IntegrityError:  # another writer settled it first
+            pass
+    return settled
 
 
 def _with_body(told: str, body: str) -> str:

@@ -416,9 +416,20 @@ class ActionRecord(models.Model):
     response = models.TextField(blank=True, help_text="The provider's answer or error.")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The run's status when the action was claimed: what an unknown outcome is judged against.
+    status_before = models.CharField(max_length=16, blank=True)
+    # A finished record never changes, so a later sync that settles an unknown outcome
+    # appends a record of its own that points at it (at most one: one-to-one).
+    settles = models.OneToOneField("self", on_delete=models.PROTECT, null=True, blank=True,
+                                   related_name="settled_by")
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [
+            # The sync looks for unsettled unknown outcomes after every write: keep it tiny.
+            models.Index(fields=["run"], condition=Q(state="unknown"),
+                         name="action_unknown_by_run"),
+        ]
         constraints = [
             # Two clicks, or two users, can never have two of the same action in flight.
             models.UniqueConstraint(

@@ -222,6 +222,9 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
             ])
         # Tell channels about state changes once this commits (dashboard/notifications.py).
         notifications.runs_written({pk: latest[key].status for key, pk in run_ids.items()})
+        from dashboard.actions import settle_unknown  # actions acts through this module
+
+        settle_unknown(run_ids.values())
     return len(run_ids)
 
 

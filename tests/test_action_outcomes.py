@@ -12,7 +12,7 @@ from django.db import connection as db
 from dashboard import sync
 from dashboard.models import ActionRecord, ApiToken, Run
 from providers.base import Status
-from providers.simulators.buddy import DEPLOY_PLAN
+from providers.simulators.buddy import BUILD_PLAN, DEPLOY_PLAN
 
 pytestmark = pytest.mark.django_db
 
@@ -165,3 +165,44 @@ def test_the_database_keeps_unknown_and_reconciled_records_as_written(client, ma
                 db.cursor() as cursor:
             cursor.execute("UPDATE dashboard_actionrecord SET state = 'succeeded' WHERE id = %s",
                            [pk])
+
+
+def test_a_later_sync_settles_an_unknown_cancel_that_was_carried_out(client, manager, running,
+                                                                     buddy_sim):
+    buddy_sim.inject("disconnect", times=2)  # cancelled, but no answer and no re-read
+    assert cancel(client, manager, running).status_code == 502
+    unknown = ActionRecord.objects.get()
+    assert unknown.state == "unknown"
+
+    for _ in range(2):  # the second sync finds it settled already
+        buddy_sim.advance(1)
+        sync.sync_connection(running.connection_id)
+    follow_up = ActionRecord.objects.exclude(pk=unknown.pk).get()
+    assert (follow_up.state, follow_up.settles_id, follow_up.user_id) == (
+        "reconciled", unknown.pk, manager.pk)
+    assert "now shows the run cancel" in follow_up.response
+    assert follow_up.response.endswith("so the cancel was carried out.")
+    unknown.refresh_from_db()
+    assert unknown.state == "unknown"  # the audit keeps what was known then
+    assert len(patches(buddy_sim)) == 1
+
+
+def test_a_later_sync_settles_an_unknown_cancel_of_a_run_that_finished(client, manager,
+                                                                       buddy_sim,
+                                                                       buddy_connection):
+    buddy_sim.add_execution("web-shop", 1, BUILD_PLAN)
+    buddy_sim.advance(10)
+    sync.sync_connection(buddy_connection.pk)
+    run = Run.objects.get()
+    buddy_sim.inject("error_503")  # refused before any work: the run goes on
+    assert cancel(client, manager, run).json()["result"] == "unknown"
+    buddy_sim.advance(10)
+    sync.sync_connection(buddy_connection.pk)  # still running: nothing to judge by
+    assert ActionRecord.objects.count() == 1
+
+    buddy_sim.advance(60)
+    sync.sync_connection(buddy_connection.pk)
+    follow_up = ActionRecord.objects.get(settles__isnull=False)
+    assert follow_up.state == "failed"
+    assert follow_up.response.endswith(
+        "Buddy.works now shows the run succeeded, so the cancel was not carried out.")
