@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 
 from dashboard.models import ActionRecord, ApiToken, Connection, Environment, Job, Project, Run
@@ -73,12 +75,16 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Generate a new webhook secret (shown once) and turn webhooks on")
     def new_webhook_secret(self, request, queryset):
+        issued = []
         for connection in queryset:
             secret = connection.set_webhook_secret()
             Connection.objects.filter(pk=connection.pk).update(webhooks_enabled=True)
-            # Shown once, in this message; only its hash is stored.
-            self.message_user(request, f"{connection.name}: webhook secret {secret}",
-                              messages.WARNING)
+            url = request.build_absolute_uri(reverse("webhook", args=[connection.webhook_key]))
+            issued.append((connection, url, secret))
+        # Shown once, in this answer only: a message would carry it in a cookie (or the
+        # session table) until the next page; only its hash is stored.
+        return TemplateResponse(request, "admin/dashboard/connection/webhook_secrets.html",
+                                {**self.admin_site.each_context(request), "issued": issued})
 
 
 @admin.register(Project, Environment)

@@ -4,6 +4,7 @@ Celery worker on Redis and PostgreSQL; and everything a delivery must not be abl
 import hashlib
 import json
 import logging
+import re
 
 import pytest
 from django.urls import reverse
@@ -185,6 +186,25 @@ def test_the_secret_is_stored_hashed_and_compared_whole(buddy_connection):
     assert buddy_connection.webhook_secret_matches(secret)
     assert not buddy_connection.webhook_secret_matches(secret[:-1])
     assert not buddy_connection.webhook_secret_matches("")
+
+
+def test_the_admin_shows_a_new_secret_once_and_never_puts_it_in_a_cookie(
+        client, buddy_connection, django_user_model):
+    admin_user = django_user_model.objects.create_superuser("root", password="x")
+    client.force_login(admin_user)
+    response = client.post("/admin/dashboard/connection/", {
+        "action": "new_webhook_secret", "_selected_action": [buddy_connection.pk]})
+    assert response.status_code == 200
+    page = response.content.decode()
+    secret = re.search(r"<td><code>([A-Za-z0-9_-]{40,})</code></td></tr>", page).group(1)
+    connection = Connection.objects.get(pk=buddy_connection.pk)
+    assert connection.webhook_secret_matches(secret) and connection.webhooks_enabled
+    assert hook_url(connection) in page
+    assert "no-store" in response["Cache-Control"]
+    # Nothing carries it to a later page: no cookie, no message, no session entry.
+    assert all(secret not in morsel.value for morsel in response.cookies.values())
+    assert secret not in str(dict(client.session))
+    assert secret not in client.get("/admin/dashboard/connection/").content.decode()
 
 
 @pytest.mark.django_db
