@@ -69,7 +69,9 @@ class OIDCBackend(OIDCAuthenticationBackend):
             return None
 
     def get_username(self, claims):
-        return claims["email"][:150]
+        # E-mail addresses are matched without case (as every mail system does): one
+        # account per person, however the provider capitalises the address today.
+        return claims["email"].strip().lower()[:150]
 
     def verify_claims(self, claims):
         # An address the provider says it has not verified could be anyone's. Some
@@ -82,18 +84,18 @@ class OIDCBackend(OIDCAuthenticationBackend):
         return isinstance(claims.get("email"), str) and bool(claims["email"]) and verified is True
 
     def filter_users_by_claims(self, claims):
-        users = self.UserModel.objects.filter(username=self.get_username(claims))
+        users = self.UserModel.objects.filter(username__iexact=self.get_username(claims))
         return [user for user in users if not user.has_usable_password()]
 
     def create_user(self, claims):
         username = self.get_username(claims)
-        if self.UserModel.objects.filter(username=username).exists():
+        if self.UserModel.objects.filter(username__iexact=username).exists():
             # A local account (it has a password) holds the name: not matched above, and
             # a second account of that name cannot exist. A failed login, not a 500.
             logger.warning("single sign-on refused: local account %s has this e-mail", username)
             return None
         user = self.UserModel.objects.create_user(
-            username, email=claims["email"],
+            username, email=username,
             first_name=str(claims.get("given_name", ""))[:150],
             last_name=str(claims.get("family_name", ""))[:150],
         )

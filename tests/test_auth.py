@@ -92,3 +92,18 @@ def test_sso_accepts_only_an_e_mail_the_provider_verified(settings, claims, requ
 
     settings.RUNBOARD_OIDC_REQUIRE_VERIFIED_EMAIL = required
     assert OIDCBackend().verify_claims(claims) is accepted
+
+
+def test_sso_matches_an_e_mail_whatever_its_case(db, oidc_to_nowhere, django_user_model):
+    """Providers do not agree on case ("Alice@Example.com" one day, lower case the next):
+    one person, one account, whatever the spelling."""
+    from dashboard.auth import OIDCBackend
+
+    alice = django_user_model.objects.create_user("alice@example.com", email="alice@example.com")
+    backend = OIDCBackend()
+    claims = {"email": "Alice@Example.COM ", "email_verified": True}
+    assert backend.get_username(claims) == "alice@example.com"
+    assert backend.filter_users_by_claims(claims) == [alice]
+    # Legacy accounts created with the provider's capitals are still found.
+    bob = django_user_model.objects.create_user("Bob@Example.com", email="Bob@Example.com")
+    assert backend.filter_users_by_claims({"email": "bob@example.com"}) == [bob]
