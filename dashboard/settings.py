@@ -237,6 +237,9 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 RUNBOARD_SYNC_INTERVAL = env.float("RUNBOARD_SYNC_INTERVAL", default=10.0)
 # Timeout for each provider HTTP request (seconds).
 RUNBOARD_PROVIDER_TIMEOUT = env.float("RUNBOARD_PROVIDER_TIMEOUT", default=10.0)
+# A pass reads every environment/stage in detail at least this often, even where the
+# provider's list-level state says nothing changed (providers/*: change_state).
+RUNBOARD_FULL_READ_EVERY = env.float("RUNBOARD_FULL_READ_EVERY", default=3600.0)
 # A sync holds its connection's lease this long past its last page; a worker that dies
 # mid-sync blocks the connection no longer than this (seconds).
 RUNBOARD_SYNC_LEASE = env.float("RUNBOARD_SYNC_LEASE", default=60.0)

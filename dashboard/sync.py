@@ -408,6 +408,11 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
         if newest:
             cursor["high_water"] = newest.isoformat()
         now = timezone.now()
+        if result.client is not None:
+            # Only a pass that went through leaves what the next one may skip by.
+            cursor["listing"] = result.client.change_state
+            if result.client.full_read:
+                cursor["full_read_at"] = now.isoformat()
         # updated_at is what live pages poll. A quiet pass (nothing written, no error
         # cleared) moves it only once a heartbeat, which is enough to refresh "last
         # synced" and stale warnings without every open page re-rendering every pass.
@@ -439,6 +444,7 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
     newest = high_water
     with connection.client() as client:
         result.client = client
+        client.change_state, client.full_read = _listing(connection.cursor)
         if since:
             client.known_runs = dict(connection.runs.filter(created_at__gte=since)
                                      .values_list("external_id", "raw_status"))
@@ -473,6 +479,20 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
         result.rate_limit_seen = client.rate_limit.limit
         result.rate_limit = client.rate_limit
     return newest
+
+
+def _listing(cursor: dict) -> tuple[dict, bool]:
+    """What the last successful pass left for the provider to skip unchanged things by,
+    and whether this pass reads everything anyway: with no state, or once
+    RUNBOARD_FULL_READ_EVERY has passed since the last full read (a safety net should a
+    list-level signal ever miss a change)."""
+    state = cursor.get("listing")
+    last = parse_time(cursor.get("full_read_at"))
+    due = last is None or (timezone.now() - last).total_seconds() >= (
+        settings.RUNBOARD_FULL_READ_EVERY)
+    if not isinstance(state, dict) or not state or due:
+        return {}, True
+    return state, False
 
 
 def _counted(result: SyncResult, started: float) -> dict:

@@ -277,6 +277,13 @@ class Provider:
         # provider whose list is a short view skip re-reading runs that did not change.
         self.known_runs: Mapping[str, str] = {}
         self.rate_limited_responses = 0  # answers of 429 (for the operators' metrics)
+        # What a provider remembers between passes to skip reading what did not change
+        # (JSON-able, provider-defined: fingerprints of list-level state). The sync hands
+        # in what the last successful pass left, and stores it again only after a pass
+        # succeeded; `full_read` (set by the sync now and then, and whenever there is no
+        # state) tells the provider to read everything in detail whatever it remembers.
+        self.change_state: dict[str, Any] = {}
+        self.full_read = True
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={**self.auth_headers(token), "Accept": "application/json"},

@@ -35,7 +35,18 @@ validated against it — and the seed page):
   /environment/{id}/redeploy answers 202 with the environment status, or 409;
 - an action answer whose `deployment_request_id` is set went to the queue (Qovery's
   console then says "Your service is queuing");
-- there is no approval step in this API (approve/reject stay unsupported).
+- there is no approval step in this API (approve/reject stay unsupported);
+- GET /project/{id}/environment/status (getProjectEnvironmentsStatus): "a list of
+  environments with only their id and status", {"results": [EnvironmentStatus]}.
+How requests are spent: a pass reads each project's environment statuses (one request
+a project, plus the organization's project list) and reads an environment's queue and
+history (two requests) only where its status differs from the one the last pass
+remembered (`change_state`), or its deployment is under way, or a request waits in its
+queue; the environment list only to name an environment not seen before. A pass over an
+organization where nothing changed costs 1 + projects requests (an environment scope:
+one status read). Every RUNBOARD_FULL_READ_EVERY the sync asks for a full read.
+Qovery documents no conditional requests (no ETag / If-None-Match) and no status
+filter on these lists.
 Not documented anywhere we could read, and so assumed here:
 - error bodies (the spec gives them no schema): Qovery's Terraform provider reads
   {"status", "detail"}; the base client reads `detail` (and `message`) from them;
@@ -43,6 +54,11 @@ Not documented anywhere we could read, and so assumed here:
 - paging: V2 can only be asked for its newest `pageSize`; we ask 100 (what Qovery's
   console asks; no maximum is documented), so older executions are not listed;
 - `last_deployment_state` is the state of the execution `last_deployment_id` names;
+- what moves an environment's status: we take it that a new execution changes
+  `last_deployment_id` and a queued request sets `deployment_request_id` (the simulator
+  serves it so), and that a settled environment's stages and queue do not change
+  without its status changing; the full read bounds what a wrong guess could hide;
+- the project's status list names every environment of the project, not a page;
 - a redeploy's answer may or may not name the new execution (the console notes it
   cannot link an action answer to its execution id): we look for the new run in the
   queue (by `deployment_request_id`), then in the newest execution;
@@ -134,6 +150,18 @@ IN_PROGRESS = frozenset({Status.QUEUED, Status.RUNNING, Status.WAITING})
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})
 
 
+# The EnvironmentStatus fields that tell whether anything happened in an environment.
+# Left out: total_deployment_duration_in_seconds (counts while running; a running
+# environment is read every pass anyway), metrics, origin, triggered_by (they belong
+# to the execution `last_deployment_id` names).
+STATUS_SIGNAL = ("state", "last_deployment_state", "last_deployment_id",
+                 "last_deployment_date", "deployment_request_id", "deployment_status")
+
+
+def status_fingerprint(status: Mapping[str, Any]) -> str:
+    return "|".join(str(status.get(key) or "") for key in STATUS_SIGNAL)
+
+
 def looks_like_jwt(token: str) -> bool:
     parts = token.split(".")
     return len(parts) == 3 and all(parts)
@@ -209,15 +237,18 @@ class QoveryProvider(Provider):
     def _environments(self) -> list[EnvironmentData]:
         if self.scope.get("environment"):
             return [self._environment(self.scope["environment"])]
+        return [environment for project in self._projects()
+                for environment in self._list_environments(project)]
+
+    def _list_environments(self, project: ProjectData) -> list[EnvironmentData]:
         found = []
-        for project in self._projects():
-            body = self.request("GET", f"/project/{project.external_id}/environment")
-            for item in self._results(body):
-                environment = EnvironmentData(
-                    text(require(item, "id"), 100), text(require(item, "name"), 200), project
-                )
-                self._environments_by_id[environment.external_id] = environment
-                found.append(environment)
+        body = self.request("GET", f"/project/{project.external_id}/environment")
+        for item in self._results(body):
+            environment = EnvironmentData(
+                text(require(item, "id"), 100), text(require(item, "name"), 200), project
+            )
+            self._environments_by_id[environment.external_id] = environment
+            found.append(environment)
         return found
 
     def discover(self) -> Discovery:
@@ -254,14 +285,92 @@ class QoveryProvider(Provider):
         return text(require(require(item, "identifier"), "deployment_request_id"), 100)
 
     def list_runs(self, since: datetime | None = None) -> Iterator[list[RunData]]:
-        # One page per environment: V2 has no further pages, so `since` saves nothing.
-        for environment in self._environments():
-            if runs := self._environment_runs(environment):
+        """One page per environment read in detail (V2 has no further pages, so `since`
+        saves nothing). Which ones are read is decided by the statuses of all of a
+        project's environments, one request (see `_needs_reading`)."""
+        seen: dict[str, str] = {}
+        if self.scope.get("environment"):
+            self._remembered_environment(self.scope["environment"])
+            environment = self._environment(self.scope["environment"])
+            statuses = [(environment, self._status(environment.external_id))]
+        else:
+            statuses = [pair for project in self._projects()
+                        for pair in self._project_statuses(project)]
+        remembered = self.change_state.get("seen")
+        remembered = remembered if isinstance(remembered, dict) else {}
+        for environment, status in statuses:
+            fingerprint = status_fingerprint(status)
+            seen[environment.external_id] = fingerprint
+            if not self._needs_reading(status, remembered.get(environment.external_id),
+                                       fingerprint):
+                continue
+            if runs := self._environment_runs(environment, status):
                 yield runs
+        # Assigned once every environment was read: the sync stores it after the pass.
+        self.change_state = {"seen": seen, "environments": {
+            e.external_id: [e.name, e.project.external_id, e.project.name]
+            for e, _ in statuses if e.project}}
 
-    def _environment_runs(self, environment: EnvironmentData) -> list[RunData]:
-        """The environment's queued requests and newest executions (three requests)."""
-        status = self._status(environment.external_id)
+    def _needs_reading(self, status: Mapping[str, Any], remembered: Any,
+                       fingerprint: str) -> bool:
+        """Whether an environment's queue and history must be read this pass.
+
+        Skipped only when its status is the one remembered from the last pass that read
+        it, and that status is settled: a finished state and no request in the queue. A
+        new execution changes `last_deployment_id` (even one ending in the same state
+        as the last), a queued request `deployment_request_id`; a deployment under way
+        is read every pass, as its stages move without its status changing.
+        """
+        if self.full_read or remembered != fingerprint:
+            return True
+        if status.get("deployment_request_id"):
+            return True
+        states = (status.get("state"), status.get("last_deployment_state"))
+        return not all(self.status_map.get(raw) in FINISHED for raw in states)
+
+    def _remembered_environment(self, environment_id: str) -> None:
+        """Name the environment (and its project) from the last pass, saving the two
+        reads that would learn them again."""
+        known = self.change_state.get("environments")
+        names = known.get(environment_id) if isinstance(known, dict) else None
+        if (self.full_read or environment_id in self._environments_by_id
+                or not isinstance(names, list) or len(names) != 3):
+            return
+        project = ProjectData(text(names[1], 100), text(names[2], 200))
+        self._environments_by_id[environment_id] = EnvironmentData(
+            environment_id, text(names[0], 200), project)
+
+    def _project_statuses(self, project: ProjectData
+                          ) -> list[tuple[EnvironmentData, dict[str, Any]]]:
+        """Every environment of the project with its status: one request for the
+        statuses, and the environment list only for names not yet known."""
+        body = self.request("GET", f"/project/{project.external_id}/environment/status")
+        statuses = {text(require(item, "id"), 100): item for item in self._results(body)}
+        known = self.change_state.get("environments")
+        known = known if isinstance(known, dict) and not self.full_read else {}
+        for environment_id in statuses:
+            names = known.get(environment_id)
+            if (environment_id not in self._environments_by_id and isinstance(names, list)
+                    and len(names) == 3 and names[1] == project.external_id):
+                # The project's name as listed this pass, the environment's as remembered.
+                self._environments_by_id[environment_id] = EnvironmentData(
+                    environment_id, text(names[0], 200), project)
+        if any(e not in self._environments_by_id for e in statuses):
+            self._list_environments(project)
+        found = []
+        for environment_id, status in statuses.items():
+            environment = self._environments_by_id.get(environment_id)
+            if environment is None:  # gone between the two lists: next pass sees
+                continue
+            found.append((environment, status))
+        return found
+
+    def _environment_runs(self, environment: EnvironmentData,
+                          status: dict[str, Any] | None = None) -> list[RunData]:
+        """The environment's queued requests and newest executions (two requests, and
+        one for the status unless it is given)."""
+        if status is None:
+            status = self._status(environment.external_id)
         queued = [self.parse_request(item, environment)
                   for item in self._queue(environment.external_id)]
         executions = [self.parse_execution(item, environment, status)

@@ -612,3 +612,97 @@ def test_a_queued_request_neither_blocks_the_running_deployment_nor_is_blocked(
     assert request_run.status == Status.CANCELLED
     actions.perform(running, manager, "cancel", comment="and not this one")
     assert [path for path, _ in posts(sim)][-1].endswith("/cancelDeployment")
+
+
+# -- list-level change detection: a pass reads in detail only what changed -----------------
+
+
+def one_pass(sim, scope, state=None, *, full=False):
+    """A pass by a fresh client (as every sync makes) handed the last pass's state;
+    (runs, the state it leaves, the requests it sent)."""
+    with QoveryProvider(sim.url, sim.token, scope) as c:
+        c.change_state, c.full_read = dict(state or {}), full
+        before = len(sim.requests)
+        runs = all_runs(c)
+        return runs, c.change_state, [path for _, path, _ in sim.requests[before:]]
+
+
+@pytest.fixture
+def settled(sim, world):
+    """Both environments with finished deployments, read once in full."""
+    sim.add_deployment(world.production, DEPLOY_PLAN, age=3600)
+    sim.add_deployment(world.staging, BUILD_FAILS_PLAN, age=1800)
+    runs, state, sent = one_pass(sim, {"organization": world.org}, full=True)
+    # projects, statuses, environments, then the queue and history of each
+    assert len(runs) == 2 and len(sent) == 7
+    return state
+
+
+def test_a_pass_over_an_unchanged_organization_costs_a_request_a_project(sim, world, settled):
+    runs, state, sent = one_pass(sim, {"organization": world.org}, settled)
+    assert runs == []
+    assert sent == [f"/organization/{world.org}/project",
+                    f"/project/{world.storefront}/environment/status"]
+    assert state == settled
+
+
+def test_a_new_execution_is_read_in_its_environment_alone(sim, world, settled):
+    new = sim.add_deployment(world.staging, DEPLOY_PLAN, age=600)
+    runs, state, sent = one_pass(sim, {"organization": world.org}, settled)
+    assert [r.locator["execution"] for r in runs if r.status == Status.SUCCEEDED
+            and r.environment.external_id == world.staging] == [new.id]
+    assert sorted(sent[2:]) == [f"/environment/{world.staging}/deploymentHistoryV2",
+                                f"/environment/{world.staging}/deploymentQueue"]
+    assert one_pass(sim, {"organization": world.org}, state)[2] == sent[:2]
+
+
+def test_a_new_execution_ending_as_the_last_did_is_not_missed(sim, world, settled):
+    before = one_pass(sim, {"organization": world.org}, settled)[0]
+    assert before == []
+    # Production was DEPLOYED, and a whole new deployment ends DEPLOYED between passes:
+    # its state is the same, the execution it names is not.
+    again = sim.add_deployment(world.production, DEPLOY_PLAN, age=300)
+    runs, _, _ = one_pass(sim, {"organization": world.org}, settled)
+    assert again.id in {r.locator["execution"] for r in runs}
+
+
+def test_a_deployment_under_way_is_read_every_pass(sim, world, settled):
+    live = sim.add_deployment(world.production, DEPLOY_PLAN, age=10)  # BUILDING
+    _, state, _ = one_pass(sim, {"organization": world.org}, settled)
+    sim.advance(1)  # its status says the same; its stages may not
+    runs, state, _ = one_pass(sim, {"organization": world.org}, state)
+    assert live.id in {r.locator.get("execution") for r in runs}
+    sim.advance(120)  # DEPLOYED: read once more for the end, then left alone
+    assert {r.status for r in one_pass(sim, {"organization": world.org}, state)[0]
+            if r.locator.get("execution") == live.id} == {Status.SUCCEEDED}
+    state = one_pass(sim, {"organization": world.org}, state)[1]
+    assert len(one_pass(sim, {"organization": world.org}, state)[2]) == 2
+
+
+def test_a_queued_request_is_read_though_the_environment_is_settled(sim, world, settled):
+    sim.queue_deployment(world.staging)
+    runs, _, _ = one_pass(sim, {"organization": world.org}, settled)
+    assert [r.status for r in runs if "deployment_request" in r.locator] == [Status.QUEUED]
+
+
+def test_a_new_environment_is_named_from_the_environment_list(sim, world, settled):
+    review = sim.add_environment(world.storefront, "review-42", SERVICES)
+    sim.add_deployment(review, DEPLOY_PLAN, age=900)
+    runs, state, sent = one_pass(sim, {"organization": world.org}, settled)
+    assert {r.environment.name for r in runs} == {"review-42"}
+    assert f"/project/{world.storefront}/environment" in sent
+    assert f"/project/{world.storefront}/environment" not in one_pass(
+        sim, {"organization": world.org}, state)[2]
+
+
+def test_a_full_read_ignores_what_was_remembered(sim, world, settled):
+    runs, _, sent = one_pass(sim, {"organization": world.org}, settled, full=True)
+    assert len(runs) == 2 and len(sent) == 7
+
+
+def test_an_environment_scope_costs_one_status_read_when_nothing_changed(sim, world):
+    sim.add_deployment(world.production, DEPLOY_PLAN, age=3600)
+    scope = {"organization": world.org, "environment": world.production}
+    _, state, _ = one_pass(sim, scope, full=True)
+    runs, _, sent = one_pass(sim, scope, state)
+    assert (runs, sent) == ([], [f"/environment/{world.production}/status"])

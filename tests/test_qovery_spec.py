@@ -24,6 +24,7 @@ CLIENT_OPERATIONS = {
     "listProject", "getProject", "listEnvironment", "getEnvironment", "getEnvironmentStatus",
     "listEnvironmentDeploymentHistoryV2", "listDeploymentRequestByEnvironmentId",
     "cancelEnvironmentDeployment", "redeployEnvironment", "cancelDeploymentRequest",
+    "getProjectEnvironmentsStatus",
 }
 
 

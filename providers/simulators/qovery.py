@@ -24,6 +24,9 @@ and Terraform provider show of the API where the spec is silent:
   `deployment_request_id` is set means the request waits in the queue (the console
   says "Your service is queuing"); null means it started at once.
 - StateEnum: 29 values, UNAVAILABLE included (the console shows it as "Status unavailable").
+- GET /project/{id}/environment/status (getProjectEnvironmentsStatus, "Returns a list of
+  environments with only their id and status"): {"results": [EnvironmentStatus]}, the
+  same status objects GET /environment/{id}/status answers; no paging parameter.
 - Unknown query parameters are ignored, as a real server does.
 
 Assumed here (not documented anywhere we could read):
@@ -189,6 +192,7 @@ class QoverySimulator(Simulator):
         self.route("GET", "/organization/{organization}/project", self.list_projects)
         self.route("GET", "/project/{project}", self.get_project)
         self.route("GET", "/project/{project}/environment", self.list_environments)
+        self.route("GET", "/project/{project}/environment/status", self.list_statuses)
         self.route("GET", env, self.get_environment)
         self.route("GET", env + "/status", self.get_status)
         self.route("GET", env + "/deploymentHistory", self.list_history)
@@ -480,6 +484,16 @@ class QoverySimulator(Simulator):
 
     def get_status(self, request: Request) -> Any:
         return self.render_status(self._environment_id(request))
+
+    def list_statuses(self, request: Request) -> Any:
+        """getProjectEnvironmentsStatus: every environment of the project, each as
+        EnvironmentStatus, under `results` (EnvironmentStatusList); no paging."""
+        project_id = request.params["project"]
+        if project_id not in self.projects:
+            raise self._not_found()
+        return {"results": [self.render_status(e) for e, data in sorted(
+            self.environments.items(), key=lambda kv: kv[1]["name"])
+            if data["project"] == project_id]}
 
     def list_history(self, request: Request) -> Any:
         """V1: 20 a page, the next page after `startId` (a V1 record id)."""
