@@ -293,3 +293,67 @@ def test_a_connection_is_stale_once_overdue_not_once_its_pass_is_old(
     buddy_connection.next_poll_at = (now + timedelta(seconds=next_poll_in)
                                      if next_poll_in is not None else None)
     assert buddy_connection.is_stale is stale
+
+
+# -- list-level change detection across passes ------------------------------------------
+
+
+@pytest.fixture
+def qovery(db, clock):
+    from providers.simulators.qovery import QoverySimulator
+    with QoverySimulator(token="qov_sync_test", clock=clock) as sim:
+        org = sim.add_organization("Acme")
+        envs = [sim.add_environment(sim.add_project(org, f"p{p}"), name)
+                for p in range(3) for name in ("staging", "production")]
+        connection = Connection.objects.create(
+            provider="qovery", name="Qovery", base_url=sim.url, token=sim.token,
+            scope={"organization": org})
+        yield sim, envs, connection
+
+
+def test_a_quiet_pass_costs_a_request_a_project_and_a_change_is_written(qovery):
+    from providers.simulators.qovery import DEPLOY_PLAN as QOVERY_DEPLOY
+    sim, envs, connection = qovery
+    for env in envs:
+        sim.add_deployment(env, QOVERY_DEPLOY, age=3600)
+    assert sync.sync_connection(connection.pk).runs_written == 6
+    quiet = sync.sync_connection(connection.pk)
+    assert (quiet.requests, quiet.runs_written) == (1 + 3, 0)
+    new = sim.add_deployment(envs[4], QOVERY_DEPLOY, age=600)  # ends DEPLOYED, as before
+    changed = sync.sync_connection(connection.pk)
+    # Written: the new run, and the one before it (no longer its environment's current).
+    assert (changed.requests, changed.runs_written) == (1 + 3 + 2, 2)
+    assert Run.objects.get(external_id=f"{envs[4]}/{new.id}").status == Status.SUCCEEDED
+
+
+def test_a_failed_pass_keeps_the_last_listing_so_its_change_is_read_next(qovery):
+    from providers.simulators.qovery import DEPLOY_PLAN as QOVERY_DEPLOY
+    sim, envs, connection = qovery
+    for env in envs:
+        sim.add_deployment(env, QOVERY_DEPLOY, age=3600)
+    sync.sync_connection(connection.pk)
+    connection.refresh_from_db()
+    listing = connection.cursor["listing"]
+    new = sim.add_deployment(envs[1], QOVERY_DEPLOY, age=600)
+    sim.inject("error_503", after=1 + 3 + 1)  # the changed environment's second read
+    with pytest.raises(Unavailable):
+        sync.sync_connection(connection.pk)
+    connection.refresh_from_db()
+    assert connection.cursor["listing"] == listing
+    sync.sync_connection(connection.pk)
+    assert Run.objects.filter(external_id=f"{envs[1]}/{new.id}").exists()
+
+
+def test_everything_is_read_again_once_a_full_read_is_due(qovery, settings):
+    from providers.simulators.qovery import DEPLOY_PLAN as QOVERY_DEPLOY
+    sim, envs, connection = qovery
+    for env in envs:
+        sim.add_deployment(env, QOVERY_DEPLOY, age=3600)
+    full = sync.sync_connection(connection.pk).requests
+    assert sync.sync_connection(connection.pk).requests == 4
+    settings.RUNBOARD_FULL_READ_EVERY = 60
+    Connection.objects.filter(pk=connection.pk).update(cursor={
+        **Connection.objects.get(pk=connection.pk).cursor,
+        "full_read_at": (timezone.now() - timedelta(seconds=61)).isoformat()})
+    assert sync.sync_connection(connection.pk).requests == full
+    assert sync.sync_connection(connection.pk).requests == 4
