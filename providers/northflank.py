@@ -44,11 +44,21 @@ Not documented anywhere we could read, and so assumed here:
 Where the reference disagrees with itself, the endpoint's own page wins: the API overview
 lists POST .../release-flows/{flowId}/run and POST .../workflows/{workflowId}/run, the
 endpoint pages (and the seed) .../release-flows/{stage}/runs and .../workflows/{id}/runs.
-Rate budget: a pass costs 1 (pipelines) + 1 per pipeline + 1 per stage with a release
-flow + 1 (workflows) + 1 per workflow requests, plus one per active run outside the
-incremental window; `rate_budget` (1000 an hour) is what the scheduler spaces passes and
-webhook reads by, at Runboard's share of it (the demo: 9 requests a pass, at half of the
-hour one pass every 65 s at most).
+Rate budget: a pass costs 1 (pipelines) + 1 per stage with a release flow + 1
+(workflows) + 1 per workflow requests, plus one per active run outside the incremental
+window, plus 1 per pipeline whose stages are read: a pipeline's name and stages are kept
+between passes (`change_state`) for as long as its listed `updatedAt` ("time of
+update") stays the same, and read again on a full read (RUNBOARD_FULL_READ_EVERY).
+`rate_budget` (1000 an hour) is what the scheduler spaces passes and webhook reads by, at
+Runboard's share of it.
+What the reference offers to spend less, checked: no listing above a stage carries its
+release flows' state (list/get pipeline answer name, description, stages, nfObjects,
+createdAt, updatedAt; whether running a release flow moves a pipeline's updatedAt is not
+documented, so it is not used as a sign of new runs); no conditional requests (no ETag
+or If-None-Match anywhere in the reference); the runs lists filter by `status` and
+`concluded`, which cannot replace the newest-first read of a stage (a run that began and
+concluded between two passes would be filtered out). So a stage's runs are listed every
+pass (one request a stage); webhooks are what spares them.
 """
 
 from __future__ import annotations
@@ -140,6 +150,7 @@ class NorthflankProvider(Provider):
             raise InvalidRequest("A Northflank connection follows a workflow or a pipeline, "
                                  "not both")
         self._pipeline_info: dict[str, dict[str, Any]] = {}  # id -> {"name", "stages"}
+        self._pipeline_updated: dict[str, str] = {}  # id -> updatedAt, as listed this pass
         self._workflow_names: dict[str, str] = {}
         self._unnamed: set[str] = set()  # pipelines whose name could not be read
 
@@ -214,8 +225,24 @@ class NorthflankProvider(Provider):
     def _pipeline_ids(self) -> list[str]:
         if self.scope.get("pipeline"):
             return [str(self.scope["pipeline"])]
-        return [text(require(item, "id"), 200)
-                for item in self._paged(self._pipelines_path(), "pipelines")]
+        remembered = self.change_state.get("pipelines")
+        remembered = remembered if isinstance(remembered, dict) and not self.full_read else {}
+        ids = []
+        for item in self._paged(self._pipelines_path(), "pipelines"):
+            pipeline_id = text(require(item, "id"), 200)
+            ids.append(pipeline_id)
+            updated = text(item.get("updatedAt"), 64)
+            if not updated:
+                continue  # optional: without it the pipeline is read every pass
+            self._pipeline_updated[pipeline_id] = updated
+            known = remembered.get(pipeline_id)
+            # The pipeline has not been changed since the last pass read its stages.
+            if (isinstance(known, dict) and known.get("updated") == updated
+                    and isinstance(known.get("stages"), list)):
+                self._pipeline_info.setdefault(pipeline_id, {
+                    "name": text(known.get("name"), 200) or pipeline_id,
+                    "stages": tuple(text(stage, 64) for stage in known["stages"])})
+        return ids
 
     def _stages(self, pipeline_id: str) -> tuple[str, ...]:
         if self.scope.get("stage"):
@@ -302,6 +329,12 @@ class NorthflankProvider(Provider):
         for workflow_id in self._workflows():
             yield from self._list(self._workflow_runs_path(workflow_id), since,
                                   lambda item, w=workflow_id: self.parse_workflow_run(item, w))
+        # Each pipeline's name and stages, for as long as its updatedAt stays the same.
+        self.change_state = {"pipelines": {
+            pipeline_id: {"updated": updated, "name": self._pipeline_info[pipeline_id]["name"],
+                          "stages": list(self._pipeline_info[pipeline_id]["stages"])}
+            for pipeline_id, updated in self._pipeline_updated.items()
+            if pipeline_id in self._pipeline_info}}
 
     def _list_stage(self, pipeline_id: str, stage: str, since) -> Iterator[list[RunData]]:
         try:

@@ -343,3 +343,42 @@ def test_missing_optional_fields_still_parse(sim):
     assert "triggers" not in got.raw and got.raw["apiVersion"] == "v1.2"
 
 
+
+
+# -- what a pass spends: stages are remembered while the pipeline is unchanged ------------
+
+
+def one_pass(sim, state=None, *, full=False):
+    """A pass by a fresh client handed the last pass's state; (runs, state, paths sent)."""
+    with connect(sim) as c:
+        c.change_state, c.full_read = dict(state or {}), full
+        before = len(sim.requests)
+        runs = [r for page in c.list_runs() for r in page]
+        return runs, c.change_state, [p for _, p, _ in sim.requests[before:]]
+
+
+def test_an_unchanged_pipeline_is_not_read_again_for_its_stages(sim):
+    sim.add_pipeline("api", "Api")
+    _, state, full = one_pass(sim, full=True)
+    _, state, sent = one_pass(sim, state)
+    stage_lists = [f"/v1/projects/shop/pipelines/{p}/release-flows/{s}/runs"
+                   for p in ("api", "web") for s in ("development", "staging", "production")]
+    assert sent == ["/v1/projects/shop/pipelines", *stage_lists, "/v1/projects/shop/workflows"]
+    assert len(full) == len(sent) + 2  # GET pipeline, once for each
+    assert one_pass(sim, state)[2] == sent
+
+
+def test_a_changed_pipeline_has_its_stages_read_again(sim, clock):
+    _, state, _ = one_pass(sim, full=True)
+    clock.advance(5)
+    sim.add_pipeline("web", "Web shop", stages=("Staging", "Production"))
+    _, _, sent = one_pass(sim, state)
+    assert "/v1/projects/shop/pipelines/web" in sent
+    assert not any("/release-flows/development/" in p for p in sent)
+
+
+def test_a_run_on_an_unchanged_pipeline_is_listed(sim):
+    _, state, _ = one_pass(sim, full=True)
+    run = sim.add_release("web", "staging", RELEASE_PLAN, age=600)
+    runs, _, _ = one_pass(sim, state)
+    assert [r.external_id for r in runs] == [f"web/staging/{run.data['id']}"]

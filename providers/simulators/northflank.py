@@ -8,7 +8,8 @@ the API overview), never from Runboard's client. What the reference documents:
   {"data": {...}, "pagination": {"hasNextPage", "cursor", "count"}};
 - the release-flow runs list also filters by status and concluded;
 - GET pipeline answers name, description, preview, stages and nfObjects[] {id, type, stage}
-  with stage one of Development, Staging, Production;
+  with stage one of Development, Staging, Production; list-pipelines items carry id,
+  name, description, createdAt and updatedAt ("time of update");
 - the list of workflows answers its items under data.pipelines (sic);
 - run statuses pending, running, success, failure, aborted, aborting, queued, unknown,
   skipped, waiting, retrying, async_wait, approval_wait; a run's root node has its own enum;
@@ -29,7 +30,11 @@ Assumed here, because the reference does not say (see the client's docstring too
 - per_page above 100 or below 1, or a page below 1, is refused with 400 rather than clamped;
 - a project that belongs to a team is found only under its team form (404 otherwise);
 - a 429 carries the same x-ratelimit-* headers, the wait being x-ratelimit-reset;
-- aborting a concluded or aborting run answers 409; unknown query parameters are ignored.
+- aborting a concluded or aborting run answers 409; unknown query parameters are ignored;
+- a pipeline's updatedAt moves when the pipeline itself changes (add_pipeline again),
+  not when one of its release flows runs (the reference says only "time of update");
+- no conditional requests: no ETag is sent and If-None-Match is ignored (the reference
+  documents neither).
 """
 
 from __future__ import annotations
@@ -194,8 +199,12 @@ class NorthflankSimulator(Simulator):
 
     def add_pipeline(self, pipeline_id: str, name: str | None = None,
                      stages: tuple[str, ...] = PIPELINE_STAGES) -> None:
+        """Add a pipeline, or change an existing one (which moves its updatedAt)."""
         with self.lock:
-            self.pipelines[pipeline_id] = {"name": name or pipeline_id, "stages": tuple(stages)}
+            now = self.clock.now()
+            created = self.pipelines.get(pipeline_id, {}).get("createdAt", now)
+            self.pipelines[pipeline_id] = {"name": name or pipeline_id, "stages": tuple(stages),
+                                           "createdAt": created, "updatedAt": now}
 
     def add_workflow(self, workflow_id: str, name: str | None = None) -> None:
         with self.lock:
@@ -363,7 +372,8 @@ class NorthflankSimulator(Simulator):
 
     def list_pipelines(self, request: Request) -> Any:
         self._check_project(request)
-        items = [{"name": p["name"], "id": pid, "description": f"{p['name']} releases"}
+        items = [{"name": p["name"], "id": pid, "description": f"{p['name']} releases",
+                  "createdAt": nf_time(p["createdAt"]), "updatedAt": nf_time(p["updatedAt"])}
                  for pid, p in sorted(self.pipelines.items())]
         chunk, pagination = self._page(request, items)
         return {"data": {"pipelines": chunk}, "pagination": pagination}
