@@ -19,6 +19,17 @@ How requests are spent: the list gives each run's status; one execution is read 
 steps only where they may have changed: a run not finished, a run in the sync's window new
 to Runboard or whose status changed (`known_runs`, set by the sync), and on a first pass
 only the newest page of each pipeline (older history shows no steps: open it at Buddy).
+What Buddy offers to spend less, checked, and why a pass still lists every pipeline's
+executions (one request a pipeline, plus the projects and pipelines lists):
+- no workspace- or project-wide list of executions is documented, and no conditional
+  requests (no ETag / If-None-Match);
+- GET pipeline documents `last_execution_status` and `last_execution_revision`, but no
+  execution id, and costs a request a pipeline itself; the pipelines list items are
+  documented with url, html_url, id and name only. Status and revision alone would miss
+  a new execution of the same revision ending as the last did (a retry that fails
+  again), so they are not used to skip a pipeline;
+- the projects and pipelines lists answer no page count: each costs its pages plus the
+  empty page that ends it.
 Not documented anywhere we could read, and so assumed here:
 - when the rate limit resets (no reset header): we wait Retry-After, else 60 s;
 - the default and maximum page size of pipelines (we ask 50 and page to an empty page);
