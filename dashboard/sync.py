@@ -411,6 +411,7 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
         if result.client is not None:
             # Only a pass that went through leaves what the next one may skip by.
             cursor["listing"] = result.client.change_state
+            cursor["listing_key"] = _listing_key(connection)
             if result.client.full_read:
                 cursor["full_read_at"] = now.isoformat()
         # updated_at is what live pages poll. A quiet pass (nothing written, no error
@@ -444,7 +445,7 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
     newest = high_water
     with connection.client() as client:
         result.client = client
-        client.change_state, client.full_read = _listing(connection.cursor)
+        client.change_state, client.full_read = _listing(connection)
         if since:
             client.known_runs = dict(connection.runs.filter(created_at__gte=since)
                                      .values_list("external_id", "raw_status"))
@@ -481,16 +482,26 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
     return newest
 
 
-def _listing(cursor: dict) -> tuple[dict, bool]:
+def _listing_key(connection: Connection) -> str:
+    """What the remembered listing was read from: another address or scope (an edited
+    connection) makes it worthless."""
+    where = json.dumps([connection.provider, connection.base_url, connection.scope],
+                       sort_keys=True, default=str)
+    return hashlib.blake2b(where.encode(), digest_size=8).hexdigest()
+
+
+def _listing(connection: Connection) -> tuple[dict, bool]:
     """What the last successful pass left for the provider to skip unchanged things by,
-    and whether this pass reads everything anyway: with no state, or once
-    RUNBOARD_FULL_READ_EVERY has passed since the last full read (a safety net should a
-    list-level signal ever miss a change)."""
+    and whether this pass reads everything anyway: with no state, for an edited
+    connection, or once RUNBOARD_FULL_READ_EVERY has passed since the last full read (a
+    safety net should a list-level signal ever miss a change)."""
+    cursor = connection.cursor
     state = cursor.get("listing")
     last = parse_time(cursor.get("full_read_at"))
     due = last is None or (timezone.now() - last).total_seconds() >= (
         settings.RUNBOARD_FULL_READ_EVERY)
-    if not isinstance(state, dict) or not state or due:
+    if (not isinstance(state, dict) or not state or due
+            or cursor.get("listing_key") != _listing_key(connection)):
         return {}, True
     return state, False
 

@@ -357,3 +357,21 @@ def test_everything_is_read_again_once_a_full_read_is_due(qovery, settings):
         "full_read_at": (timezone.now() - timedelta(seconds=61)).isoformat()})
     assert sync.sync_connection(connection.pk).requests == full
     assert sync.sync_connection(connection.pk).requests == 4
+
+
+def test_an_edited_connection_reads_everything_again(qovery):
+    from providers.simulators.qovery import DEPLOY_PLAN as QOVERY_DEPLOY
+    sim, envs, connection = qovery
+    for env in envs:
+        sim.add_deployment(env, QOVERY_DEPLOY, age=3600)
+    full = sync.sync_connection(connection.pk).requests
+    assert sync.sync_connection(connection.pk).requests == 4
+    Connection.objects.filter(pk=connection.pk).update(base_url=sim.url + "/")
+    assert sync.sync_connection(connection.pk).requests == full
+    assert sync.sync_connection(connection.pk).requests == 4
+    project = next(iter(sim.projects))
+    Connection.objects.filter(pk=connection.pk).update(
+        scope={**connection.scope, "project": project})
+    # The project, its statuses and environments, and each one's queue and history.
+    assert sync.sync_connection(connection.pk).requests == 3 + 2 * 2
+    assert sync.sync_connection(connection.pk).requests == 2
