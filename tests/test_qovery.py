@@ -706,3 +706,17 @@ def test_an_environment_scope_costs_one_status_read_when_nothing_changed(sim, wo
     _, state, _ = one_pass(sim, scope, full=True)
     runs, _, sent = one_pass(sim, scope, state)
     assert (runs, sent) == ([], [f"/environment/{world.production}/status"])
+
+
+def test_the_project_status_list_is_every_environment_status_of_the_project(sim, world):
+    sim.add_deployment(world.production, DEPLOY_PLAN, age=30)
+    sim.queue_deployment(world.production)
+    headers = {"Authorization": f"Token {sim.token}"}
+    listed = httpx.get(f"{sim.url}/project/{world.storefront}/environment/status",
+                       headers=headers).json()
+    each = [httpx.get(f"{sim.url}/environment/{e}/status", headers=headers).json()
+            for e in (world.production, world.staging)]
+    assert sorted(listed["results"], key=lambda s: s["id"]) == sorted(each,
+                                                                       key=lambda s: s["id"])
+    unknown = httpx.get(f"{sim.url}/project/{world.org}/environment/status", headers=headers)
+    assert unknown.status_code == 404
