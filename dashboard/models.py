@@ -564,5 +564,66 @@ def _epoch(value) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
+# --- the trends rollup (dashboard/rollup.py keeps it; dashboard/trends.py reads it) ---
+
+
+class TrendGroup(models.Model):
+    """One line of the trends page: a pipeline in an environment, on one connection."""
+
+    # connection:project:environment:pipeline name, the ids of the first three (or empty):
+    # one unique column, since NULLs never collide in a unique constraint of several.
+    key = models.CharField(max_length=255, unique=True)
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, db_index=False)
+    project = models.ForeignKey(Project, null=True, on_delete=models.CASCADE, db_index=False)
+    environment = models.ForeignKey(Environment, null=True, on_delete=models.CASCADE,
+                                    db_index=False)
+    pipeline_name = models.CharField(max_length=200, blank=True)
+
+    def __str__(self):
+        return self.key
+
+
+class TrendDeployment(models.Model):
+    """A finished deployment (a run that succeeded or failed) as the rollup reads it:
+    a narrow copy of the run, indexed by group and finish time, so that a day's figures
+    are recomputed without scanning (or indexing) the runs table."""
+
+    run = models.OneToOneField(Run, primary_key=True, on_delete=models.CASCADE,
+                               related_name="+")
+    group = models.ForeignKey(TrendGroup, on_delete=models.CASCADE, db_index=False)
+    # When it finished (its creation time if the provider never said).
+    at = models.DateTimeField()
+    ok = models.BooleanField()
+    seconds = models.FloatField(null=True)  # started -> finished, when both are known
+
+    class Meta:
+        indexes = [models.Index(fields=["group", "at"], name="trend_deployment_group_at")]
+
+    def __str__(self):
+        return f"{self.run_id} {'ok' if self.ok else 'failed'} at {self.at}"
+
+
+class TrendDay(models.Model):
+    """A group's deployments on one day (in TIME_ZONE): counts, the status of the day's
+    last deployment, and histograms (bucket -> count, see rollup.bucket) of durations
+    and of times to restore that ended that day."""
+
+    group = models.ForeignKey(TrendGroup, on_delete=models.CASCADE, db_index=False)
+    day = models.DateField()
+    successes = models.PositiveIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    last_ok = models.BooleanField()
+    durations = models.JSONField(default=dict)
+    restores = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["group", "day"], name="trend_day_unique")]
+        indexes = [models.Index(fields=["day"], name="trend_day_day")]
+
+    def __str__(self):
+        return f"{self.group_id} {self.day}"
+
+
 # Notification channels live in their own module; imported here so Django sees them.
 from dashboard.channels import Channel, Delivery, SlackInteraction  # noqa: E402, F401
+

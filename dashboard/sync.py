@@ -30,7 +30,7 @@ from django.db import connection as db
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
-from dashboard import notifications
+from dashboard import notifications, rollup
 from dashboard.models import (
     GONE_FROM_PROVIDER,
     Connection,
@@ -220,6 +220,13 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
                 for r in latest.values() if r.external_id[:200] in run_ids
                 for job in r.jobs
             ])
+        # The trends rollup follows in the same transaction (dashboard/rollup.py).
+        rollup.record(
+            (pk, connection.pk, project_ids.get(r.project.external_id) if r.project else None,
+             env_ids.get(r.environment.external_id) if r.environment else None,
+             r.pipeline_name[:200], Status(r.status).value, r.started_at, r.finished_at,
+             r.created_at or r.observed_at)
+            for key, pk in run_ids.items() for r in [latest[key]])
         # Tell channels about state changes once this commits (dashboard/notifications.py).
         notifications.runs_written({pk: latest[key].status for key, pk in run_ids.items()})
         from dashboard.actions import settle_unknown  # actions acts through this module

@@ -1,49 +1,81 @@
 """Trends: how deployments went per pipeline and environment over 7 or 30 days.
 
-From Runboard's own history across providers, per (project / pipeline, environment):
-deployments (finished runs that succeeded or failed), success rate, median and p90
-duration, change failure rate and time to restore, DORA-style. Runboard only sees
-runs, so two of these are approximations, and the page says so:
+From Runboard's own history across providers, per pipeline and environment (of one
+connection): deployments (finished runs that succeeded or failed), success rate,
+median and p90 duration, change failure rate and time to restore, DORA-style. Runboard
+only sees runs, so two of these are approximations, and the page says so:
 - change failure rate = failed deployments / deployments (DORA counts deployments that
   caused a failure in production, which a deployment tool cannot see);
 - time to restore = from a failed deployment to the next successful one in the same
   pipeline and environment.
-A bar per day (succeeded above, failed below) is drawn as SVG on the server.
-Rendered once per data version and window, and kept in the cache.
+A window is the last 7 or 30 days (in TIME_ZONE), today included.
+
+Read from the daily rollup (dashboard/rollup.py, which says why and how exact): one
+query for at most groups x days rows, whatever the number of runs. A bar per day
+(succeeded above, failed below) is drawn as SVG on the server. Rendered once per data
+version and window, and kept in the cache.
 """
 
 from __future__ import annotations
 
-import statistics
-from datetime import timedelta
+from datetime import date, timedelta
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 from django.utils import timezone
 
-from dashboard.models import Run, data_version
+from dashboard import rollup
+from dashboard.models import TrendDay, data_version
 from dashboard.views import rendered_once
-from providers.base import Status
 
 WINDOWS = (7, 30)
 CHART_WIDTH, CHART_HEIGHT = 120, 28
 
 
-def _p90(values):
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+def percentile_ranks(n: int) -> tuple[tuple[int, ...], int]:
+    """The sorted positions the median is the mean of, and p90's position, of n values."""
+    middle = (n // 2,) if n % 2 else (n // 2 - 1, n // 2)
+    return middle, min(n - 1, round(0.9 * (n - 1)))
 
 
-def _chart(days: int, until, daily: dict) -> dict:
+def _at_ranks(histogram: dict[int, int], ranks) -> list[float]:
+    """The (bucket) values at the given sorted positions."""
+    wanted = sorted(set(ranks))
+    found: dict[int, float] = {}
+    seen = 0
+    for index in sorted(histogram):
+        seen += histogram[index]
+        while wanted and wanted[0] < seen:
+            found[wanted.pop(0)] = rollup.bucket_value(index)
+        if not wanted:
+            break
+    return [found[rank] for rank in ranks]
+
+
+def _median_p90(histogram: dict[int, int]) -> tuple[timedelta | None, timedelta | None]:
+    n = sum(histogram.values())
+    if not n:
+        return None, None
+    middle, p90 = percentile_ranks(n)
+    *middles, last = _at_ranks(histogram, [*middle, p90])
+    return timedelta(seconds=sum(middles) / len(middles)), timedelta(seconds=last)
+
+
+def _merge(into: dict[int, int], histogram: dict[str, int]) -> None:
+    for key, count in histogram.items():
+        index = int(key)
+        into[index] = into.get(index, 0) + count
+
+
+def _chart(days: int, today: date, daily: dict) -> dict:
     """Bars for each day: succeeded up from the middle line, failed down from it."""
     peak = max([max(ok, bad) for ok, bad in daily.values()] or [1]) or 1
     step = CHART_WIDTH / days
     half = CHART_HEIGHT / 2
     bars = []
     for index in range(days):
-        day = (until - timedelta(days=days - 1 - index)).date()
+        day = today - timedelta(days=days - 1 - index)
         ok, bad = daily.get(day, (0, 0))
         x = round(index * step + step * 0.1, 1)
         width = round(step * 0.8, 1)
@@ -58,47 +90,44 @@ def _chart(days: int, until, daily: dict) -> dict:
 
 
 def build(days: int) -> list[dict]:
-    now = timezone.now()
-    rows = (Run.objects.filter(created_at__gte=now - timedelta(days=days),
-                               status__in=[Status.SUCCEEDED, Status.FAILED])
-            .order_by("created_at", "id")
-            .values_list("connection__name", "project__name", "pipeline_name",
-                         "environment__name", "status", "created_at", "started_at",
-                         "finished_at"))
-    groups: dict[tuple, dict] = {}
-    for connection, project, pipeline, environment, status, created, started, finished in rows:
-        key = (project or connection, pipeline or "", environment or "")
-        group = groups.setdefault(key, {"ok": 0, "bad": 0, "durations": [], "restores": [],
-                                        "failed_since": None, "daily": {}})
-        ok = status == Status.SUCCEEDED
-        group["ok" if ok else "bad"] += 1
-        if started and finished:
-            group["durations"].append((finished - started).total_seconds())
-        day = timezone.localtime(created).date()
-        counts = group["daily"].get(day, (0, 0))
-        group["daily"][day] = (counts[0] + ok, counts[1] + (not ok))
-        if not ok and group["failed_since"] is None:
-            group["failed_since"] = finished or created
-        elif ok and group["failed_since"] is not None:
-            group["restores"].append(((finished or created) - group["failed_since"])
-                                     .total_seconds())
-            group["failed_since"] = None
+    today = rollup.day_of(timezone.now())
+    rows = (TrendDay.objects.filter(day__gte=today - timedelta(days=days - 1))
+            .order_by("group_id", "day")
+            .values_list("group_id", "day", "successes", "failures", "last_ok", "durations",
+                         "restores", "group__connection__name", "group__project__name",
+                         "group__environment__name", "group__pipeline_name"))
+    groups: dict[int, dict] = {}
+    for (group_id, day, ok, bad, last_ok, durations, restores, connection, project,
+         environment, pipeline) in rows:
+        group = groups.get(group_id)
+        if group is None:
+            group = groups[group_id] = {
+                "project": project or connection, "pipeline": pipeline,
+                "environment": environment or "", "connection": connection,
+                "ok": 0, "bad": 0, "durations": {}, "restores": {}, "daily": {}}
+        group["ok"] += ok
+        group["bad"] += bad
+        group["last_ok"] = last_ok  # rows come day by day: the last one's wins
+        group["daily"][day] = (ok, bad)
+        _merge(group["durations"], durations)
+        _merge(group["restores"], restores)
     result = []
-    for (project, pipeline, environment), group in sorted(groups.items()):
+    for group in groups.values():
         total = group["ok"] + group["bad"]
+        median, p90 = _median_p90(group["durations"])
         result.append({
-            "project": project, "pipeline": pipeline, "environment": environment,
+            "project": group["project"], "pipeline": group["pipeline"],
+            "environment": group["environment"], "connection": group["connection"],
             "deployments": total,
             "success_rate": round(100 * group["ok"] / total),
             "change_failure_rate": round(100 * group["bad"] / total),
-            "median": timedelta(seconds=statistics.median(group["durations"]))
-            if group["durations"] else None,
-            "p90": timedelta(seconds=_p90(group["durations"])) if group["durations"] else None,
-            "restore": timedelta(seconds=statistics.median(group["restores"]))
-            if group["restores"] else None,
-            "unrestored": group["failed_since"] is not None,
-            "chart": _chart(days, timezone.localtime(now), group["daily"]),
+            "median": median, "p90": p90,
+            "restore": _median_p90(group["restores"])[0],
+            "unrestored": not group["last_ok"],
+            "chart": _chart(days, today, group["daily"]),
         })
+    result.sort(key=lambda r: (r["project"], r["pipeline"], r["environment"],
+                               r["connection"]))
     return result
 
 
@@ -113,4 +142,5 @@ def trends(request):
     table = rendered_once("trends/_table.html", request, data_version(),
                           lambda: {"rows": build(days), "days": days})
     return render(request, "trends/list.html", {"table": table, "days": days,
-                                                "windows": WINDOWS})
+                                                "windows": WINDOWS,
+                                                "time_zone": settings.TIME_ZONE})

@@ -1,0 +1,260 @@
+"""The trends rollup: per pipeline, environment and day, what /trends/ needs, kept
+up to date by the sync's write path.
+
+Why a rollup, and why this one. The trends page shows, over 7 and 30 days,
+deployments, success rate, median and p90 duration, change failure rate and time to
+restore per pipeline and environment. Computed from the runs, a request reads every run
+of the window (tens of thousands at a run every two minutes) whatever the cache: far
+over the page budget (3 x a trivial view, a few milliseconds). Computed in SQL with
+window functions it still reads them all, and differently on PostgreSQL and SQLite.
+So the page reads one row per group and day (`TrendDay`: at most groups x 30 rows, in
+one query) and this module keeps those rows right:
+
+- `TrendDeployment` holds each finished deployment (run id, group, finish time, ok,
+  duration), narrow and indexed by (group, finish time), so a day is recomputed from
+  its own deployments without an index on the runs table (which would slow every sync
+  write). It also tells us where a run *was* counted, when it changes (a run that
+  finishes later, a retried one that is running again).
+- `record()` runs in `sync.upsert_runs`' transaction, for the runs it wrote: it
+  replaces their deployments and recomputes the days they left or entered, plus the
+  days up to the next success after them (that success's time to restore depends on
+  them). A few small queries per page and group, whatever the history's size; the
+  rollup is never behind the runs (no task, no debounce: the page is exact as soon as
+  the run list is).
+- `rebuild()` recomputes everything from the runs: the `trends_rollup` command, the
+  migration that creates these tables, and benchmarks that load runs behind the sync.
+
+Day boundaries are those of TIME_ZONE. A deployment counts on the day it finished (its
+creation day if the provider never said when it finished), not the day it was created:
+a deployment that waited two days for approval happened when it went out.
+
+Time to restore: a run of failures in a group ended by a success restores at that
+success; from the first of those failures' finish to the success's finish. It counts in
+the window where the success is (whenever the failures were). A group is "failing" when
+its last deployment in the window failed.
+
+Median and p90 are exact in rank and approximate in value: durations (and times to
+restore) are kept per day as a histogram of log-scale buckets, 16 per doubling of
+1 + seconds, and a bucket stands for its geometric middle. So a figure shown is within
+2^(1/32) - 1 < 2.2 % of (1 + the exact value in seconds): within 4 s at three
+minutes, 80 s at an hour. Its rank follows the old definitions exactly (median: the
+middle value, or the mean of the two middle ones; p90: the value at rank
+round(0.9 (n - 1)) of n sorted). Bounded in size: ~340 buckets cover a month.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import date, datetime, time, timedelta
+
+from django.db import connection as db
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from dashboard.models import Run, TrendDay, TrendDeployment, TrendGroup
+from providers.base import Status
+
+DEPLOYED = (Status.SUCCEEDED.value, Status.FAILED.value)
+BUCKETS_PER_DOUBLING = 16
+# |value shown - exact| <= ERROR * (1 + exact), in seconds.
+ERROR = 2 ** (1 / (2 * BUCKETS_PER_DOUBLING)) - 1
+
+
+def bucket(seconds: float) -> int:
+    return int(BUCKETS_PER_DOUBLING * math.log2(1 + max(0.0, seconds)))
+
+
+def bucket_value(index: int) -> float:
+    return 2 ** ((index + 0.5) / BUCKETS_PER_DOUBLING) - 1
+
+
+def day_of(moment: datetime) -> date:
+    return timezone.localtime(moment, timezone.get_default_timezone()).date()
+
+
+def day_start(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min), timezone.get_default_timezone())
+
+
+def group_key(connection_id, project_id, environment_id, pipeline_name: str) -> str:
+    return f"{connection_id}:{project_id or ''}:{environment_id or ''}:{pipeline_name}"
+
+
+# --- the write path ----------------------------------------------------------------
+
+
+def record(rows) -> None:
+    """The runs just written, as (run id, connection id, project id, environment id,
+    pipeline name, status, started_at, finished_at, created_at): bring their deployments
+    and the days they touch up to date. Call inside the writing transaction."""
+    rows = list(rows)
+    if not rows:
+        return
+    ids = [row[0] for row in rows]
+    # Where these runs counted until now: those days change too.
+    touched: dict[int, list[datetime]] = defaultdict(list)
+    counted = []
+    for run_id, group_id, at in TrendDeployment.objects.filter(run_id__in=ids).values_list(
+            "run_id", "group_id", "at"):
+        counted.append(run_id)
+        touched[group_id].append(at)
+    deployed = [row for row in rows if row[5] in DEPLOYED]
+    groups = _groups({group_key(*row[1:5]): row[1:5] for row in deployed})
+    facts = [_deployment(row, groups[group_key(*row[1:5])]) for row in deployed]
+    if counted:
+        TrendDeployment.objects.filter(run_id__in=counted).delete()
+    _insert_deployments(facts)
+    for fact in facts:
+        touched[fact[1]].append(fact[2])
+    if touched:
+        recompute(touched)
+
+
+def _groups(keys: dict[str, tuple], group_model=TrendGroup) -> dict[str, int]:
+    """key -> TrendGroup id, creating the missing ones."""
+    if not keys:
+        return {}
+    objs = group_model.objects.bulk_create(
+        [group_model(key=key, connection_id=c, project_id=p, environment_id=e,
+                    pipeline_name=name) for key, (c, p, e, name) in keys.items()],
+        update_conflicts=True, unique_fields=["key"], update_fields=["pipeline_name"])
+    return {obj.key: obj.pk for obj in objs}
+
+
+def _deployment(row, group_id: int) -> tuple:
+    run_id, _, _, _, _, status, started, finished, created = row
+    seconds = (finished - started).total_seconds() if started and finished else None
+    return (run_id, group_id, finished or created, status == Status.SUCCEEDED.value, seconds)
+
+
+def _insert_deployments(facts: list[tuple]) -> None:
+    if not facts:
+        return
+    table = TrendDeployment._meta.db_table
+    at = db.ops.adapt_datetimefield_value
+    with db.cursor() as cursor:
+        if db.vendor == "postgresql":  # COPY: a backfill writes a million of these
+            with cursor.copy(f"COPY {table} (run_id, group_id, at, ok, seconds)"
+                             " FROM STDIN") as copy:
+                for fact in facts:
+                    copy.write_row(fact)
+        else:
+            cursor.executemany(
+                f"INSERT INTO {table} (run_id, group_id, at, ok, seconds)"  # noqa: S608
+                " VALUES (%s, %s, %s, %s, %s)",
+                [(run, group, at(moment), ok, seconds)
+                 for run, group, moment, ok, seconds in facts])
+
+
+def recompute(touched: dict[int, list[datetime]]) -> None:
+    """Rewrite the days of each group that hold one of the given moments, and the days
+    after them up to the group's next success (whose time to restore they change)."""
+    # One writer per group at a time: two recomputing the same days would both insert them.
+    list(TrendGroup.objects.select_for_update().filter(pk__in=touched).order_by("pk")
+         .values_list("pk"))
+    for group_id, moments in touched.items():
+        first, last = min(moments), max(moments)
+        start = day_start(day_of(first))
+        deployments = TrendDeployment.objects.filter(group_id=group_id)
+        following = (deployments.filter(ok=True, at__gt=last).order_by("at", "run_id")
+                     .values_list("at", flat=True).first())
+        end = day_start(day_of(following or last) + timedelta(days=1))
+        _rewrite(group_id, start, end, _failing_since(deployments, start))
+
+
+def _failing_since(deployments, start: datetime) -> datetime | None:
+    """When the run of failures going on at `start` began (None if the last deployment
+    before it succeeded, or there was none)."""
+    before = deployments.filter(at__lt=start)
+    success = before.filter(ok=True).order_by("-at", "-run_id").values_list(
+        "at", "run_id").first()
+    failures = before.filter(ok=False)
+    if success:
+        failures = failures.filter(Q(at__gt=success[0]) | Q(at=success[0],
+                                                             run_id__gt=success[1]))
+    return failures.order_by("at", "run_id").values_list("at", flat=True).first()
+
+
+def _rewrite(group_id: int, start: datetime, end: datetime,
+             failing_since: datetime | None, models=None) -> None:
+    deployment_model, day_model = models or (TrendDeployment, TrendDay)
+    days: dict[date, TrendDay] = {}
+    for at, ok, seconds in (deployment_model.objects
+                            .filter(group_id=group_id, at__gte=start, at__lt=end)
+                            .order_by("at", "run_id").values_list("at", "ok", "seconds")):
+        day = day_of(at)
+        row = days.get(day)
+        if row is None:
+            row = days[day] = day_model(group_id=group_id, day=day, durations={},
+                                       restores={})
+        row.last_ok = ok
+        if seconds is not None:
+            _add(row.durations, seconds)
+        if ok:
+            row.successes += 1
+            if failing_since is not None:
+                _add(row.restores, (at - failing_since).total_seconds())
+                failing_since = None
+        else:
+            row.failures += 1
+            if failing_since is None:
+                failing_since = at
+    day_model.objects.filter(group_id=group_id, day__gte=day_of(start),
+                             day__lt=day_of(end)).delete()
+    day_model.objects.bulk_create(days.values())
+
+
+def _add(histogram: dict, seconds: float) -> None:
+    key = str(bucket(seconds))  # JSON keys are text
+    histogram[key] = histogram.get(key, 0) + 1
+
+
+# --- from scratch ------------------------------------------------------------------
+
+
+def rebuild(chunk: int = 20_000, apps=None) -> int:
+    """Recompute the whole rollup from the runs; return how many deployments it holds.
+    For the `trends_rollup` command, the migration that adds the rollup (which passes
+    its historical `apps`), and anything that loads runs without the sync."""
+    run_model, group_model, deployment_model, day_model = (
+        [apps.get_model("dashboard", name) for name in
+         ("Run", "TrendGroup", "TrendDeployment", "TrendDay")]
+        if apps else (Run, TrendGroup, TrendDeployment, TrendDay))
+    with transaction.atomic():
+        day_model.objects.all().delete()
+        deployment_model.objects.all().delete()
+        group_model.objects.all().delete()
+        runs = (run_model.objects.filter(status__in=DEPLOYED).order_by()
+                .values_list("pk", "connection_id", "project_id", "environment_id",
+                             "pipeline_name", "status", "started_at", "finished_at",
+                             "created_at"))
+        groups: dict[str, int] = {}
+        spans: dict[int, list[datetime]] = {}
+        batch: list = []
+        total = 0
+
+        def flush():
+            keys = {group_key(*row[1:5]): row[1:5] for row in batch}
+            groups.update(_groups({k: v for k, v in keys.items() if k not in groups},
+                                  group_model))
+            facts = [_deployment(row, groups[group_key(*row[1:5])]) for row in batch]
+            _insert_deployments(facts)
+            for fact in facts:
+                span = spans.setdefault(fact[1], [fact[2], fact[2]])
+                span[0], span[1] = min(span[0], fact[2]), max(span[1], fact[2])
+            batch.clear()
+            return len(facts)
+
+        for row in runs.iterator(chunk_size=chunk):
+            batch.append(row)
+            if len(batch) >= chunk:
+                total += flush()
+        if batch:
+            total += flush()
+        for group_id, (first, last) in spans.items():
+            _rewrite(group_id, day_start(day_of(first)),
+                     day_start(day_of(last) + timedelta(days=1)), None,
+                     (deployment_model, day_model))
+    return total
