@@ -24,6 +24,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 
 from dashboard import rollup
 from dashboard.models import TrendDay, data_version
@@ -68,25 +69,33 @@ def _merge(into: dict[int, int], histogram: dict[str, int]) -> None:
         into[index] = into.get(index, 0) + count
 
 
-def _chart(days: int, today: date, daily: dict) -> dict:
-    """Bars for each day: succeeded up from the middle line, failed down from it."""
+def _chart(days: int, today: date, daily: dict) -> str:
+    """Bars for each day, as SVG: succeeded up from the middle line, failed down from it.
+    Written here rather than by a template loop (60 bars a row cost a template
+    milliseconds); it holds numbers and dates only, nothing to escape."""
     peak = max([max(ok, bad) for ok, bad in daily.values()] or [1]) or 1
     step = CHART_WIDTH / days
     half = CHART_HEIGHT / 2
-    bars = []
+    width = round(step * 0.8, 1)
+    parts = [f'<svg class="spark" width="{CHART_WIDTH}" height="{CHART_HEIGHT}" '
+             f'viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" aria-label="Deployments '
+             f'per day, succeeded above the line, failed below"><line class="axis" x1="0" '
+             f'x2="{CHART_WIDTH}" y1="{half}" y2="{half}"/>']
     for index in range(days):
         day = today - timedelta(days=days - 1 - index)
         ok, bad = daily.get(day, (0, 0))
         x = round(index * step + step * 0.1, 1)
-        width = round(step * 0.8, 1)
         if ok:
             height = round(half * ok / peak, 1)
-            bars.append({"x": x, "y": round(half - height, 1), "w": width, "h": height,
-                         "kind": "ok", "title": f"{day}: {ok} succeeded"})
+            parts.append(f'<rect class="ok" x="{x}" y="{round(half - height, 1)}" '
+                         f'width="{width}" height="{height}"><title>{day}: {ok} succeeded'
+                         "</title></rect>")
         if bad:
-            bars.append({"x": x, "y": half, "w": width, "h": round(half * bad / peak, 1),
-                         "kind": "bad", "title": f"{day}: {bad} failed"})
-    return {"bars": bars, "width": CHART_WIDTH, "height": CHART_HEIGHT, "middle": half}
+            parts.append(f'<rect class="bad" x="{x}" y="{half}" width="{width}" '
+                         f'height="{round(half * bad / peak, 1)}"><title>{day}: {bad} failed'
+                         "</title></rect>")
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 (numbers and dates of ours)
 
 
 def build(days: int) -> list[dict]:
