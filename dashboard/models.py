@@ -604,15 +604,17 @@ class TrendDeployment(models.Model):
 
 
 class TrendDay(models.Model):
-    """A group's deployments on one day (in TIME_ZONE): counts, the status of the day's
-    last deployment, and histograms (bucket -> count, see rollup.bucket) of durations
-    and of times to restore that ended that day."""
+    """A group's deployments on one day (in TIME_ZONE): counts, histograms (bucket ->
+    count, see rollup.bucket) of durations and of times to restore that ended that day,
+    and whether the group was failing as the day ended."""
 
     group = models.ForeignKey(TrendGroup, on_delete=models.CASCADE, db_index=False)
     day = models.DateField()
     successes = models.PositiveIntegerField(default=0)
     failures = models.PositiveIntegerField(default=0)
-    last_ok = models.BooleanField()
+    # When the run of failures going on at the day's end began (None: the day's last
+    # deployment succeeded): the next day's recomputation starts from it.
+    failing_since = models.DateTimeField(null=True)
     durations = models.JSONField(default=dict)
     restores = models.JSONField(default=dict)
 

@@ -45,12 +45,14 @@ round(0.9 (n - 1)) of n sorted). Bounded in size: ~340 buckets cover a month.
 from __future__ import annotations
 
 import math
+import operator
 from collections import defaultdict
 from datetime import date, datetime, time, timedelta
+from functools import reduce
 
 from django.db import connection as db
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Max, Min, Q
 from django.utils import timezone
 
 from dashboard.models import Run, TrendDay, TrendDeployment, TrendGroup
@@ -150,60 +152,62 @@ def _insert_deployments(facts: list[tuple]) -> None:
 
 def recompute(touched: dict[int, list[datetime]]) -> None:
     """Rewrite the days of each group that hold one of the given moments, and the days
-    after them up to the group's next success (whose time to restore they change)."""
+    after them up to the group's next success (whose time to restore they change).
+    A constant number of queries, however many groups."""
     # One writer per group at a time: two recomputing the same days would both insert them.
     list(TrendGroup.objects.select_for_update().filter(pk__in=touched).order_by("pk")
          .values_list("pk"))
-    for group_id, moments in touched.items():
-        first, last = min(moments), max(moments)
-        start = day_start(day_of(first))
-        deployments = TrendDeployment.objects.filter(group_id=group_id)
-        following = (deployments.filter(ok=True, at__gt=last).order_by("at", "run_id")
-                     .values_list("at", flat=True).first())
-        end = day_start(day_of(following or last) + timedelta(days=1))
-        _rewrite(group_id, start, end, _failing_since(deployments, start))
+    spans = {group: (day_of(min(moments)), max(moments)) for group, moments in touched.items()}
+    following = dict(
+        TrendDeployment.objects.filter(_any(Q(group_id=group, at__gt=last)
+                                            for group, (_, last) in spans.items()), ok=True)
+        .values("group_id").annotate(first=Min("at")).values_list("group_id", "first"))
+    _rewrite({group: (first, day_of(following.get(group) or last) + timedelta(days=1))
+              for group, (first, last) in spans.items()})
 
 
-def _failing_since(deployments, start: datetime) -> datetime | None:
-    """When the run of failures going on at `start` began (None if the last deployment
-    before it succeeded, or there was none)."""
-    before = deployments.filter(at__lt=start)
-    success = before.filter(ok=True).order_by("-at", "-run_id").values_list(
-        "at", "run_id").first()
-    failures = before.filter(ok=False)
-    if success:
-        failures = failures.filter(Q(at__gt=success[0]) | Q(at=success[0],
-                                                             run_id__gt=success[1]))
-    return failures.order_by("at", "run_id").values_list("at", flat=True).first()
+def _any(conditions) -> Q:
+    return reduce(operator.or_, conditions)
 
 
-def _rewrite(group_id: int, start: datetime, end: datetime,
-             failing_since: datetime | None, models=None) -> None:
+def _rewrite(spans: dict[int, tuple[date, date]], models=None) -> None:
+    """Recompute each group's days from its first day up to (not including) its end."""
     deployment_model, day_model = models or (TrendDeployment, TrendDay)
-    days: dict[date, TrendDay] = {}
-    for at, ok, seconds in (deployment_model.objects
-                            .filter(group_id=group_id, at__gte=start, at__lt=end)
-                            .order_by("at", "run_id").values_list("at", "ok", "seconds")):
+    # Where each group stood as its span begins: its last day before says whether a run
+    # of failures was going on, and since when.
+    before = dict(day_model.objects.filter(_any(Q(group_id=group, day__lt=first)
+                                                for group, (first, _) in spans.items()))
+                  .values("group_id").annotate(last=Max("day")).values_list("group_id", "last"))
+    failing = dict(day_model.objects.filter(_any(Q(group_id=group, day=day)
+                                                 for group, day in before.items()))
+                   .values_list("group_id", "failing_since")) if before else {}
+    deployments = (deployment_model.objects
+                   .filter(_any(Q(group_id=group, at__gte=day_start(first), at__lt=day_start(end))
+                                for group, (first, end) in spans.items()))
+                   .order_by("group_id", "at", "run_id")
+                   .values_list("group_id", "at", "ok", "seconds"))
+    rows: dict[tuple[int, date], TrendDay] = {}
+    for group, at, ok, seconds in deployments:
         day = day_of(at)
-        row = days.get(day)
+        row = rows.get((group, day))
         if row is None:
-            row = days[day] = day_model(group_id=group_id, day=day, durations={},
-                                       restores={})
-        row.last_ok = ok
+            row = rows[group, day] = day_model(group_id=group, day=day, durations={},
+                                               restores={})
+        since = failing.get(group)
         if seconds is not None:
             _add(row.durations, seconds)
         if ok:
             row.successes += 1
-            if failing_since is not None:
-                _add(row.restores, (at - failing_since).total_seconds())
-                failing_since = None
+            if since is not None:
+                _add(row.restores, (at - since).total_seconds())
+                since = None
         else:
             row.failures += 1
-            if failing_since is None:
-                failing_since = at
-    day_model.objects.filter(group_id=group_id, day__gte=day_of(start),
-                             day__lt=day_of(end)).delete()
-    day_model.objects.bulk_create(days.values())
+            since = since or at
+        failing[group] = row.failing_since = since
+    day_model.objects.filter(_any(Q(group_id=group, day__gte=first, day__lt=end)
+                                  for group, (first, end) in spans.items())).delete()
+    day_model.objects.bulk_create(rows.values())
 
 
 def _add(histogram: dict, seconds: float) -> None:
@@ -253,8 +257,7 @@ def rebuild(chunk: int = 20_000, apps=None) -> int:
                 total += flush()
         if batch:
             total += flush()
-        for group_id, (first, last) in spans.items():
-            _rewrite(group_id, day_start(day_of(first)),
-                     day_start(day_of(last) + timedelta(days=1)), None,
+        for group_id, (first, last) in spans.items():  # one at a time: a group's history
+            _rewrite({group_id: (day_of(first), day_of(last) + timedelta(days=1))},
                      (deployment_model, day_model))
     return total

@@ -102,11 +102,11 @@ def build(days: int) -> list[dict]:
     today = rollup.day_of(timezone.now())
     rows = (TrendDay.objects.filter(day__gte=today - timedelta(days=days - 1))
             .order_by("group_id", "day")
-            .values_list("group_id", "day", "successes", "failures", "last_ok", "durations",
+            .values_list("group_id", "day", "successes", "failures", "failing_since", "durations",
                          "restores", "group__connection__name", "group__project__name",
                          "group__environment__name", "group__pipeline_name"))
     groups: dict[int, dict] = {}
-    for (group_id, day, ok, bad, last_ok, durations, restores, connection, project,
+    for (group_id, day, ok, bad, failing_since, durations, restores, connection, project,
          environment, pipeline) in rows:
         group = groups.get(group_id)
         if group is None:
@@ -116,7 +116,7 @@ def build(days: int) -> list[dict]:
                 "ok": 0, "bad": 0, "durations": {}, "restores": {}, "daily": {}}
         group["ok"] += ok
         group["bad"] += bad
-        group["last_ok"] = last_ok  # rows come day by day: the last one's wins
+        group["failing"] = failing_since is not None  # day by day: the last one's wins
         group["daily"][day] = (ok, bad)
         _merge(group["durations"], durations)
         _merge(group["restores"], restores)
@@ -132,7 +132,7 @@ def build(days: int) -> list[dict]:
             "change_failure_rate": round(100 * group["bad"] / total),
             "median": median, "p90": p90,
             "restore": _median_p90(group["restores"])[0],
-            "unrestored": not group["last_ok"],
+            "unrestored": group["failing"],
             "chart": _chart(days, today, group["daily"]),
         })
     result.sort(key=lambda r: (r["project"], r["pipeline"], r["environment"],

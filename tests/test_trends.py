@@ -205,10 +205,10 @@ def test_every_figure_matches_a_brute_force_computation(client, viewer, buddy_co
 
     # The backfill computes the same rollup from the runs as the sync kept.
     kept = sorted(TrendDay.objects.values_list("group__key", "day", "successes", "failures",
-                                               "last_ok", "durations", "restores"))
+                                               "failing_since", "durations", "restores"))
     call_command("trends_rollup", stdout=io.StringIO())
     assert sorted(TrendDay.objects.values_list("group__key", "day", "successes", "failures",
-                                               "last_ok", "durations", "restores")) == kept
+                                               "failing_since", "durations", "restores")) == kept
     assert_page_matches_reference(client, 30)
 
 
