@@ -14,7 +14,7 @@ def backfill(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dashboard', '0012_budget_clock'),
+        ('dashboard', '0013_action_settles'),
     ]
 
     operations = [
