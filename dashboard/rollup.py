@@ -215,6 +215,27 @@ def _add(histogram: dict, seconds: float) -> None:
     histogram[key] = histogram.get(key, 0) + 1
 
 
+# --- the read path --------------------------------------------------------------------
+
+
+def window_histograms(first: date) -> dict[tuple[int, str], dict[int, int]]:
+    """(group id, "durations" or "restores") -> bucket -> count, summed over the days
+    from `first` on by the database (one query; JSON expanded by jsonb_each_text on
+    PostgreSQL, json_each on SQLite): the page never decodes a histogram per day."""
+    table = TrendDay._meta.db_table
+    each = "jsonb_each_text" if db.vendor == "postgresql" else "json_each"
+    select = " UNION ALL ".join(
+        f"SELECT d.group_id, '{column}', CAST(j.key AS INTEGER), SUM(CAST(j.value AS INTEGER))"  # noqa: S608
+        f" FROM {table} d, {each}(d.{column}) j WHERE d.day >= %s GROUP BY d.group_id, j.key"
+        for column in ("durations", "restores"))
+    result: dict[tuple[int, str], dict[int, int]] = defaultdict(dict)
+    with db.cursor() as cursor:
+        cursor.execute(select, [first, first])  # names and literals of ours only
+        for group, column, index, count in cursor.fetchall():
+            result[group, column][index] = count
+    return result
+
+
 # --- from scratch ------------------------------------------------------------------
 
 

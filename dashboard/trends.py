@@ -27,7 +27,7 @@ from django.utils import timezone
 from django.utils.safestring import mark_safe
 
 from dashboard import rollup
-from dashboard.models import TrendDay, data_version
+from dashboard.models import TrendDay, TrendGroup, data_version
 from dashboard.views import rendered_once
 
 WINDOWS = (7, 30)
@@ -63,12 +63,6 @@ def _median_p90(histogram: dict[int, int]) -> tuple[timedelta | None, timedelta 
     return timedelta(seconds=sum(middles) / len(middles)), timedelta(seconds=last)
 
 
-def _merge(into: dict[int, int], histogram: dict[str, int]) -> None:
-    for key, count in histogram.items():
-        index = int(key)
-        into[index] = into.get(index, 0) + count
-
-
 def _chart(days: int, today: date, daily: dict) -> str:
     """Bars for each day, as SVG: succeeded up from the middle line, failed down from it.
     Written here rather than by a template loop (60 bars a row cost a template
@@ -100,38 +94,36 @@ def _chart(days: int, today: date, daily: dict) -> str:
 
 def build(days: int) -> list[dict]:
     today = rollup.day_of(timezone.now())
-    rows = (TrendDay.objects.filter(day__gte=today - timedelta(days=days - 1))
-            .order_by("group_id", "day")
-            .values_list("group_id", "day", "successes", "failures", "failing_since", "durations",
-                         "restores", "group__connection__name", "group__project__name",
-                         "group__environment__name", "group__pipeline_name"))
+    first = today - timedelta(days=days - 1)
     groups: dict[int, dict] = {}
-    for (group_id, day, ok, bad, failing_since, durations, restores, connection, project,
-         environment, pipeline) in rows:
+    for group_id, day, ok, bad, failing_since in (
+            TrendDay.objects.filter(day__gte=first).order_by("group_id", "day")
+            .values_list("group_id", "day", "successes", "failures", "failing_since")):
         group = groups.get(group_id)
         if group is None:
-            group = groups[group_id] = {
-                "project": project or connection, "pipeline": pipeline,
-                "environment": environment or "", "connection": connection,
-                "ok": 0, "bad": 0, "durations": {}, "restores": {}, "daily": {}}
+            group = groups[group_id] = {"ok": 0, "bad": 0, "daily": {}}
         group["ok"] += ok
         group["bad"] += bad
         group["failing"] = failing_since is not None  # day by day: the last one's wins
         group["daily"][day] = (ok, bad)
-        _merge(group["durations"], durations)
-        _merge(group["restores"], restores)
+    if not groups:
+        return []
+    histograms = rollup.window_histograms(first)
+    names = TrendGroup.objects.filter(pk__in=groups).values_list(
+        "pk", "connection__name", "project__name", "environment__name", "pipeline_name")
     result = []
-    for group in groups.values():
+    for group_id, connection, project, environment, pipeline in names:
+        group = groups[group_id]
         total = group["ok"] + group["bad"]
-        median, p90 = _median_p90(group["durations"])
+        median, p90 = _median_p90(histograms.get((group_id, "durations"), {}))
         result.append({
-            "project": group["project"], "pipeline": group["pipeline"],
-            "environment": group["environment"], "connection": group["connection"],
+            "project": project or connection, "pipeline": pipeline,
+            "environment": environment or "", "connection": connection,
             "deployments": total,
             "success_rate": round(100 * group["ok"] / total),
             "change_failure_rate": round(100 * group["bad"] / total),
             "median": median, "p90": p90,
-            "restore": _median_p90(group["restores"])[0],
+            "restore": _median_p90(histograms.get((group_id, "restores"), {}))[0],
             "unrestored": group["failing"],
             "chart": _chart(days, today, group["daily"]),
         })
