@@ -604,9 +604,8 @@ class TrendDeployment(models.Model):
 
 
 class TrendDay(models.Model):
-    """A group's deployments on one day (in TIME_ZONE): counts, histograms (bucket ->
-    count, see rollup.bucket) of durations and of times to restore that ended that day,
-    and whether the group was failing as the day ended."""
+    """A group's deployments on one day (in TIME_ZONE): counts, and whether the group
+    was failing as the day ended. Its durations are in TrendBucket."""
 
     group = models.ForeignKey(TrendGroup, on_delete=models.CASCADE, db_index=False)
     day = models.DateField()
@@ -615,8 +614,6 @@ class TrendDay(models.Model):
     # When the run of failures going on at the day's end began (None: the day's last
     # deployment succeeded): the next day's recomputation starts from it.
     failing_since = models.DateTimeField(null=True)
-    durations = models.JSONField(default=dict)
-    restores = models.JSONField(default=dict)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["group", "day"], name="trend_day_unique")]
@@ -624,6 +621,26 @@ class TrendDay(models.Model):
 
     def __str__(self):
         return f"{self.group_id} {self.day}"
+
+
+class TrendBucket(models.Model):
+    """How many of a group's deployments that day took a duration in this log-scale
+    bucket (see rollup.bucket), or, with `restore`, how many of its restores took a
+    time in it: rows the database sums over a window, with no document to decode."""
+
+    group = models.ForeignKey(TrendGroup, on_delete=models.CASCADE, db_index=False)
+    day = models.DateField()
+    restore = models.BooleanField()
+    bucket = models.SmallIntegerField()
+    count = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["group", "day", "restore", "bucket"],
+                                               name="trend_bucket_unique")]
+        indexes = [models.Index(fields=["day"], name="trend_bucket_day")]
+
+    def __str__(self):
+        return f"{self.group_id} {self.day} {self.bucket}"
 
 
 # Notification channels live in their own module; imported here so Django sees them.

@@ -7,8 +7,11 @@ restore per pipeline and environment. Computed from the runs, a request reads ev
 of the window (tens of thousands at a run every two minutes) whatever the cache: far
 over the page budget (3 x a trivial view, a few milliseconds). Computed in SQL with
 window functions it still reads them all, and differently on PostgreSQL and SQLite.
-So the page reads one row per group and day (`TrendDay`: at most groups x 30 rows, in
-one query) and this module keeps those rows right:
+So the page reads, in three queries whatever the number of runs: one row per group and
+day (`TrendDay`: counts, for the totals and the bars; at most groups x 30), the
+duration and restore buckets summed over the window by the database (`TrendBucket`:
+groups x 2 x the buckets in use, ~340 at most), and the groups' names. This module
+keeps those rows right:
 
 - `TrendDeployment` holds each finished deployment (run id, group, finish time, ok,
   duration), narrow and indexed by (group, finish time), so a day is recomputed from
@@ -18,7 +21,8 @@ one query) and this module keeps those rows right:
 - `record()` runs in `sync.upsert_runs`' transaction, for the runs it wrote: it
   replaces their deployments and recomputes the days they left or entered, plus the
   days up to the next success after them (that success's time to restore depends on
-  them). A few small queries per page and group, whatever the history's size; the
+  them). About a dozen small queries per written page, however many runs and groups
+  it holds and whatever the history's size; the
   rollup is never behind the runs (no task, no debounce: the page is exact as soon as
   the run list is).
 - `rebuild()` recomputes everything from the runs: the `trends_rollup` command, the
@@ -34,7 +38,9 @@ the window where the success is (whenever the failures were). A group is "failin
 its last deployment in the window failed.
 
 Median and p90 are exact in rank and approximate in value: durations (and times to
-restore) are kept per day as a histogram of log-scale buckets, 16 per doubling of
+restore) are kept per day as a histogram of log-scale buckets (`TrendBucket`, one
+row per bucket in use; not a JSON document, which the page would decode per day or
+PostgreSQL would expand with a badly estimated, parallel plan), 16 per doubling of
 1 + seconds, and a bucket stands for its geometric middle. So a figure shown is within
 2^(1/32) - 1 < 2.2 % of (1 + the exact value in seconds): within 4 s at three
 minutes, 80 s at an hour. Its rank follows the old definitions exactly (median: the
@@ -52,10 +58,10 @@ from functools import reduce
 
 from django.db import connection as db
 from django.db import transaction
-from django.db.models import Max, Min, Q
+from django.db.models import Max, Min, Q, Sum
 from django.utils import timezone
 
-from dashboard.models import Run, TrendDay, TrendDeployment, TrendGroup
+from dashboard.models import Run, TrendBucket, TrendDay, TrendDeployment, TrendGroup
 from providers.base import Status
 
 DEPLOYED = (Status.SUCCEEDED.value, Status.FAILED.value)
@@ -172,7 +178,8 @@ def _any(conditions) -> Q:
 
 def _rewrite(spans: dict[int, tuple[date, date]], models=None) -> None:
     """Recompute each group's days from its first day up to (not including) its end."""
-    deployment_model, day_model = models or (TrendDeployment, TrendDay)
+    deployment_model, day_model, bucket_model = models or (TrendDeployment, TrendDay,
+                                                           TrendBucket)
     # Where each group stood as its span begins: its last day before says whether a run
     # of failures was going on, and since when.
     before = dict(day_model.objects.filter(_any(Q(group_id=group, day__lt=first)
@@ -187,52 +194,45 @@ def _rewrite(spans: dict[int, tuple[date, date]], models=None) -> None:
                    .order_by("group_id", "at", "run_id")
                    .values_list("group_id", "at", "ok", "seconds"))
     rows: dict[tuple[int, date], TrendDay] = {}
+    buckets: dict[tuple[int, date, bool, int], int] = defaultdict(int)
     for group, at, ok, seconds in deployments:
         day = day_of(at)
         row = rows.get((group, day))
         if row is None:
-            row = rows[group, day] = day_model(group_id=group, day=day, durations={},
-                                               restores={})
+            row = rows[group, day] = day_model(group_id=group, day=day)
         since = failing.get(group)
         if seconds is not None:
-            _add(row.durations, seconds)
+            buckets[group, day, False, bucket(seconds)] += 1
         if ok:
             row.successes += 1
             if since is not None:
-                _add(row.restores, (at - since).total_seconds())
+                buckets[group, day, True, bucket((at - since).total_seconds())] += 1
                 since = None
         else:
             row.failures += 1
             since = since or at
         failing[group] = row.failing_since = since
-    day_model.objects.filter(_any(Q(group_id=group, day__gte=first, day__lt=end)
-                                  for group, (first, end) in spans.items())).delete()
+    in_spans = _any(Q(group_id=group, day__gte=first, day__lt=end)
+                    for group, (first, end) in spans.items())
+    day_model.objects.filter(in_spans).delete()
+    bucket_model.objects.filter(in_spans).delete()
     day_model.objects.bulk_create(rows.values())
-
-
-def _add(histogram: dict, seconds: float) -> None:
-    key = str(bucket(seconds))  # JSON keys are text
-    histogram[key] = histogram.get(key, 0) + 1
+    bucket_model.objects.bulk_create(
+        bucket_model(group_id=group, day=day, restore=restore, bucket=index, count=count)
+        for (group, day, restore, index), count in buckets.items())
 
 
 # --- the read path --------------------------------------------------------------------
 
 
-def window_histograms(first: date) -> dict[tuple[int, str], dict[int, int]]:
-    """(group id, "durations" or "restores") -> bucket -> count, summed over the days
-    from `first` on by the database (one query; JSON expanded by jsonb_each_text on
-    PostgreSQL, json_each on SQLite): the page never decodes a histogram per day."""
-    table = TrendDay._meta.db_table
-    each = "jsonb_each_text" if db.vendor == "postgresql" else "json_each"
-    select = " UNION ALL ".join(
-        f"SELECT d.group_id, '{column}', CAST(j.key AS INTEGER), SUM(CAST(j.value AS INTEGER))"  # noqa: S608
-        f" FROM {table} d, {each}(d.{column}) j WHERE d.day >= %s GROUP BY d.group_id, j.key"
-        for column in ("durations", "restores"))
-    result: dict[tuple[int, str], dict[int, int]] = defaultdict(dict)
-    with db.cursor() as cursor:
-        cursor.execute(select, [first, first])  # names and literals of ours only
-        for group, column, index, count in cursor.fetchall():
-            result[group, column][index] = count
+def window_histograms(first: date) -> dict[tuple[int, bool], dict[int, int]]:
+    """(group id, restore) -> bucket -> count, summed over the days from `first` on by
+    the database: at most groups x 2 x the buckets in use, in one query."""
+    result: dict[tuple[int, bool], dict[int, int]] = defaultdict(dict)
+    for group, restore, index, count in (
+            TrendBucket.objects.filter(day__gte=first).values("group_id", "restore", "bucket")
+            .annotate(n=Sum("count")).values_list("group_id", "restore", "bucket", "n")):
+        result[group, restore][index] = count
     return result
 
 
@@ -245,10 +245,10 @@ def rebuild(apps=None) -> int:
     its historical `apps`), and anything that loads runs without the sync. Groups and
     deployments are copied by two INSERT ... SELECT (a million runs in seconds), then
     each group's days are computed as the sync's write path does."""
-    run_model, group_model, deployment_model, day_model = (
+    run_model, group_model, deployment_model, day_model, bucket_model = (
         [apps.get_model("dashboard", name) for name in
-         ("Run", "TrendGroup", "TrendDeployment", "TrendDay")]
-        if apps else (Run, TrendGroup, TrendDeployment, TrendDay))
+         ("Run", "TrendGroup", "TrendDeployment", "TrendDay", "TrendBucket")]
+        if apps else (Run, TrendGroup, TrendDeployment, TrendDay, TrendBucket))
     runs, groups, deployments = (model._meta.db_table
                                  for model in (run_model, group_model, deployment_model))
     # group_key() in SQL (the same text on PostgreSQL and SQLite).
@@ -258,6 +258,7 @@ def rebuild(apps=None) -> int:
                else "(julianday(r.finished_at) - julianday(r.started_at)) * 86400.0")
     deployed = f"r.status IN ('{DEPLOYED[0]}', '{DEPLOYED[1]}')"
     with transaction.atomic():
+        bucket_model.objects.all().delete()
         day_model.objects.all().delete()
         deployment_model.objects.all().delete()
         group_model.objects.all().delete()
@@ -277,5 +278,5 @@ def rebuild(apps=None) -> int:
                  .values_list("group_id", "first", "last"))
         for group_id, first, last in spans:  # one at a time: a group's whole history
             _rewrite({group_id: (day_of(first), day_of(last) + timedelta(days=1))},
-                     (deployment_model, day_model))
+                     (deployment_model, day_model, bucket_model))
     return total

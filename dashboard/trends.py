@@ -115,7 +115,7 @@ def build(days: int) -> list[dict]:
     for group_id, connection, project, environment, pipeline in names:
         group = groups[group_id]
         total = group["ok"] + group["bad"]
-        median, p90 = _median_p90(histograms.get((group_id, "durations"), {}))
+        median, p90 = _median_p90(histograms.get((group_id, False), {}))
         result.append({
             "project": project or connection, "pipeline": pipeline,
             "environment": environment or "", "connection": connection,
@@ -123,7 +123,7 @@ def build(days: int) -> list[dict]:
             "success_rate": round(100 * group["ok"] / total),
             "change_failure_rate": round(100 * group["bad"] / total),
             "median": median, "p90": p90,
-            "restore": _median_p90(histograms.get((group_id, "restores"), {}))[0],
+            "restore": _median_p90(histograms.get((group_id, True), {}))[0],
             "unrestored": group["failing"],
             "chart": _chart(days, today, group["daily"]),
         })
