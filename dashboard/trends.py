@@ -63,31 +63,39 @@ def _median_p90(histogram: dict[int, int]) -> tuple[timedelta | None, timedelta 
     return timedelta(seconds=sum(middles) / len(middles)), timedelta(seconds=last)
 
 
-def _chart(days: int, today: date, daily: dict) -> str:
+def _slots(days: int, today: date) -> dict[date, str]:
+    """Each day of the window -> the x and width of its bars, the same on every row."""
+    step = CHART_WIDTH / days
+    return {today - timedelta(days=days - 1 - index):
+            f'x="{round(index * step + step * 0.1, 1)}" width="{round(step * 0.8, 1)}"'
+            for index in range(days)}
+
+
+HALF = CHART_HEIGHT / 2
+CHART_START = (f'<svg class="spark" width="{CHART_WIDTH}" height="{CHART_HEIGHT}" '
+               f'viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" aria-label="Deployments '
+               f'per day, succeeded above the line, failed below"><line class="axis" x1="0" '
+               f'x2="{CHART_WIDTH}" y1="{HALF}" y2="{HALF}"/>')
+
+
+def _chart(slots: dict[date, str], daily: dict[date, tuple[int, int]]) -> str:
     """Bars for each day, as SVG: succeeded up from the middle line, failed down from it.
     Written here rather than by a template loop (60 bars a row cost a template
     milliseconds); it holds numbers and dates only, nothing to escape."""
     peak = max([max(ok, bad) for ok, bad in daily.values()] or [1]) or 1
-    step = CHART_WIDTH / days
-    half = CHART_HEIGHT / 2
-    width = round(step * 0.8, 1)
-    parts = [f'<svg class="spark" width="{CHART_WIDTH}" height="{CHART_HEIGHT}" '
-             f'viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" aria-label="Deployments '
-             f'per day, succeeded above the line, failed below"><line class="axis" x1="0" '
-             f'x2="{CHART_WIDTH}" y1="{half}" y2="{half}"/>']
-    for index in range(days):
-        day = today - timedelta(days=days - 1 - index)
-        ok, bad = daily.get(day, (0, 0))
-        x = round(index * step + step * 0.1, 1)
+    scale = HALF / peak
+    parts = [CHART_START]
+    for day, (ok, bad) in daily.items():
+        slot = slots.get(day)
+        if slot is None:  # a deployment dated after today (a clock ahead of ours)
+            continue
         if ok:
-            height = round(half * ok / peak, 1)
-            parts.append(f'<rect class="ok" x="{x}" y="{round(half - height, 1)}" '
-                         f'width="{width}" height="{height}"><title>{day}: {ok} succeeded'
-                         "</title></rect>")
+            height = round(scale * ok, 1)
+            parts.append(f'<rect class="ok" {slot} y="{round(HALF - height, 1)}" '
+                         f'height="{height}"><title>{day}: {ok} succeeded</title></rect>')
         if bad:
-            parts.append(f'<rect class="bad" x="{x}" y="{half}" width="{width}" '
-                         f'height="{round(half * bad / peak, 1)}"><title>{day}: {bad} failed'
-                         "</title></rect>")
+            parts.append(f'<rect class="bad" {slot} y="{HALF}" height="{round(scale * bad, 1)}">'
+                         f"<title>{day}: {bad} failed</title></rect>")
     parts.append("</svg>")
     return mark_safe("".join(parts))  # noqa: S308 (numbers and dates of ours)
 
@@ -111,6 +119,7 @@ def build(days: int) -> list[dict]:
     histograms = rollup.window_histograms(first)
     names = TrendGroup.objects.filter(pk__in=groups).values_list(
         "pk", "connection__name", "project__name", "environment__name", "pipeline_name")
+    slots = _slots(days, today)
     result = []
     for group_id, connection, project, environment, pipeline in names:
         group = groups[group_id]
@@ -125,7 +134,7 @@ def build(days: int) -> list[dict]:
             "median": median, "p90": p90,
             "restore": _median_p90(histograms.get((group_id, True), {}))[0],
             "unrestored": group["failing"],
-            "chart": _chart(days, today, group["daily"]),
+            "chart": _chart(slots, group["daily"]),
         })
     result.sort(key=lambda r: (r["project"], r["pipeline"], r["environment"],
                                r["connection"]))
