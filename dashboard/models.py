@@ -392,6 +392,40 @@ class Job(models.Model):
         return self.name or self.external_id
 
 
+class ReleaseCell(models.Model):
+    """One cell of the releases matrix: a pipeline's newest run in one environment column
+    and its newest successful one, kept by the sync's write path (dashboard/releases.py)
+    so the page reads a few rows instead of every run and step environment."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, db_index=False)
+    # The row, as the page names it: the run's project (by name) and pipeline.
+    project_name = models.CharField(max_length=200, blank=True)
+    pipeline_name = models.CharField(max_length=200, blank=True)
+    # The column: the environment's name without a "<pipeline> · " prefix, casefolded.
+    column = models.CharField(max_length=200)
+    name = models.CharField(max_length=200)
+    # The step's order in its run (platforms that give environments as steps): the
+    # columns follow it; None for an environment a run names on its own.
+    position = models.IntegerField(null=True, blank=True)
+    # No indexes on the runs: the table has a few rows a pipeline, read whole.
+    latest_run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+",
+                                   db_index=False)
+    latest_step = models.CharField(max_length=200, blank=True)  # a Job's external_id
+    latest_at = models.DateTimeField()
+    deployed_run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+", db_index=False)
+    deployed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "project_name", "pipeline_name",
+                                            "column"], name="release_cell_unique"),
+        ]
+
+    def __str__(self):
+        return f"{self.pipeline_name or self.project_name} · {self.name}"
+
+
 class ActionRecord(models.Model):
     """The audit trail: every attempt to act on a run, and what the provider said."""
 

@@ -252,8 +252,6 @@ RUNBOARD_STALE_AFTER = env.float("RUNBOARD_STALE_AFTER", default=120.0)
 # Separation of duties: whoever triggered a run (where the platform says who did) may
 # not approve it. Matched against the user's username, full name and e-mail.
 RUNBOARD_SEPARATION_OF_DUTIES = env.bool("RUNBOARD_SEPARATION_OF_DUTIES", default=False)
-# The releases page reads per-step environments from this many newest runs.
-RUNBOARD_RELEASES_WINDOW = env.int("RUNBOARD_RELEASES_WINDOW", default=2000)
 
 LOGGING = {
     "version": 1,

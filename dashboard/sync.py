@@ -30,7 +30,7 @@ from django.db import connection as db
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
-from dashboard import notifications, rollup
+from dashboard import notifications, releases, rollup
 from dashboard.models import (
     GONE_FROM_PROVIDER,
     Connection,
@@ -220,6 +220,7 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
                 for r in latest.values() if r.external_id[:200] in run_ids
                 for job in r.jobs
             ])
+        releases.record(connection.pk, list(run_ids.values()))
         # The trends rollup follows in the same transaction (dashboard/rollup.py).
         rollup.record(
             (pk, connection.pk, project_ids.get(r.project.external_id) if r.project else None,

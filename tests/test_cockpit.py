@@ -228,8 +228,7 @@ def test_releases_matrix_from_step_environments(viewer, buddy_connection):
 
 
 
-def test_releases_matrix_reaches_runs_beyond_the_window(viewer, buddy_connection, settings):
-    settings.RUNBOARD_RELEASES_WINDOW = 2
+def test_releases_matrix_reaches_runs_beyond_the_window(viewer, buddy_connection):
     prod = EnvironmentData("prod", "production", ProjectData("api", "api"))
     sync.upsert_runs(buddy_connection, [
         RunData(external_id="old", status=Status.SUCCEEDED, raw_status="x", locator={},

@@ -1,0 +1,181 @@
+"""The releases matrix's cells, kept by the sync's write path: they must say what working
+them out from every run says (`releases.rebuild`), through runs that finish, move
+environment or lose their success, and the page must read the same few rows however
+many runs there are."""
+
+import random
+from datetime import timedelta
+
+import pytest
+from django.db import connection as db
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from dashboard import releases, sync
+from dashboard.models import Connection, ReleaseCell
+from providers.base import EnvironmentData, JobData, ProjectData, RunData, Status
+from providers.simulators.workflows import WorkflowsSimulator
+
+pytestmark = pytest.mark.django_db
+
+S = Status.SUCCEEDED
+
+
+def cells() -> set:
+    return set(ReleaseCell.objects.values_list(
+        "connection_id", "project_name", "pipeline_name", "column", "name", "position",
+        "latest_run__version", "latest_step", "deployed_run__version"))
+
+
+def rebuilt() -> set:
+    """What the cells are when worked out from every run."""
+    kept = cells()
+    releases.rebuild()
+    found = cells()
+    assert found == kept, ("the cells the write path kept differ from the runs",
+                           str(sorted(kept - found)), str(sorted(found - kept)))
+    return found
+
+
+def matrix(client) -> dict:
+    """{(row, column): (deployed version, latest version, latest status)}"""
+    page = client.get("/releases/").context
+    return {(row["pipeline"] or row["project"], item["column"]["name"]): (
+        (item["cell"]["deployed"] or {}).get("version"), item["cell"]["latest"]["version"],
+        item["cell"]["latest"]["step_status"])
+        for row in page["rows"] for item in row["line"] if item["cell"]}
+
+
+@pytest.fixture
+def viewer_client(viewer):
+    client = Client()
+    client.force_login(viewer)
+    return client
+
+
+def test_a_workflow_run_finishing_moves_the_cells_through_the_sync(clock, viewer_client):
+    with WorkflowsSimulator(token="wf-token", clock=clock) as sim:
+        connection = Connection.objects.create(
+            provider="workflows", name="Rules", base_url=sim.url, token=sim.token,
+            scope={"project": sim.project_id, "project_name": sim.project_name})
+        old = sim.add_workflow_run(age=3000)  # deployed everywhere
+        new = sim.add_workflow_run(age=30)  # past Development, deploying to Staging
+        sync.sync_connection(connection.pk)
+        v_old, v_new = old.data["release"]["version"], new.data["release"]["version"]
+        assert matrix(viewer_client) == {
+            ("Pricing rules", "Development"): (v_new, v_new, "succeeded"),
+            ("Pricing rules", "Staging"): (v_old, v_new, "running"),
+            ("Pricing rules", "Production"): (v_old, v_new, "queued"),
+        }
+        rebuilt()
+        clock.advance(60)  # waiting for the production review now
+        sync.sync_connection(connection.pk)
+        assert matrix(viewer_client)[("Pricing rules", "Production")] == (
+            v_old, v_new, "waiting")
+        clock.advance(600)  # reviewed, deployed: finished
+        sync.sync_connection(connection.pk)
+        assert set(matrix(viewer_client).values()) == {(v_new, v_new, "succeeded")}
+        assert [c["name"] for c in viewer_client.get("/releases/").context["columns"]] == [
+            "Development", "Staging", "Production"]
+        rebuilt()
+
+
+def _run(external_id, version, env=None, status=S, age=60, steps=(), pipeline="api"):
+    project = ProjectData("shop", "shop")
+    return RunData(
+        external_id=external_id, status=status, raw_status=status.value, locator={},
+        name=f"Deploy {version}", version=version, pipeline_name=pipeline, project=project,
+        environment=EnvironmentData(env, env, project) if env else None,
+        created_at=timezone.now() - timedelta(seconds=age),
+        jobs=[JobData(f"{external_id}-{i}", f"to {name}", st, st.value, order=i,
+                      environment=EnvironmentData(name, name, project))
+              for i, (name, st) in enumerate(steps)])
+
+
+def test_a_run_moving_environment_gives_its_old_cell_back(buddy_connection, viewer_client):
+    sync.upsert_runs(buddy_connection, [_run("a", "1.0", "staging", age=900),
+                                        _run("b", "1.1", "staging", age=60)])
+    assert matrix(viewer_client) == {("api", "staging"): ("1.1", "1.1", "succeeded")}
+    # The provider now says run b went to production, not staging.
+    sync.upsert_runs(buddy_connection, [_run("b", "1.1", "production", age=60)])
+    assert matrix(viewer_client) == {("api", "staging"): ("1.0", "1.0", "succeeded"),
+                                     ("api", "production"): ("1.1", "1.1", "succeeded")}
+    rebuilt()
+
+
+def test_a_success_taken_back_falls_back_to_the_one_before(buddy_connection, viewer_client):
+    sync.upsert_runs(buddy_connection, [_run("a", "1.0", "staging", age=900),
+                                        _run("b", "1.1", "staging", age=60)])
+    sync.upsert_runs(buddy_connection, [_run("b", "1.1", "staging", Status.RUNNING, age=60)])
+    assert matrix(viewer_client) == {("api", "staging"): ("1.0", "1.1", "running")}
+    # Steps appear on the run: its own environment no longer counts, its steps do.
+    sync.upsert_runs(buddy_connection, [_run("b", "1.1", "staging", Status.RUNNING, age=60,
+                                             steps=[("qa", S)])])
+    assert matrix(viewer_client) == {("api", "staging"): ("1.0", "1.0", "succeeded"),
+                                     ("api", "qa"): ("1.1", "1.1", "succeeded")}
+    rebuilt()
+
+
+def test_the_cells_stay_what_the_runs_say_through_random_writes(buddy_connection):
+    rng = random.Random(12)
+    envs = ["dev", "staging", "production", "api · staging"]
+    statuses = [S, S, Status.FAILED, Status.RUNNING, Status.WAITING]
+    for round_ in range(30):
+        page = []
+        for _ in range(rng.randint(1, 4)):
+            steps = ([(e, rng.choice(statuses)) for e in rng.sample(envs, rng.randint(1, 3))]
+                     if rng.random() < 0.4 else ())
+            page.append(_run(f"r{rng.randint(0, 12)}", f"1.{round_}", rng.choice([*envs, None]),
+                             rng.choice(statuses), age=rng.randint(0, 5000), steps=steps,
+                             pipeline=rng.choice(["api", "web"])))
+        sync.upsert_runs(buddy_connection, page)
+        rebuilt()
+    assert len(cells()) > 5
+
+
+def _rows_read(queries) -> int:
+    """Rows the plans of these SELECTs read from the run and job tables (EXPLAIN ANALYZE),
+    as PostgreSQL plans them for a large table."""
+    total = 0
+
+    def walk(node):
+        nonlocal total
+        if node.get("Relation Name") in ("dashboard_run", "dashboard_job"):
+            total += node["Actual Rows"] * node["Actual Loops"]
+        for child in node.get("Plans", []):
+            walk(child)
+
+    with db.cursor() as cursor:
+        # The plans a large table gets (index lookups), not a small one's (read it whole).
+        cursor.execute("ANALYZE dashboard_run, dashboard_job, dashboard_releasecell")
+        for setting in ("enable_seqscan", "enable_hashjoin", "enable_mergejoin"):
+            cursor.execute(f"SET LOCAL {setting} = off")
+        for query in queries:
+            if query["sql"].startswith("SELECT"):
+                cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query["sql"])
+                walk(cursor.fetchone()[0][0]["Plan"])
+    return total
+
+
+def test_the_releases_page_reads_as_much_at_ten_times_the_runs(buddy_connection,
+                                                                viewer_client):
+    def load(start, stop):
+        sync.upsert_runs(buddy_connection, [
+            _run(f"r{n}", f"2.{n}", ["dev", "staging", "production"][n % 3],
+                 [S, Status.FAILED][n % 2], age=10_000 - n,
+                 steps=[("qa", S)] if n % 5 == 0 else ()) for n in range(start, stop)])
+
+    def measure():
+        from django.core.cache import cache
+        cache.clear()
+        with CaptureQueriesContext(db) as captured:
+            releases.build()
+        return len(captured), _rows_read(captured.captured_queries)
+
+    load(0, 60)
+    queries, _ = measure()
+    load(60, 600)
+    assert measure()[0] == queries
+    # Each cell's runs (latest and deployed) and step, not the runs behind them.
+    assert measure()[1] <= 3 * ReleaseCell.objects.count() < 60
