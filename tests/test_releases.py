@@ -179,3 +179,34 @@ def test_the_releases_page_reads_as_much_at_ten_times_the_runs(buddy_connection,
     assert measure()[0] == queries
     # Each cell's runs (latest and deployed) and step, not the runs behind them.
     assert measure()[1] <= 3 * ReleaseCell.objects.count() < 60
+
+
+def test_the_inbox_reads_one_page_at_ten_times_the_waiting_runs(buddy_connection, manager):
+    """The inbox's page of waiting runs: two queries (the runs, their connections), the
+    same rows read with 60 or 600 runs waiting (their steps and newer runs looked up)."""
+    from django.test import RequestFactory
+
+    from dashboard import inbox
+
+    def load(start, stop):
+        sync.upsert_runs(buddy_connection, [
+            _run(f"w{n}", f"3.{n}", ["dev", "staging"][n % 2], Status.WAITING,
+                 age=10_000 - n, steps=[("qa", Status.WAITING)] if n % 3 == 0 else ())
+            for n in range(start, stop)])
+
+    def measure():
+        request = RequestFactory().get("/inbox/")
+        request.user = manager
+        inbox.shows_actions(request)  # the permission, remembered: not the inbox's queries
+        with CaptureQueriesContext(db) as captured:
+            context = inbox._inbox_context(request)
+        assert len(context["rows"]) == 50
+        return len(captured), _rows_read(captured.captured_queries)
+
+    load(0, 60)
+    queries, _ = measure()
+    load(60, 600)
+    count, rows = measure()
+    assert count == queries == 2
+    # The page (51 runs), a step and a newer run looked up for each: not all 600.
+    assert rows <= 51 * 4
