@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.db.models import Exists, OuterRef, Q, Subquery
+from django.db.models import OuterRef, Q, Subquery
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -32,21 +32,27 @@ def waiting():
     in one query: each with its first waiting step and whether a newer run replaced it
     (what `refusal` asks), read off the job and (environment, -created_at) indexes."""
     step = Job.objects.filter(run=OuterRef("pk"), status=Status.WAITING).order_by("order", "id")
-    newer = Run.objects.filter(environment=OuterRef("environment"), started_at__isnull=False,
-                               created_at__gt=OuterRef("created_at"))
+    # As `mark_superseded` asks it: the environment's newest started run, off the
+    # (environment, -created_at) index. (An EXISTS of a newer one gets planned as a
+    # scan of every run, which reads them all for a run nothing replaced.)
+    newest = (Run.objects.filter(environment=OuterRef("environment"), started_at__isnull=False)
+              .order_by("-created_at").values("created_at")[:1])
     return (Run.objects.for_list().filter(status=Status.WAITING)
             .annotate(step_name=Subquery(step.values("name")[:1]),
                       step_started_at=Subquery(step.values("started_at")[:1]),
-                      superseded=Exists(newer))
+                      newest_started=Subquery(newest))
             .order_by("created_at", "id"))
 
 
-def share_connections(runs) -> None:
-    """Give runs of one connection one Connection, loaded whole in one query: `refusal`
-    asks whether its token is readable, a query and a decryption a row otherwise."""
+def prepare(runs) -> None:
+    """What `refusal` asks of runs from `waiting()`, without a query a row: whether a
+    newer run replaced each, and its connection's token (runs of one connection share
+    one Connection, loaded whole in one query: one decryption, not one a row)."""
     connections = Connection.objects.in_bulk({run.connection_id for run in runs})
     for run in runs:
         run.connection = connections[run.connection_id]
+        run.superseded = bool(run.newest_started and run.created_at
+                              and run.created_at < run.newest_started)
 
 
 def reject_kind(run) -> str | None:
@@ -136,7 +142,7 @@ def _row(row: dict, can_act: bool, csrf: str, urls: dict) -> str:
 
 def _inbox_context(request) -> dict:
     page = page_of(waiting(), request.GET.get("page"))
-    share_connections(page["rows"])
+    prepare(page["rows"])
     rows = [describe(run, request.user) for run in page["rows"]]
     releases = {}
     for row in rows:
@@ -203,7 +209,7 @@ def approve_release(request):
     if not release or "\x00" in release + comment:  # PostgreSQL cannot take NUL
         return redirect("inbox")
     runs = list(_release_runs(release)[:200])
-    share_connections(runs)
+    prepare(runs)
     rows = [describe(run, request.user) for run in runs]
     results = None
     if request.method == "POST":

@@ -298,6 +298,10 @@ class Run(models.Model):
             models.Index(fields=["connection", "-created_at"], name="run_connection_newest"),
             models.Index(fields=["environment", "-created_at"], name="run_environment_newest"),
             models.Index(fields=["updated_at"], name="run_updated"),
+            # The inbox and the attention strip: the few runs waiting for a person,
+            # oldest first, without walking past every other run.
+            models.Index(fields=["created_at", "id"], condition=Q(status="waiting"),
+                         name="run_waiting_oldest"),
         ]
         permissions = [("act_on_run", "Can cancel, approve, reject and retry runs")]
 

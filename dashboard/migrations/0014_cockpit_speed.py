@@ -38,4 +38,8 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunPython(fill, migrations.RunPython.noop),
+        migrations.AddIndex(
+            model_name='run',
+            index=models.Index(condition=models.Q(('status', 'waiting')), fields=['created_at', 'id'], name='run_waiting_oldest'),
+        ),
     ]
