@@ -23,14 +23,16 @@ from django.apps import apps as installed_apps
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
+from django.db import connection as db
 from django.db.models import Exists, OuterRef, Q, Subquery
 from django.shortcuts import render
 
-from dashboard.models import Connection, Environment, Job, ReleaseCell, Run, data_version
+from dashboard.models import Environment, Job, ReleaseCell, Run, data_version
 from providers import registry
 from providers.base import FINISHED, Status
 
 SUCCEEDED = Status.SUCCEEDED.value
+LOCK_SPACE = 0x52454C  # the advisory locks of releases cells, one per connection
 NEVER = datetime.min.replace(tzinfo=UTC)  # a run without a creation time sorts oldest
 
 
@@ -113,9 +115,13 @@ def record(connection_id: int, run_ids: list[int]) -> None:
     per page written, plus `recompute` for a cell a run left."""
     if not run_ids:
         return
-    # One writer of a connection's cells at a time (its sync, an action's re-read of a
-    # run): they read the cells, then write what they worked out from them.
-    list(Connection.objects.select_for_update().filter(pk=connection_id).values_list("pk"))
+    # One writer of a connection's cells at a time (its sync, an action's or a webhook's
+    # re-read of a run): they read the cells, then write what they worked out from them.
+    # A lock of its own, not the connection's row, which others update meanwhile. (SQLite
+    # has one writer at a time anyway.)
+    if db.vendor == "postgresql":
+        with db.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_SPACE, connection_id])
     written = _marks(Job, Run.objects.filter(pk__in=run_ids).order_by("created_at", "id")
                      .values_list(*RUN_COLUMNS))
     by_run = {run_id: (at or NEVER, marks) for run_id, at, marks in written}
