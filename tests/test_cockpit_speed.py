@@ -1,7 +1,8 @@
-"""The releases matrix's cells, kept by the sync's write path: they must say what working
-them out from every run says (`releases.rebuild`), through runs that finish, move
-environment or lose their success, and the page must read the same few rows however
-many runs there are."""
+"""The cockpit at any number of runs. The releases matrix's cells, kept by the sync's
+write path, must say what working them out from every run says (`releases.rebuild`),
+through runs that finish, move environment or lose their success; the releases page and
+the inbox must read the same few rows however many runs there are; the inbox's rows,
+written in Python, escape what they show."""
 
 import random
 from datetime import timedelta
@@ -210,3 +211,25 @@ def test_the_inbox_reads_one_page_at_ten_times_the_waiting_runs(buddy_connection
     assert count == queries == 2
     # The page (51 runs), a step and a newer run looked up for each: not all 600.
     assert rows <= 51 * 4
+
+
+def test_inbox_rows_escape_what_they_show(buddy_connection, manager, viewer):
+    sync.upsert_runs(buddy_connection, [RunData(
+        external_id="x", status=Status.WAITING, raw_status="x", locator={},
+        name="<script>alert(1)</script>", version="1.0 & <b>", pipeline_name='"p" <q>',
+        triggered_by="Ana <ana@example.com>", created_at=timezone.now(),
+        jobs=[JobData("j", "<i>Approve</i>", Status.WAITING, "x")])])
+    client = Client()
+    client.force_login(manager)
+    body = client.get("/inbox/").content.decode()
+    assert "<script>alert" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    assert "<code>1.0 &amp; &lt;b&gt;</code>" in body
+    assert "&quot;p&quot; &lt;q&gt;" in body and "· &lt;i&gt;Approve&lt;/i&gt;" in body
+    assert "Ana &lt;ana@example.com&gt;" in body
+    assert body.count('name="csrfmiddlewaretoken"') >= 2  # approve and reject forms
+    run = buddy_connection.runs.get()
+    assert f'action="/inbox/{run.pk}/approve/"' in body
+    assert f'action="/inbox/{run.pk}/reject/"' in body
+    viewer_client = Client()
+    viewer_client.force_login(viewer)
+    assert "Release managers decide." in viewer_client.get("/inbox/").content.decode()
