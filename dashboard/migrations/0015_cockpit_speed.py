@@ -13,7 +13,7 @@ def fill(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dashboard', '0013_action_settles'),
+        ('dashboard', '0014_trends_rollup'),
     ]
 
     operations = [
