@@ -21,8 +21,16 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from dashboard import actions
+from dashboard.forms import ApproveForm
 from dashboard.models import Connection, Job, Run, data_version
-from dashboard.views import CSRF_MARK, page_of, personal_key, rendered_for, shows_actions
+from dashboard.views import (
+    CSRF_MARK,
+    approve_form,
+    page_of,
+    personal_key,
+    rendered_for,
+    shows_actions,
+)
 from providers.base import Action, Status
 
 MAX_COMMENT = 2000
@@ -56,12 +64,22 @@ SHOWN = ("connection_id", "external_id", "name", "status", "raw_status", "versio
 def prepare(runs) -> None:
     """What `refusal` asks of runs from `waiting()`, without a query a row: whether a
     newer run replaced each, and its connection's token (runs of one connection share
-    one Connection, loaded whole in one query: one decryption, not one a row)."""
+    one Connection, loaded whole in one query: one decryption, not one a row). Runs
+    that ask for variables get `variables` from their payload (one query, only then)."""
     connections = Connection.objects.in_bulk({run.connection_id for run in runs})
+    asking = []
     for run in runs:
         run.connection = connections[run.connection_id]
         run.superseded = bool(run.newest_started and run.created_at
                               and run.created_at < run.newest_started)
+        run.variables = []
+        if run.raw_status in run.connection.provider_class.variables_statuses:
+            asking.append(run)
+    if asking:
+        payloads = dict(Run.objects.filter(pk__in=[r.pk for r in asking])
+                        .values_list("pk", "raw"))
+        for run in asking:
+            run.variables = run.connection.provider_class.requested_variables(payloads[run.pk])
 
 
 def reject_kind(run) -> str | None:
@@ -119,9 +137,15 @@ def _row(row: dict, can_act: bool, csrf: str, urls: dict) -> str:
                        f' target="_blank">Open in {e(label)}</a>')
     elif can_act:
         act = urls["act"].replace(PK, str(run.pk))
+        # What the run asks for before it goes on (Buddy's "Wait for variables").
+        variables = "".join(
+            f'<input type="text" name="{e(ApproveForm.PREFIX + var["key"])}"'
+            f' value="{e(var["value"])}" maxlength="2000" placeholder="{e(var["key"])}"'
+            f' aria-label="{e(var["key"])}" title="{e(var["description"] or var["key"])}">'
+            for var in run.variables)
         decide = (
             f'<form method="post" action="{act.replace(KIND, "approve")}" class="inline">'
-            f'{csrf}<input type="text" name="comment" maxlength="2000"'
+            f'{csrf}{variables}<input type="text" name="comment" maxlength="2000"'
             ' placeholder="Comment (optional)" aria-label="Approval comment">'
             '<button type="submit" class="primary">Approve</button></form>')
         if row["reject_kind"]:
@@ -192,8 +216,16 @@ def act(request, pk, kind):
         kind = reject_kind(run)
     if kind not in (Action.APPROVE, Action.REJECT, Action.CANCEL):
         raise Http404("No such action")
+    variables = None
+    if kind == Action.APPROVE:
+        form = approve_form(run, request.POST)
+        if not form.is_valid():
+            problems = " ".join(e for errors in form.errors.values() for e in errors)
+            messages.error(request, f"{run}: {problems}")
+            return redirect("inbox")
+        variables = form.variables() or None
     try:
-        actions.perform(run, request.user, kind, comment=comment)
+        actions.perform(run, request.user, kind, comment=comment, variables=variables)
         messages.success(request, f"{Action(kind).label} sent to {run.connection}: {run}.")
     except actions.ActionRefused as exc:
         messages.error(request, f"{run}: {exc.message}")

@@ -235,13 +235,13 @@ def _detail_context(request, run, **extra):
         "can_act": shows_actions(request),
         "provider": run.connection.provider_class,
         "cancel_form": CancelForm(),
-        "approve_form": _approve_form(run),
+        "approve_form": approve_form(run),
         "permalink": request.build_absolute_uri(run.get_absolute_url()),
         **extra,
     }
 
 
-def _approve_form(run, data=None):
+def approve_form(run, data=None):
     """The approve form, with inputs for the variables the run asks for (if any)."""
     requested = (run.connection.provider_class.requested_variables(run.raw)
                  if run.status == Status.WAITING else [])
@@ -298,7 +298,7 @@ def _act(request, pk, kind):
     if kind not in Action.values:
         raise Http404("No such action")
     if kind == Action.APPROVE:
-        form = _approve_form(run, request.POST)
+        form = approve_form(run, request.POST)
     else:
         form = (CancelForm if kind == Action.CANCEL else CommentForm)(request.POST)
     status, extra = 200, {}

@@ -245,6 +245,9 @@ class Provider:
     # Waiting states only the provider's own UI resolves (raw status -> why): no approve.
     waiting_elsewhere: ClassVar[Mapping[str, str]] = {}
     cancel_requires_comment: ClassVar[bool] = False
+    # Raw statuses of a run that asks for variables before it is approved (see
+    # `requested_variables`): lists read the stored payload only for these.
+    variables_statuses: ClassVar[frozenset[str]] = frozenset()
     # Why an action the platform lacks cannot be offered, in one line for the run page.
     unsupported_reasons: ClassVar[Mapping[str, str]] = {}
     # True where actions address the environment's current deployment rather than one

@@ -106,6 +106,7 @@ class BuddyProvider(Provider):
         "WAITING_FOR_VT_SESSION": "Buddy waits for a visual-test session to be reviewed,"
                                   " which happens in Buddy, not through its API.",
     }
+    variables_statuses = VARIABLES_STATUSES
     scope_required = ("workspace",)
     scope_optional = ("project", "pipeline")
     status_map = STATUS_MAP

@@ -12,7 +12,7 @@ from dashboard import actions, sync
 from dashboard.models import ActionRecord, ApiToken, Connection, Run
 from providers.base import EnvironmentData, JobData, ProjectData, RunData, Status
 from providers.simulators.base import Phase
-from providers.simulators.buddy import DEPLOY_PLAN, FAILING_PLAN, BuddySimulator
+from providers.simulators.buddy import DEPLOY_PLAN, FAILING_PLAN, VARIABLES_PLAN, BuddySimulator
 from providers.simulators.northflank import APPROVAL_PLAN, NorthflankSimulator
 
 pytestmark = pytest.mark.django_db
@@ -81,6 +81,26 @@ def test_inbox_lists_every_waiting_run_oldest_first_with_why_not(manager, waitin
     assert body.count('action="/inbox/') == 4  # approve + reject for each Buddy run
     assert "Reject (cancels)" in body  # Buddy refuses a run by cancelling it
     assert "approve it everywhere (2 Runboard can approve)" in body
+
+
+def test_the_inbox_asks_for_the_variables_a_run_waits_for(manager, buddy_sim,
+                                                          buddy_connection):
+    sim_run = buddy_sim.add_execution("web-shop", 1, VARIABLES_PLAN)
+    buddy_sim.advance(30)
+    sync.sync_connection(buddy_connection.pk)
+    run = Run.objects.get(status=Status.WAITING)
+    client = as_user(manager)
+    page = client.get("/inbox/").content.decode()
+    assert 'name="var:RELEASE_NOTES" value=""' in page
+    assert 'name="var:MIGRATE" value="yes"' in page  # the pipeline's default, offered
+
+    client.post(f"/inbox/{run.pk}/approve/", {"var:RELEASE_NOTES": "Fixes the login",
+                                              "var:MIGRATE": "yes", "comment": "go"})
+    assert sim_run.data["applied_variables"] == {"RELEASE_NOTES": "Fixes the login",
+                                                 "MIGRATE": "yes"}
+    record = ActionRecord.objects.get(run=run)
+    assert (record.state, record.options) == (
+        "succeeded", {"variables": ["MIGRATE", "RELEASE_NOTES"]})
 
 
 def test_reject_from_the_inbox_needs_a_comment(manager, waiting_everywhere, buddy_sim):
