@@ -146,20 +146,24 @@ def watching(connection_ids, now: datetime | None = None) -> None:
     window = settings.RUNBOARD_WATCH_SECONDS
     fresh = [pk for pk in connection_ids
              if cache.add(f"runboard:watched:{pk}", 1, max(1, window / 3))]
-    for connection in Connection.objects.filter(pk__in=fresh).defer("token", "cursor"):
-        soon = now + timedelta(seconds=settings.RUNBOARD_POLL_MIN)
-        if connection.budget_at:
-            soon = max(soon, connection.budget_at)
-        Connection.objects.filter(pk=connection.pk).update(
-            watched_until=now + timedelta(seconds=window),
-            next_poll_at=Least(F("next_poll_at"), soon))
+    if fresh:
+        _watch(Connection.objects.filter(pk__in=fresh), now)
+
+
+def _watch(connections, now: datetime) -> None:
+    """One UPDATE for them all: the next pass soon, but never before the budget's
+    clock allows."""
+    soon = now + timedelta(seconds=settings.RUNBOARD_POLL_MIN)
+    allowed = Greatest(Coalesce(F("budget_at"), Value(soon)), Value(soon))
+    connections.update(
+        watched_until=now + timedelta(seconds=settings.RUNBOARD_WATCH_SECONDS),
+        next_poll_at=Least(F("next_poll_at"), allowed))
 
 
 def watching_all(now: datetime | None = None) -> None:
     """A page shows every connection's runs (the run list): all of them are watched."""
     if cache.add("runboard:watched:all", 1, max(1, settings.RUNBOARD_WATCH_SECONDS / 3)):
-        watching(list(Connection.objects.filter(enabled=True).values_list("pk", flat=True)),
-                 now)
+        _watch(Connection.objects.filter(enabled=True), now or timezone.now())
 
 
 def record_rate_limit(connection_id: int, info: RateLimitInfo) -> None:

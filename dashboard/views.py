@@ -17,7 +17,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import reswap, retarget
 
-from dashboard import actions, schedule
+from dashboard import actions, runrows, schedule
 from dashboard import audit_export as audit_export_formats
 from dashboard.filters import ActionFilter, RunFilter
 from dashboard.forms import ApproveForm, CancelForm, CommentForm, TokenForm
@@ -32,6 +32,9 @@ from dashboard.models import (
 from providers.base import FINISHED, Action, Status
 
 PAGE_SIZE = 50
+# What the run list's poller shows of each connection (is_stale, its warning).
+POLLER_FIELDS = ("name", "enabled", "last_success_at", "last_error", "last_error_at",
+                 "next_attempt_at", "next_poll_at")
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -74,17 +77,30 @@ def query_without(request, *keys) -> str:
 # --- runs ----------------------------------------------------------------------------
 
 
-def _run_list_context(request, version: str) -> dict:
-    run_filter = RunFilter(request.GET, queryset=Run.objects.for_list())
-    page = page_of(run_filter.qs, request.GET.get("page"))
-    connections = list(Connection.objects.filter(enabled=True).defer("token", "cursor"))
+def _run_list_context(request, version: str, full: bool = False) -> dict:
+    """What the run list shows; with `full`, the filter form too (the whole page)."""
+    run_filter = RunFilter(request.GET, queryset=Run.objects.all())
+    # Rows as tuples, written out by runrows: the afresh render's cost was per row.
+    page = page_of(run_filter.qs.values_list(*runrows.ROW_FIELDS, named=True),
+                   request.GET.get("page"))
+    # Every connection, read once: the filter's choices, the poller's warnings about the
+    # enabled ones and the attention strip's stale count (see attention.context).
+    everyone = list(Connection.objects.only(*POLLER_FIELDS))
+    connections = request.runboard_connections = [c for c in everyone if c.enabled]
     page_key = hashlib.blake2s(
         ",".join(str(r.pk) for r in page["rows"]).encode(), digest_size=6
     ).hexdigest()
+    extra = {}
+    if full:
+        extra = {"search_field": mark_safe(runrows.search_html(run_filter.form)),  # noqa: S308
+                 "filter_fields": mark_safe(  # noqa: S308 (escaped by runrows)
+                     runrows.filter_fields_html(run_filter.form, everyone))}
     return {
+        **extra,
         "filter": run_filter,
         "active_filters": [f for f in run_filter.form.changed_data if f != "q"],
         "page": page,
+        "rows_html": mark_safe(runrows.rows_html(page["rows"])),  # noqa: S308 (escaped)
         "version": version,
         "page_key": page_key,
         "query": query_without(request, "v", "p"),
@@ -175,12 +191,16 @@ def run_list(request):
             # Same runs on the page: send only the rows that changed, out of band.
             context["changed"] = [r for r in context["page"]["rows"]
                                   if r.updated_at.timestamp() > since]
+            context["changed_html"] = mark_safe(  # noqa: S308 (escaped by runrows)
+                "".join(f"<template>{html}</template>" for html in (
+                    runrows.row_html(r, runrows.run_url_prefix(), oob=True)
+                    for r in context["changed"])))
             return render(request, "runs/_changed.html", context)
         response = render(request, "runs/_table.html", context)
         return reswap(retarget(response, "#runs"), "outerHTML")
     template = "runs/_table.html" if request.htmx else "runs/_page.html"
     html = rendered_once(template, request, version,
-                         lambda: _run_list_context(request, version))
+                         lambda: _run_list_context(request, version, full=not request.htmx))
     if request.htmx:
         return HttpResponse(html)
     return render(request, "runs/list.html", {"content": html})
