@@ -9,10 +9,11 @@ through the whole middleware stack with a logged-in session:
   list*     the same page rendered afresh (the first viewer after a change);
   refresh   the live poll when nothing changed (HTMX GET /runs/?v=<version> -> 204);
   changed   the live poll after one run changed (only that row comes back);
-  inbox, releases, where (releases?q=<version>), trends (30 days), attention (the strip's unchanged
-  poll), run (a run page), environments: the cockpit's pages, each as most viewers
-  get it and (marked *) rendered afresh, with every cache emptied first;
-  strip*    the attention strip's poll when its counts must be made again;
+  inbox, releases, where (releases?q=<version>), trends (30 days), run (a run page),
+  envs (environments): the cockpit's pages, each as most viewers get it and (marked *)
+  rendered afresh, with every cache emptied first;
+  strip     the attention strip's poll when nothing changed (204); strip* when its
+            counts must be made again (every page pays that once per change);
 at 1,000 runs and again at 100,000, with the database queries each makes. Runs are
 written with SQL (INSERT ... SELECT generate_series; a million in a minute or two), or
 with `--loader sync` through the sync's own upsert (about 3 minutes per 100,000).
@@ -36,19 +37,25 @@ from datetime import timedelta
 from common import setup_django
 
 
-def timed(client, path: str, repeat: int, before=None, **headers) -> tuple[float, int]:
-    """Median milliseconds of `repeat` requests, after a warm-up; the status code.
-    `before` runs untimed before each request."""
+def timed(client, path: str, repeat: int, before=None, **headers) -> tuple[float, int, float]:
+    """Median milliseconds of `repeat` requests, after a warm-up; the status code; and
+    the median of the trivial view timed just before each of them (a shared, noisy
+    machine: the ratio compares requests made under the same load). `before` runs
+    untimed before each request."""
     for _ in range(5):
         response = client.get(path, headers=headers)
-    samples = []
+    samples, trivial = [], []
     for _ in range(repeat):
+        start = time.perf_counter()
+        client.get("/trivial/")
+        trivial.append(time.perf_counter() - start)
         if before:
             before()
         start = time.perf_counter()
         response = client.get(path, headers=headers)
         samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000, response.status_code
+    return (statistics.median(samples) * 1000, response.status_code,
+            statistics.median(trivial) * 1000)
 
 
 def queries(client, path: str, **headers) -> int:
@@ -204,7 +211,9 @@ def main() -> None:
     htmx = {"HX-Request": "true", "HX-Trigger": "runs-poller"}
 
     loaded = 0
-    print(f"median of {args.repeat} requests each, in-process through all middleware")
+    print(f"median of {args.repeat} requests each ({max(20, args.repeat // 10)} afresh), "
+          "in-process through all middleware; x trivial: against the trivial view timed "
+          "just before each request")
     print(f"{'runs':>8} {'view':<8} {'ms':>7} {'x trivial':>9} {'queries':>7}")
     for size in args.sizes:
         started = time.perf_counter()
@@ -222,28 +231,32 @@ def main() -> None:
         page_key = hashlib.blake2s(",".join(str(r.pk) for r in first_page).encode(),
                                    digest_size=6).hexdigest()
         unchanged = f"/runs/?v={data_version()}&p={page_key}"
-        trivial_ms, _ = timed(client, "/trivial/", args.repeat)
-        rows = [("trivial", trivial_ms, queries(client, "/trivial/"))]
+        trivial_ms, _, _ = timed(client, "/trivial/", args.repeat)
+        rows = [("trivial", trivial_ms, 1.0, queries(client, "/trivial/"))]
+
+        def measure(name, path, expect=200, afresh=False, rows=rows, **headers):
+            """One row: `path` as most viewers get it or (afresh) with every cache
+            emptied before each request; its queries the way it was measured."""
+            repeat = max(20, args.repeat // 10) if afresh else args.repeat
+            ms, code, trivial = timed(client, path, repeat,
+                                      before=cache.clear if afresh else None, **headers)
+            assert code == expect, (path, code)
+            if afresh:
+                cache.clear()
+            rows.append((name, ms, ms / trivial, queries(client, path, **headers)))
+
         if wanted("list"):
-            list_ms, code = timed(client, "/runs/", args.repeat)
-            assert code == 200
-            rows.append(("list", list_ms, queries(client, "/runs/")))
+            measure("list", "/runs/")
             # The same page when it must be rendered: the first viewer after a change.
-            cold_ms, _ = timed(client, "/runs/", max(20, args.repeat // 10), before=cache.clear)
-            cache.clear()
-            rows.append(("list*", cold_ms, queries(client, "/runs/")))
+            measure("list*", "/runs/", afresh=True)
         if wanted("refresh"):
-            refresh_ms, code = timed(client, unchanged, args.repeat, **htmx)
-            assert code == 204, code
-            rows.append(("refresh", refresh_ms, queries(client, unchanged, **htmx)))
+            measure("refresh", unchanged, expect=204, **htmx)
         if wanted("changed"):
             # One run on the page changes: the poll answers with that row alone.
             newest = Run.objects.order_by("-created_at", "-id").first()
             Run.objects.filter(pk=newest.pk).update(updated_at=timezone.now())
             data_changed()  # as the sync does after a write
-            changed_ms, code = timed(client, unchanged, args.repeat, **htmx)
-            assert code == 200, code
-            rows.append(("changed", changed_ms, queries(client, unchanged, **htmx)))
+            measure("changed", unchanged, **htmx)
         # The cockpit's pages.
         run_pk = Run.objects.order_by("-created_at", "-id").values_list("pk", flat=True)[500]
         version = Run.objects.order_by("-created_at").values_list("version", flat=True)[40]
@@ -252,28 +265,16 @@ def main() -> None:
                  ("where", f"/releases/?q={version}", {}), ("trends", "/trends/?days=30", {}),
                  ("run", f"/runs/{run_pk}/", {}), ("envs", "/environments/", {})]
         for name, path, headers in pages:
-            if not wanted(name):
-                continue
-            ms, code = timed(client, path, args.repeat, **headers)
-            assert code == 200, (path, code)
-            rows.append((name, ms, queries(client, path, **headers)))
-            cold, _ = timed(client, path, max(20, args.repeat // 10), before=cache.clear,
-                            **headers)
-            cache.clear()
-            rows.append((name + "*", cold, queries(client, path, **headers)))
+            if wanted(name):
+                measure(name, path, **headers)
+                measure(name + "*", path, afresh=True, **headers)
         if wanted("strip"):
-            strip = f"/attention/?v={attention.version()}"
-            ms, code = timed(client, strip, args.repeat, **{"HX-Request": "true"})
-            assert code == 204, code
-            rows.append(("strip", ms, queries(client, strip, **{"HX-Request": "true"})))
+            measure("strip", f"/attention/?v={attention.version()}", expect=204,
+                    **{"HX-Request": "true"})
             # The strip when its counts must be made again (every page pays this).
-            ms, code = timed(client, "/attention/", max(20, args.repeat // 10),
-                             before=cache.clear, **{"HX-Request": "true"})
-            assert code == 200, code
-            cache.clear()
-            rows.append(("strip*", ms, queries(client, "/attention/", **{"HX-Request": "true"})))
-        for name, ms, count in rows:
-            print(f"{size:>8} {name:<8} {ms:7.2f} {ms / trivial_ms:9.2f} {count:>7}")
+            measure("strip*", "/attention/", afresh=True, **{"HX-Request": "true"})
+        for name, ms, ratio, count in rows:
+            print(f"{size:>8} {name:<8} {ms:7.2f} {ratio:9.2f} {count:>7}", flush=True)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,38 @@ def rows_html(runs, oob: bool = False) -> str:
     return "".join(row_html(run, prefix, oob, tz) for run in runs)
 
 
+# --- the environment board ----------------------------------------------------------
+
+
+def board_rows_html(rows) -> str:
+    """The environment board's rows (views._environment_rows): what environments/_board
+    wrote per row with includes and a dozen lookups."""
+    prefix, tz = run_url_prefix(), get_current_timezone()
+    runs = reverse("run-list")
+    out = []
+    for row in rows:
+        env, deployed, latest = row["environment"], row["deployed"], row["latest"]
+        out.append(
+            f'\n    <tr>\n      <td><a href="{runs}?environment={env.pk}">{_e(env.name)}</a></td>'
+            f'\n      <td data-label="Connection">{_e(env.connection.name)}</td>'
+            f'\n      <td data-label="Project">{_e(env.project.name if env.project else "")}</td>'
+            '\n      <td data-label="Deployed version">')
+        if deployed:
+            out.append(f'<a href="{prefix}{deployed.pk}/"><code>'
+                       f"{_e(deployed.version or deployed.name)}</code></a>")
+        else:
+            out.append('<span class="muted">none yet</span>')
+        out.append('</td>\n      <td data-label="Latest run">')
+        if latest:
+            out.append(f"{status_html(latest.status, latest.raw_status)}\n        "
+                       f'<a href="{prefix}{latest.pk}/">{_e(latest.version or latest.name)}</a>')
+        out.append('</td>\n      <td data-label="Last change">')
+        if latest:
+            out.append(time_html(latest.updated_at, tz))
+        out.append("</td>\n    </tr>")
+    return "".join(out)
+
+
 # --- the filter form ---------------------------------------------------------------
 
 def model_choices(connections) -> dict[str, list[tuple[int, str]]]:
@@ -113,16 +145,16 @@ def model_choices(connections) -> dict[str, list[tuple[int, str]]]:
 def _field_html(field, choices) -> str:
     """A bound field of the filter form as Django's widgets render it."""
     value = field.form.data.get(field.name) or ""
-    attrs = f'name="{field.html_name}" id="{_e(field.auto_id)}"'
+    name, id_ = f'name="{field.html_name}"', f'id="{_e(field.auto_id)}"'
     if not isinstance(field.field.widget, Select):
         shown = f' value="{_e(value)}"' if value else ""
-        return f'<input type="text" {attrs}{shown}>'
+        return f'<input type="text" {name}{shown} {id_}>'
     if field.name in choices:
         options = [("", field.field.empty_label), *choices[field.name]]
     else:
         options = list(field.field.choices)
     return "".join((
-        f"<select {attrs}>",
+        f"<select {name} {id_}>",
         *(f'\n  <option value="{_e(key)}"{" selected" if str(key) == value else ""}>'
           f"{_e(label)}</option>\n" for key, label in options),
         "\n</select>",

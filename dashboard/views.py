@@ -29,7 +29,7 @@ from dashboard.models import (
     Run,
     data_version,
 )
-from providers.base import FINISHED, Action, Status
+from providers.base import Action, Status
 
 PAGE_SIZE = 50
 # What the run list's poller shows of each connection (is_stale, its warning).
@@ -272,7 +272,7 @@ def _approve_form(run, data=None):
 def run_detail(request, pk):
     last_action = ActionRecord.objects.filter(run=OuterRef("pk")).order_by("-id")
     run = get_object_or_404(
-        Run.objects.for_list().annotate(last_action=Subquery(last_action.values("id")[:1])),
+        Run.objects.for_page().annotate(last_action=Subquery(last_action.values("id")[:1])),
         pk=pk)
     schedule.watching([run.connection_id])
     if unchanged(request, f"{run.updated_at.timestamp():.6f}"):
@@ -350,6 +350,10 @@ def _act(request, pk, kind):
 # --- environments ------------------------------------------------------------------------
 
 
+# What the board shows of a run (not its payload).
+BOARD_RUN_FIELDS = ("external_id", "name", "status", "raw_status", "version", "updated_at")
+
+
 def _environment_rows() -> dict:
     """One row per environment: what is deployed there, and what is happening now."""
     runs = Run.objects.filter(environment=OuterRef("pk")).order_by("-created_at", "-id")
@@ -360,10 +364,11 @@ def _environment_rows() -> dict:
         .order_by("name", "connection__name")
     )
     wanted = {e.latest_id for e in environments} | {e.deployed_id for e in environments}
-    by_id = Run.objects.in_bulk([pk for pk in wanted if pk])
+    by_id = Run.objects.only(*BOARD_RUN_FIELDS).in_bulk([pk for pk in wanted if pk])
     rows = [{"environment": e, "latest": by_id.get(e.latest_id),
              "deployed": by_id.get(e.deployed_id)} for e in environments]
-    return {"rows": rows, "finished": FINISHED}
+    # Written by runrows: the template spent ~0.2 ms a row on lookups and includes.
+    return {"rows": rows, "rows_html": mark_safe(runrows.board_rows_html(rows))}  # noqa: S308
 
 
 @login_required
