@@ -152,12 +152,27 @@ def watching(connection_ids, now: datetime | None = None) -> None:
 
 def _watch(connections, now: datetime) -> None:
     """One UPDATE for them all: the next pass soon, but never before the budget's
-    clock allows."""
+    clock allows. A connection watched less than a third of the window ago is left
+    alone: the cache's throttle forgotten (a restart, a cleared cache) costs a read,
+    not a write and its commit on every page view."""
+    window = settings.RUNBOARD_WATCH_SECONDS
     soon = now + timedelta(seconds=settings.RUNBOARD_POLL_MIN)
     allowed = Greatest(Coalesce(F("budget_at"), Value(soon)), Value(soon))
-    connections.update(
-        watched_until=now + timedelta(seconds=settings.RUNBOARD_WATCH_SECONDS),
+    connections.filter(Q(watched_until__isnull=True)
+                       | Q(watched_until__lt=now + timedelta(seconds=window * 2 / 3))).update(
+        watched_until=now + timedelta(seconds=window),
         next_poll_at=Least(F("next_poll_at"), allowed))
+
+
+def watching_connection(connection: Connection, now: datetime | None = None) -> None:
+    """`watching` for one connection already read (a run page's): nothing to write,
+    and no query, while it was watched less than a third of the window ago."""
+    now = now or timezone.now()
+    window = settings.RUNBOARD_WATCH_SECONDS
+    if connection.watched_until and connection.watched_until >= now + timedelta(
+            seconds=window * 2 / 3):
+        return
+    watching([connection.pk], now)
 
 
 def watching_all(now: datetime | None = None) -> None:

@@ -274,7 +274,7 @@ def run_detail(request, pk):
     run = get_object_or_404(
         Run.objects.for_page().annotate(last_action=Subquery(last_action.values("id")[:1])),
         pk=pk)
-    schedule.watching([run.connection_id])
+    schedule.watching_connection(run.connection)
     if unchanged(request, f"{run.updated_at.timestamp():.6f}"):
         return HttpResponse(status=204)
     # The live part depends on the run, the audit records of it, other runs (superseded

@@ -65,7 +65,7 @@ def test_the_other_pages_afresh_make_few_queries(manager_client, buddy_connectio
     _runs(buddy_connection, 0, 60)
     run = Run.objects.order_by("-created_at").first()
     assert len(_afresh(manager_client, "/environments/")) <= 6
-    assert len(_afresh(manager_client, f"/runs/{run.pk}/")) <= 9
+    assert len(_afresh(manager_client, f"/runs/{run.pk}/")) <= 8
     assert len(_afresh(manager_client, "/attention/", **{"HX-Request": "true"})) <= 4
 
 
@@ -129,6 +129,26 @@ def test_a_watched_list_is_one_update_for_all_connections(buddy_connection):
         schedule.watching_all()
     assert len(captured) == 1
     assert Connection.objects.filter(watched_until__isnull=False).count() == 2
+
+
+def test_a_connection_watched_moments_ago_is_not_written_again(manager_client,
+                                                               buddy_connection):
+    _runs(buddy_connection, 0, 1)
+    run = Run.objects.get()
+    manager_client.get("/runs/")
+    watched = Connection.objects.get().watched_until
+    assert watched > timezone.now()
+    # Even with the cache's throttle forgotten, no page view writes it again so soon,
+    # and the run page does not even ask.
+    writes = [sql for sql in _afresh(manager_client, f"/runs/{run.pk}/")
+              if sql.startswith("UPDATE")]
+    assert writes == []
+    _afresh(manager_client, "/runs/")
+    assert Connection.objects.get().watched_until == watched
+    # Once a third of the window has gone by, a page view watches it again.
+    Connection.objects.update(watched_until=timezone.now())
+    _afresh(manager_client, f"/runs/{run.pk}/")
+    assert Connection.objects.get().watched_until > watched
 
 
 def test_permissions_are_read_with_one_query(manager, viewer):
