@@ -43,26 +43,35 @@ def counts(current: str | None = None, connections=None) -> dict:
     key = f"runboard:attention:{current}"
     found = cache.get(key)
     if found is None:
-        since = timezone.now() - timedelta(days=1)
-        waiting = Run.objects.filter(status=Status.WAITING)
-        failed = Run.objects.filter(status=Status.FAILED, created_at__gte=since)
         if connections is None:
-            # The connections and both counts in one query (the counts are subqueries
-            # the database runs once, not per row).
-            connections = list(Connection.objects.filter(enabled=True).only(
-                "enabled", "last_success_at", "last_error", "last_error_at", "next_poll_at",
-            ).annotate(waiting=capped(waiting), failed=capped(failed)))
+            # The connections and both counts in one query.
+            connections = list(with_counts(Connection.objects.filter(enabled=True).only(
+                "enabled", "last_success_at", "last_error", "last_error_at", "next_poll_at")))
         if connections and hasattr(connections[0], "waiting"):
             found = {"waiting": connections[0].waiting, "failed": connections[0].failed}
         else:
-            found = dict(zip(("waiting", "failed"), capped_counts(waiting, failed),
-                             strict=True))
+            found = dict(zip(("waiting", "failed"), capped_counts(*_counted()), strict=True))
         found["stale"] = sum(1 for c in connections if c.is_stale)
         found["total"] = sum(found.values())
         found["labels"] = {name: f"{COUNT_CAP}+" if found[name] > COUNT_CAP else str(found[name])
                            for name in ("waiting", "failed", "total")}
         cache.set(key, found, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
     return {**found, "version": current}
+
+
+def _counted():
+    """What the strip counts: waiting runs, and runs failed in the last 24 hours."""
+    since = timezone.now() - timedelta(days=1)
+    return (Run.objects.filter(status=Status.WAITING),
+            Run.objects.filter(status=Status.FAILED, created_at__gte=since))
+
+
+def with_counts(connections):
+    """`connections` annotated with the strip's counts, `waiting` and `failed`: the same
+    on every row (subqueries the database runs once, not per row), so that a page that
+    reads the connections anyway gets the counts without a query of their own."""
+    waiting, failed = _counted()
+    return connections.annotate(waiting=capped(waiting), failed=capped(failed))
 
 
 def _capped_sql(queryset) -> tuple[str, list]:

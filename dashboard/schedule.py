@@ -164,15 +164,18 @@ def _watch(connections, now: datetime) -> None:
         next_poll_at=Least(F("next_poll_at"), allowed))
 
 
-def watching_connection(connection: Connection, now: datetime | None = None) -> None:
-    """`watching` for one connection already read (a run page's): nothing to write,
-    and no query, while it was watched less than a third of the window ago."""
+def watching_read(connections, now: datetime | None = None, every: bool = False) -> None:
+    """`watching` for connections already read (with watched_until): nothing to write,
+    and no query, for those watched less than a third of the window ago. `every`: they
+    are all the enabled ones (`watching_all` need not look again)."""
     now = now or timezone.now()
     window = settings.RUNBOARD_WATCH_SECONDS
-    if connection.watched_until and connection.watched_until >= now + timedelta(
-            seconds=window * 2 / 3):
-        return
-    watching([connection.pk], now)
+    if every:
+        cache.add("runboard:watched:all", 1, max(1, window / 3))
+    fresh_until = now + timedelta(seconds=window * 2 / 3)
+    due = [c.pk for c in connections if not c.watched_until or c.watched_until < fresh_until]
+    if due:
+        _watch(Connection.objects.filter(pk__in=due), now)
 
 
 def watching_all(now: datetime | None = None) -> None:

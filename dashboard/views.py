@@ -17,7 +17,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import reswap, retarget
 
-from dashboard import actions, runrows, schedule
+from dashboard import actions, attention, runrows, schedule
 from dashboard import audit_export as audit_export_formats
 from dashboard.filters import ActionFilter, RunFilter
 from dashboard.forms import ApproveForm, CancelForm, CommentForm, TokenForm
@@ -34,7 +34,7 @@ from providers.base import Action, Status
 PAGE_SIZE = 50
 # What the run list's poller shows of each connection (is_stale, its warning).
 POLLER_FIELDS = ("name", "enabled", "last_success_at", "last_error", "last_error_at",
-                 "next_attempt_at", "next_poll_at")
+                 "next_attempt_at", "next_poll_at", "watched_until")
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -85,8 +85,12 @@ def _run_list_context(request, version: str, full: bool = False) -> dict:
                    request.GET.get("page"))
     # Every connection, read once: the filter's choices, the poller's warnings about the
     # enabled ones and the attention strip's stale count (see attention.context).
-    everyone = list(Connection.objects.only(*POLLER_FIELDS))
+    everyone = Connection.objects.only(*POLLER_FIELDS)
+    if full:  # with the strip's counts: the same row carries them (no query of its own)
+        everyone = attention.with_counts(everyone)
+    everyone = list(everyone)
     connections = request.runboard_connections = [c for c in everyone if c.enabled]
+    schedule.watching_read(connections, every=True)  # no query while they are fresh
     page_key = hashlib.blake2s(
         ",".join(str(r.pk) for r in page["rows"]).encode(), digest_size=6
     ).hexdigest()
@@ -100,7 +104,8 @@ def _run_list_context(request, version: str, full: bool = False) -> dict:
         "filter": run_filter,
         "active_filters": [f for f in run_filter.form.changed_data if f != "q"],
         "page": page,
-        "rows_html": mark_safe(runrows.rows_html(page["rows"])),  # noqa: S308 (escaped)
+        # Called by the template only where it shows them (not by the poll's answer).
+        "rows_html": lambda: mark_safe(runrows.rows_html(page["rows"])),  # noqa: S308
         "version": version,
         "page_key": page_key,
         "query": query_without(request, "v", "p"),
@@ -180,7 +185,13 @@ def _poll_since(request) -> float:
 
 @login_required
 def run_list(request):
-    schedule.watching_all()  # an open list speeds its connections' polling up
+    response = _run_list(request)
+    # An open list speeds its connections' polling up (a render just now saw to it).
+    schedule.watching_all()
+    return response
+
+
+def _run_list(request):
     version = data_version()
     if unchanged(request, version):
         return HttpResponse(status=204)
@@ -274,7 +285,7 @@ def run_detail(request, pk):
     run = get_object_or_404(
         Run.objects.for_page().annotate(last_action=Subquery(last_action.values("id")[:1])),
         pk=pk)
-    schedule.watching_connection(run.connection)
+    schedule.watching_read([run.connection])
     if unchanged(request, f"{run.updated_at.timestamp():.6f}"):
         return HttpResponse(status=204)
     # The live part depends on the run, the audit records of it, other runs (superseded
