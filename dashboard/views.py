@@ -369,7 +369,9 @@ def _environment_rows() -> dict:
     """One row per environment: what is deployed there, and what is happening now."""
     runs = Run.objects.filter(environment=OuterRef("pk")).order_by("-created_at", "-id")
     environments = list(
+        # Names only: not the connection's token, decrypted for every row otherwise.
         Environment.objects.select_related("connection", "project")
+        .only("name", "connection__name", "project__name")
         .annotate(latest_id=Subquery(runs.values("pk")[:1]),
                   deployed_id=Subquery(runs.filter(status="succeeded").values("pk")[:1]))
         .order_by("name", "connection__name")
