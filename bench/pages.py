@@ -258,7 +258,10 @@ def main() -> None:
             data_changed()  # as the sync does after a write
             measure("changed", unchanged, **htmx)
         # The cockpit's pages.
-        run_pk = Run.objects.order_by("-created_at", "-id").values_list("pk", flat=True)[500]
+        # A run page: the same kind at every size (a Qovery run, whose page also asks
+        # whether a newer run replaced it), deep enough not to be the newest.
+        run_pk = (Run.objects.filter(connection=connections[1]).order_by("-created_at", "-id")
+                  .values_list("pk", flat=True)[100])
         version = Run.objects.order_by("-created_at").values_list("version", flat=True)[40]
         from dashboard import attention
         pages = [("inbox", "/inbox/", {}), ("releases", "/releases/", {}),
