@@ -221,10 +221,10 @@ def _blocked(run, user) -> dict | None:
     """Why the platform cannot do what this run seems to wait for, in one line: a
     waiting run Runboard cannot approve, or a run a newer one replaced."""
     provider = run.connection.provider_class
-    if provider.acts_on_environment and run.is_superseded():
-        newer = (Run.objects.filter(environment=run.environment_id)
-                 .order_by("-created_at", "-id").only("pk", "name", "external_id").first())
-        return {"reason": actions.refusal(run, Action.CANCEL), "newer": newer}
+    if provider.acts_on_environment:
+        newer = run.newest_in_environment()  # and whether it supersedes this run: one query
+        if run.superseded:
+            return {"reason": actions.refusal(run, Action.CANCEL), "newer": newer}
     if run.status == Status.WAITING:
         reason = actions.refusal(run, Action.APPROVE, user)
         if reason:

@@ -161,3 +161,17 @@ def test_permissions_are_read_with_one_query(manager, viewer):
     assert admin.has_perm("dashboard.act_on_run")
     viewer.user_permissions.add(*manager.groups.get().permissions.all())
     assert User.objects.get(pk=viewer.pk).has_perm("dashboard.act_on_run")
+
+
+def test_a_superseded_run_page_names_the_current_run_in_few_queries(manager_client):
+    qovery = Connection.objects.create(provider="qovery", name="Qovery", token="x", scope={},
+                                       base_url="http://127.0.0.1:9")
+    _runs(qovery, 0, 3, status=Status.FAILED)  # r0 newest, r2 oldest: same environment
+    old, current = Run.objects.get(external_id="r2"), Run.objects.get(external_id="r0")
+    queries = _afresh(manager_client, f"/runs/{old.pk}/")
+    body = manager_client.get(f"/runs/{old.pk}/").content.decode()
+    assert f'<a href="/runs/{current.pk}/">Go to the current run</a>' in body
+    assert len(queries) <= 9, queries
+    # The newest run is nobody's replacement: no such line on its page.
+    newest = manager_client.get(f"/runs/{current.pk}/").content.decode()
+    assert "Go to the current run" not in newest
