@@ -3,6 +3,10 @@
 Counts are kept in the cache per data version (like the run list), so a page pays
 for them once per change, not once per view. The 24-hour window and staleness also
 move with the clock alone: a five-minute bucket joins the version for them.
+
+Each count stops at COUNT_CAP (shown "99+"): whoever renders a page first after a
+change pays for the counts, and an exact count of a status over a million runs is a
+scan of a hundred thousand index entries, where a capped one reads a hundred.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
+from django.db import connection as db
+from django.db.models import IntegerField
+from django.db.models.expressions import RawSQL
 from django.http import HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -22,36 +29,82 @@ from dashboard.models import Connection, Run, data_version
 from providers.base import Status
 
 CLOCK_BUCKET = 300  # seconds: how stale "in the last 24 h" may get while nothing changes
+COUNT_CAP = 99  # a count above it is shown as "99+"
 
 
 def version() -> str:
     return f"{data_version()}-{int(time.time() // CLOCK_BUCKET)}"
 
 
-def counts(current: str | None = None) -> dict:
-    """{waiting, failed, stale, total} for the data version `current`."""
+def counts(current: str | None = None, connections=None) -> dict:
+    """{waiting, failed, stale, total, labels} for the data version `current`;
+    `connections`: the enabled ones, if the caller has read them already."""
     current = current or version()
     key = f"runboard:attention:{current}"
     found = cache.get(key)
     if found is None:
-        since = timezone.now() - timedelta(days=1)
-        connections = Connection.objects.filter(enabled=True).only(
-            "enabled", "last_success_at", "last_error", "last_error_at")
-        found = {
-            "waiting": Run.objects.filter(status=Status.WAITING).count(),
-            "failed": Run.objects.filter(status=Status.FAILED, created_at__gte=since).count(),
-            "stale": sum(1 for c in connections if c.is_stale),
-        }
+        if connections is None:
+            # The connections and both counts in one query.
+            connections = list(with_counts(Connection.objects.filter(enabled=True).only(
+                "enabled", "last_success_at", "last_error", "last_error_at", "next_poll_at")))
+        if connections and hasattr(connections[0], "waiting"):
+            found = {"waiting": connections[0].waiting, "failed": connections[0].failed}
+        else:
+            found = dict(zip(("waiting", "failed"), capped_counts(*_counted()), strict=True))
+        found["stale"] = sum(1 for c in connections if c.is_stale)
         found["total"] = sum(found.values())
+        found["labels"] = {name: f"{COUNT_CAP}+" if found[name] > COUNT_CAP else str(found[name])
+                           for name in ("waiting", "failed", "total")}
         cache.set(key, found, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
     return {**found, "version": current}
+
+
+def _counted():
+    """What the strip counts: waiting runs, and runs failed in the last 24 hours."""
+    since = timezone.now() - timedelta(days=1)
+    return (Run.objects.filter(status=Status.WAITING),
+            Run.objects.filter(status=Status.FAILED, created_at__gte=since))
+
+
+def with_counts(connections):
+    """`connections` annotated with the strip's counts, `waiting` and `failed`: the same
+    on every row (subqueries the database runs once, not per row), so that a page that
+    reads the connections anyway gets the counts without a query of their own."""
+    waiting, failed = _counted()
+    return connections.annotate(waiting=capped(waiting), failed=capped(failed))
+
+
+def _capped_sql(queryset) -> tuple[str, list]:
+    """SQL counting the rows of `queryset` up to COUNT_CAP + 1: it reads at most that
+    many index entries, whatever the size of the table. Only Django's SQL goes in."""
+    sql, params = queryset.order_by().values("pk")[:COUNT_CAP + 1].query.sql_with_params()
+    return f"SELECT COUNT(*) FROM ({sql}) AS counted", list(params)  # noqa: S608
+
+
+def capped(queryset) -> RawSQL:
+    """The capped count of `queryset`, as an expression to annotate with."""
+    return RawSQL(*_capped_sql(queryset), output_field=IntegerField())  # noqa: S611
+
+
+def capped_counts(*querysets) -> list[int]:
+    """The capped counts of `querysets`, in one query."""
+    parts, params = [], []
+    for queryset in querysets:
+        sql, more = _capped_sql(queryset)
+        parts.append(f"({sql})")
+        params.extend(more)
+    with db.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(parts), params)
+        return list(cursor.fetchone())
 
 
 def context(request):
     """Template context: `attention`, computed only if a template reads it."""
     if not getattr(request, "user", None) or not request.user.is_authenticated:
         return {}
-    return {"attention": SimpleLazyObject(counts)}
+    # A view that read the enabled connections leaves them on the request (the run list).
+    return {"attention": SimpleLazyObject(
+        lambda: counts(connections=getattr(request, "runboard_connections", None)))}
 
 
 @login_required

@@ -227,6 +227,13 @@ class RunQuerySet(models.QuerySet):
             "raw", "connection__token", "connection__cursor"
         )
 
+    def for_page(self):
+        # A run's own page needs what the list leaves out: the payload (the variables a
+        # waiting run asks for) and whether the token can be read (why it cannot be
+        # acted on). Loaded with the run, not by a query each when first touched.
+        return self.select_related("connection", "project", "environment").defer(
+            "connection__cursor")
+
     def active(self):
         return self.exclude(status__in=FINISHED)
 
@@ -339,6 +346,21 @@ class Run(models.Model):
     def refresh_from_db(self, *args, **kwargs):
         self.__dict__.pop("superseded", None)  # derived from other runs: look again
         super().refresh_from_db(*args, **kwargs)
+
+    def newest_in_environment(self):
+        """The newest run in this run's environment (None without one), and with it,
+        from the same query, whether this run is superseded (`is_superseded`)."""
+        if not self.environment_id:
+            self.superseded = False
+            return None
+        started = Run.objects.filter(environment=self.environment_id,
+                                     started_at__isnull=False).order_by("-created_at")
+        newest = (Run.objects.filter(environment=self.environment_id)
+                  .order_by("-created_at", "-id").only("pk", "name", "external_id")
+                  .annotate(newest_started=Subquery(started.values("created_at")[:1])).first())
+        there = newest.newest_started if newest else None
+        self.superseded = bool(there and self.created_at and self.created_at < there)
+        return newest
 
     def is_superseded(self) -> bool:
         """A newer run exists in this run's environment (see `mark_superseded`)."""

@@ -146,20 +146,42 @@ def watching(connection_ids, now: datetime | None = None) -> None:
     window = settings.RUNBOARD_WATCH_SECONDS
     fresh = [pk for pk in connection_ids
              if cache.add(f"runboard:watched:{pk}", 1, max(1, window / 3))]
-    for connection in Connection.objects.filter(pk__in=fresh).defer("token", "cursor"):
-        soon = now + timedelta(seconds=settings.RUNBOARD_POLL_MIN)
-        if connection.budget_at:
-            soon = max(soon, connection.budget_at)
-        Connection.objects.filter(pk=connection.pk).update(
-            watched_until=now + timedelta(seconds=window),
-            next_poll_at=Least(F("next_poll_at"), soon))
+    if fresh:
+        _watch(Connection.objects.filter(pk__in=fresh), now)
+
+
+def _watch(connections, now: datetime) -> None:
+    """One UPDATE for them all: the next pass soon, but never before the budget's
+    clock allows. A connection watched less than a third of the window ago is left
+    alone: the cache's throttle forgotten (a restart, a cleared cache) costs a read,
+    not a write and its commit on every page view."""
+    window = settings.RUNBOARD_WATCH_SECONDS
+    soon = now + timedelta(seconds=settings.RUNBOARD_POLL_MIN)
+    allowed = Greatest(Coalesce(F("budget_at"), Value(soon)), Value(soon))
+    connections.filter(Q(watched_until__isnull=True)
+                       | Q(watched_until__lt=now + timedelta(seconds=window * 2 / 3))).update(
+        watched_until=now + timedelta(seconds=window),
+        next_poll_at=Least(F("next_poll_at"), allowed))
+
+
+def watching_read(connections, now: datetime | None = None, every: bool = False) -> None:
+    """`watching` for connections already read (with watched_until): nothing to write,
+    and no query, for those watched less than a third of the window ago. `every`: they
+    are all the enabled ones (`watching_all` need not look again)."""
+    now = now or timezone.now()
+    window = settings.RUNBOARD_WATCH_SECONDS
+    if every:
+        cache.add("runboard:watched:all", 1, max(1, window / 3))
+    fresh_until = now + timedelta(seconds=window * 2 / 3)
+    due = [c.pk for c in connections if not c.watched_until or c.watched_until < fresh_until]
+    if due:
+        _watch(Connection.objects.filter(pk__in=due), now)
 
 
 def watching_all(now: datetime | None = None) -> None:
     """A page shows every connection's runs (the run list): all of them are watched."""
     if cache.add("runboard:watched:all", 1, max(1, settings.RUNBOARD_WATCH_SECONDS / 3)):
-        watching(list(Connection.objects.filter(enabled=True).values_list("pk", flat=True)),
-                 now)
+        _watch(Connection.objects.filter(enabled=True), now or timezone.now())
 
 
 def record_rate_limit(connection_id: int, info: RateLimitInfo) -> None:

@@ -120,8 +120,9 @@
     const strip = document.getElementById("attention");
     const total = strip ? Number(strip.dataset.total || 0) : 0;
     const live = document.querySelector("[data-title]");
-    const base = live ? live.dataset.title : document.title.replace(/^\(\d+\) /, "");
-    document.title = (total ? `(${total}) ` : "") + base;
+    const base = live ? live.dataset.title : document.title.replace(/^\(\d+\+?\) /, "");
+    // The label: the count, or "99+" past the cap the server counts to.
+    document.title = (total ? `(${strip.dataset.label || total}) ` : "") + base;
     const icon = document.getElementById("favicon");
     if (icon) {
       if (!icon.dataset.plain) icon.dataset.plain = icon.getAttribute("href");

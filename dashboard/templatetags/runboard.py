@@ -6,6 +6,7 @@ import json
 from datetime import timedelta
 
 from django import template
+from django.utils.safestring import mark_safe
 
 register = template.Library()
 
@@ -58,3 +59,19 @@ def step_duration(job) -> timedelta | None:
     if not job.finished_at:
         return None
     return job.finished_at - job.started_at
+
+
+# Tags for what partials/time.html and partials/status.html write: an {% include %} costs
+# a template render of its own, many times a page.
+@register.simple_tag
+def time_tag(value):
+    from dashboard.runrows import time_html
+
+    return mark_safe(time_html(value))  # noqa: S308 (escaped: numbers only)
+
+
+@register.simple_tag
+def status_badge(status, raw=""):
+    from dashboard.runrows import status_html
+
+    return mark_safe(status_html(status, raw))  # noqa: S308 (escaped by status_html)

@@ -1,0 +1,177 @@
+"""What a page costs when it is rendered afresh (the first viewer after a change): a
+bounded number of queries that does not grow with the runs held, no unbounded COUNT over
+the runs, and the same markup as the templates wrote (bench/pages.py measures the time)."""
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from dashboard import schedule, sync
+from dashboard.models import Connection, Run, data_changed
+from providers.base import EnvironmentData, JobData, ProjectData, RunData, Status
+
+pytestmark = pytest.mark.django_db
+
+
+def _runs(connection_, start, count, status=Status.SUCCEEDED, **fields):
+    now = timezone.now()
+    project = ProjectData("p1", "Shop")
+    env = EnvironmentData("e1", "production", project)
+    sync.upsert_runs(connection_, [
+        RunData(external_id=f"r{n}", status=status, raw_status=status.value, locator={},
+                name=f"Deploy #{n}", version=f"1.{n}", project=project, environment=env,
+                pipeline_name="Deploy", created_at=now - timedelta(minutes=n),
+                started_at=now - timedelta(minutes=n),
+                jobs=[JobData("j1", "build", status, status.value)], **fields)
+        for n in range(start, start + count)])
+
+
+def _afresh(client, path, **headers):
+    """The queries of `path` with every cache emptied first."""
+    client.get(path, headers=headers)
+    cache.clear()
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(path, headers=headers)
+    assert response.status_code == 200
+    return [q["sql"] for q in captured.captured_queries]
+
+
+@pytest.fixture
+def manager_client(client, manager):
+    client.force_login(manager)
+    return client
+
+
+def test_the_run_list_afresh_makes_few_queries_whatever_the_number_of_runs(
+        manager_client, buddy_connection):
+    _runs(buddy_connection, 0, 3)
+    few = _afresh(manager_client, "/runs/")
+    _runs(buddy_connection, 3, 120)  # more than two pages
+    many = _afresh(manager_client, "/runs/")
+    assert len(few) == len(many) <= 6, many
+    # The page counts nothing over the runs but with a LIMIT (no COUNT(*) of a table).
+    for sql in many:
+        if "COUNT(" in sql.upper() and "dashboard_run" in sql:
+            assert "LIMIT" in sql.upper(), sql
+
+
+def test_the_other_pages_afresh_make_few_queries(manager_client, buddy_connection):
+    _runs(buddy_connection, 0, 60)
+    run = Run.objects.order_by("-created_at").first()
+    assert len(_afresh(manager_client, "/environments/")) <= 6
+    assert len(_afresh(manager_client, f"/runs/{run.pk}/")) <= 8
+    assert len(_afresh(manager_client, "/attention/", **{"HX-Request": "true"})) <= 4
+
+
+def test_the_attention_counts_stop_at_99(manager_client, buddy_connection):
+    _runs(buddy_connection, 0, 100, status=Status.WAITING)
+    page = manager_client.get("/runs/").content.decode()
+    assert "<strong>99+</strong> waiting for a person" in page
+    assert "<title>(99+) Runs" in page
+    assert 'data-total="100"' in page  # still a number, for the favicon
+    _runs(buddy_connection, 200, 2, status=Status.FAILED)
+    cache.clear()
+    strip = manager_client.get("/attention/", headers={"HX-Request": "true"}).content.decode()
+    assert "<strong>2</strong> failed in 24 h" in strip
+
+
+def test_rows_are_written_as_the_row_template_wrote_them(manager_client, buddy_connection):
+    _runs(buddy_connection, 0, 1, branch="main", triggered_by='Ana "<b>"')
+    run = Run.objects.get()
+    body = manager_client.get("/runs/").content.decode()
+    row = re.search(r'<tr id="run-\d+".*?</tr>', body, re.S).group(0)
+    created = run.created_at.isoformat()
+    expected = (
+        f'<tr id="run-{run.pk}" data-status="succeeded">'
+        '<td><span class="badge status-succeeded" title="succeeded">Succeeded</span></td>'
+        f'<td class="name"><a href="/runs/{run.pk}/" class="clip" title="Deploy #0 · main">'
+        'Deploy #0</a> <span class="muted clip branch">main</span></td>'
+        '<td data-label="Connection"><span class="clip">Buddy</span></td>'
+        '<td data-label="Project / pipeline"><span class="clip">Shop / Deploy</span></td>'
+        '<td data-label="Environment"><span class="clip">production</span></td>'
+        '<td data-label="Version"><code class="clip">1.0</code></td>'
+        '<td data-label="By"><span class="clip">Ana &quot;&lt;b&gt;&quot;</span></td>'
+        f'<td data-label="Created"><time datetime="{created}" '
+        f'title="{run.created_at:%Y-%m-%d %H:%M:%S} UTC" data-relative>'
+        f'{run.created_at:%Y-%m-%d %H:%M} UTC</time></td>'
+        f'<td data-label="Duration"><span data-duration-from="{created}"></span></td></tr>')
+    assert re.sub(r">\n\s*<", "><", row) == expected  # line breaks aside
+    # The poll after a change sends the same row, to be swapped in out of band.
+    version, key = re.search(r'runs-poller" hx-get="/runs/\?v=([\d.-]+)&amp;p=(\w+)', body).groups()
+    Run.objects.filter(pk=run.pk).update(updated_at=timezone.now())
+    data_changed()
+    changed = manager_client.get(f"/runs/?v={version}&p={key}", headers={
+        "HX-Request": "true", "HX-Trigger": "runs-poller"}).content.decode()
+    assert f'<tr id="run-{run.pk}" data-status="succeeded" hx-swap-oob="true">' in changed
+
+
+def test_the_filter_form_keeps_its_choices_and_values(manager_client, buddy_connection):
+    _runs(buddy_connection, 0, 1)
+    env = Run.objects.get().environment
+    body = manager_client.get(f"/runs/?environment={env.pk}&by=a%3Cb&group=failed").content
+    body = body.decode()
+    assert f'<option value="{env.pk}" selected>production</option>' in body
+    assert f'<option value="{buddy_connection.pk}">Buddy</option>' in body
+    assert '<option value="failed" selected>Failed</option>' in body
+    assert '<input type="text" name="by" value="a&lt;b" id="id_by">' in body
+
+
+def test_a_watched_list_is_one_update_for_all_connections(buddy_connection):
+    Connection.objects.create(provider="qovery", name="Q", base_url="http://127.0.0.1:9",
+                              token="x", scope={})
+    with CaptureQueriesContext(connection) as captured:
+        schedule.watching_all()
+    assert len(captured) == 1
+    assert Connection.objects.filter(watched_until__isnull=False).count() == 2
+
+
+def test_a_connection_watched_moments_ago_is_not_written_again(manager_client,
+                                                               buddy_connection):
+    _runs(buddy_connection, 0, 1)
+    run = Run.objects.get()
+    manager_client.get("/runs/")
+    watched = Connection.objects.get().watched_until
+    assert watched > timezone.now()
+    # Even with the cache's throttle forgotten, no page view writes it again so soon,
+    # and the run page does not even ask.
+    writes = [sql for sql in _afresh(manager_client, f"/runs/{run.pk}/")
+              if sql.startswith("UPDATE")]
+    assert writes == []
+    _afresh(manager_client, "/runs/")
+    assert Connection.objects.get().watched_until == watched
+    # Once a third of the window has gone by, a page view watches it again.
+    Connection.objects.update(watched_until=timezone.now())
+    _afresh(manager_client, f"/runs/{run.pk}/")
+    assert Connection.objects.get().watched_until > watched
+
+
+def test_permissions_are_read_with_one_query(manager, viewer):
+    for user, expected in ((manager, True), (viewer, False)):
+        user = User.objects.get(pk=user.pk)  # no permission cache yet
+        with CaptureQueriesContext(connection) as captured:
+            assert user.has_perm("dashboard.act_on_run") is expected
+        assert len(captured) == 1
+    admin = User.objects.create_superuser("root", password="x")
+    assert admin.has_perm("dashboard.act_on_run")
+    viewer.user_permissions.add(*manager.groups.get().permissions.all())
+    assert User.objects.get(pk=viewer.pk).has_perm("dashboard.act_on_run")
+
+
+def test_a_superseded_run_page_names_the_current_run_in_few_queries(manager_client):
+    qovery = Connection.objects.create(provider="qovery", name="Qovery", token="x", scope={},
+                                       base_url="http://127.0.0.1:9")
+    _runs(qovery, 0, 3, status=Status.FAILED)  # r0 newest, r2 oldest: same environment
+    old, current = Run.objects.get(external_id="r2"), Run.objects.get(external_id="r0")
+    queries = _afresh(manager_client, f"/runs/{old.pk}/")
+    body = manager_client.get(f"/runs/{old.pk}/").content.decode()
+    assert f'<a href="/runs/{current.pk}/">Go to the current run</a>' in body
+    assert len(queries) <= 9, queries
+    # The newest run is nobody's replacement: no such line on its page.
+    newest = manager_client.get(f"/runs/{current.pk}/").content.decode()
+    assert "Go to the current run" not in newest
