@@ -219,6 +219,13 @@ def main() -> None:
         started = time.perf_counter()
         load(connections, size, loaded)
         loaded = size
+        if load is load_sql:
+            # Written beside the sync, so what it keeps as it writes is built here: the
+            # releases matrix's cells and the trends' daily rollup.
+            from dashboard import releases, rollup
+
+            releases.rebuild()
+            rollup.rebuild()
         with db.cursor() as cursor:
             # As autovacuum would have by then: planner statistics, and the visibility
             # map that lets index-only scans skip the table.
