@@ -359,7 +359,7 @@ def test_no_pass_reads_everything_again_only_what_is_due_a_few_at_a_time(qovery,
     listing = cursor["listing"]
     listing["reread"] = {"at": now - 120, "credit": 0, "read_at": {
         env: now - (3500 if env == envs[2] else 100) for env in envs}}
-    listing["names"]["at"] = now - 120
+    listing.setdefault("names", {})["at"] = now - 120
     Connection.objects.filter(pk=connection.pk).update(cursor={
         **cursor, "listing": listing,
         "full_read_at": (timezone.now() - timedelta(hours=2)).isoformat()})
