@@ -48,7 +48,8 @@ Rate budget: a pass costs 1 (pipelines) + 1 per stage with a release flow + 1
 (workflows) + 1 per workflow requests, plus one per active run outside the incremental
 window, plus 1 per pipeline whose stages are read: a pipeline's name and stages are kept
 between passes (`change_state`) for as long as its listed `updatedAt` ("time of
-update") stays the same, and read again on a full read (RUNBOARD_FULL_READ_EVERY).
+update") stays the same; the unchanged ones are still read again, a few a pass, the
+least recently read first, each within RUNBOARD_FULL_READ_EVERY (`Rotation`).
 `rate_budget` (1000 an hour) is what the scheduler spaces passes and webhook reads by, at
 Runboard's share of it.
 What the reference offers to spend less, checked: no listing above a stage carries its

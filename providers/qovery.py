@@ -44,7 +44,10 @@ history (two requests) only where its status differs from the one the last pass
 remembered (`change_state`), or its deployment is under way, or a request waits in its
 queue; the environment list only to name an environment not seen before. A pass over an
 organization where nothing changed costs 1 + projects requests (an environment scope:
-one status read). Every RUNBOARD_FULL_READ_EVERY the sync asks for a full read.
+one status read). What the statuses let a pass skip is still re-read, a few a pass: the
+environments read least recently (queue and history), and the project environment lists
+(names) listed least recently, each within RUNBOARD_FULL_READ_EVERY (`Rotation`); all
+is read only by the first pass and after the connection is edited.
 Qovery documents no conditional requests (no ETag / If-None-Match) and no status
 filter on these lists.
 Not documented anywhere we could read, and so assumed here:
