@@ -454,6 +454,7 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
     with connection.client() as client:
         result.client = client
         client.change_state, client.full_read = _listing(connection)
+        client.reread_every = settings.RUNBOARD_FULL_READ_EVERY
         if since:
             client.known_runs = dict(connection.runs.filter(created_at__gte=since)
                                      .values_list("external_id", "raw_status"))
@@ -500,15 +501,14 @@ def _listing_key(connection: Connection) -> str:
 
 def _listing(connection: Connection) -> tuple[dict, bool]:
     """What the last successful pass left for the provider to skip unchanged things by,
-    and whether this pass reads everything anyway: with no state, for an edited
-    connection, or once RUNBOARD_FULL_READ_EVERY has passed since the last full read (a
-    safety net should a list-level signal ever miss a change)."""
+    and whether this pass reads everything anyway: with no state, or for an edited
+    connection. The safety net should a list-level signal ever miss a change is no
+    periodic full read (one burst that holds the budget back) but the provider's
+    rotation (`Provider.rotation`): a few skipped things re-read each pass, every one
+    within RUNBOARD_FULL_READ_EVERY."""
     cursor = connection.cursor
     state = cursor.get("listing")
-    last = parse_time(cursor.get("full_read_at"))
-    due = last is None or (timezone.now() - last).total_seconds() >= (
-        settings.RUNBOARD_FULL_READ_EVERY)
-    if (not isinstance(state, dict) or not state or due
+    if (not isinstance(state, dict) or not state
             or cursor.get("listing_key") != _listing_key(connection)):
         return {}, True
     return state, False

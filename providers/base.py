@@ -12,7 +12,7 @@ import email.utils
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -287,6 +287,11 @@ class Provider:
         # state) tells the provider to read everything in detail whatever it remembers.
         self.change_state: dict[str, Any] = {}
         self.full_read = True
+        # What change detection skips is still re-read now and then, a few things a pass
+        # (`rotation`): each at least this often (seconds; the sync sets it from
+        # RUNBOARD_FULL_READ_EVERY), as of `clock()` (epoch seconds).
+        self.reread_every = 3600.0
+        self.clock: Callable[[], float] = time.time
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={**self.auth_headers(token), "Accept": "application/json"},
@@ -334,6 +339,11 @@ class Provider:
         """Variables a waiting run asks for before it can be approved, from its stored
         payload: [{key, value (the default), description}]; most providers ask none."""
         return []
+
+    def rotation(self, name: str) -> Rotation:
+        """The safety re-read of what change detection skips, as `change_state[name]`
+        left it (the provider stores `Rotation.state()` there again)."""
+        return Rotation(self.change_state.get(name), self.clock(), self.reread_every)
 
     # -- shared HTTP plumbing -----------------------------------------------------
 
@@ -515,3 +525,58 @@ def webhook_json(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise WebhookRejected("body is not a JSON object")
     return data
+
+
+class Rotation:
+    """A safety re-read spread over passes instead of one full read now and then.
+
+    Change detection skips what a provider's list says did not change; should a list
+    ever miss a change, re-reading everything once an hour would find it, at the cost
+    of one burst that holds the budget clock back. Instead each pass re-reads a few of
+    the skipped keys, those read least recently, paced so that every key is read again
+    within `every` seconds: a pass `elapsed` seconds after the last one earns
+    keys x elapsed / (every - elapsed) reads (its fraction carried over as `credit`), and
+    a key that would pass `every` before the next pass (taken to come as soon again)
+    is read now whatever the pace. A key never read is read at once.
+    """
+
+    def __init__(self, state: Any, now: float, every: float):
+        state = state if isinstance(state, dict) else {}
+        read_at = state.get("read_at")
+        self.read_at: dict[str, float] = {
+            str(key): float(at) for key, at in (read_at or {}).items()
+            if isinstance(at, int | float)} if isinstance(read_at, dict) else {}
+        last = state.get("at")
+        self.elapsed = max(0.0, now - last) if isinstance(last, int | float) else 0.0
+        credit = state.get("credit")
+        self.credit = float(credit) if isinstance(credit, int | float) else 0.0
+        self.now, self.every = now, max(1.0, every)
+
+    def age(self, key: str) -> float:
+        at = self.read_at.get(key)
+        return float("inf") if at is None else self.now - at
+
+    def pick(self, skipped: Iterable[str]) -> set[str]:
+        """Which of the keys change detection skips to read anyway this pass."""
+        keys = set(skipped)
+        new = {key for key in keys if key not in self.read_at}  # not part of the pace
+        keys = sorted(keys - new, key=lambda key: (-self.age(key), key))
+        if not keys:
+            return new
+        margin = min(self.elapsed, self.every / 2)  # the next pass, guessed as this one
+        allowed = self.credit + len(keys) * self.elapsed / (self.every - margin)
+        overdue = sum(1 for key in keys if self.age(key) + margin >= self.every)
+        count = min(len(keys), max(int(allowed), overdue))
+        # Reads forced ahead of the pace are paid back by later passes; a long gap
+        # earns no more than one round.
+        self.credit = max(-len(keys), min(allowed - count, 1.0))
+        return new | set(keys[:count])
+
+    def read(self, key: str) -> None:
+        """`key` was read in detail this pass (picked, changed, or never skipped)."""
+        self.read_at[key] = self.now
+
+    def state(self, keys: Iterable[str]) -> dict[str, Any]:
+        """What to remember for the next pass, for the keys that still exist."""
+        return {"at": self.now, "credit": round(self.credit, 6), "read_at": {
+            key: self.read_at[key] for key in keys if key in self.read_at}}

@@ -48,7 +48,8 @@ Rate budget: a pass costs 1 (pipelines) + 1 per stage with a release flow + 1
 (workflows) + 1 per workflow requests, plus one per active run outside the incremental
 window, plus 1 per pipeline whose stages are read: a pipeline's name and stages are kept
 between passes (`change_state`) for as long as its listed `updatedAt` ("time of
-update") stays the same, and read again on a full read (RUNBOARD_FULL_READ_EVERY).
+update") stays the same; the unchanged ones are still read again, a few a pass, the
+least recently read first, each within RUNBOARD_FULL_READ_EVERY (`Rotation`).
 `rate_budget` (1000 an hour) is what the scheduler spaces passes and webhook reads by, at
 Runboard's share of it.
 What the reference offers to spend less, checked: no listing above a stage carries its
@@ -85,6 +86,7 @@ from providers.base import (
     ProviderError,
     RateBudget,
     RateLimitInfo,
+    Rotation,
     RunData,
     Status,
     WebhookEvent,
@@ -153,6 +155,14 @@ class NorthflankProvider(Provider):
         self._pipeline_updated: dict[str, str] = {}  # id -> updatedAt, as listed this pass
         self._workflow_names: dict[str, str] = {}
         self._unnamed: set[str] = set()  # pipelines whose name could not be read
+        self._reread_state: Rotation | None = None
+
+    @property
+    def _reread(self) -> Rotation:
+        """The pass's safety re-read of pipelines (made once change_state is handed in)."""
+        if self._reread_state is None:
+            self._reread_state = self.rotation("reread")
+        return self._reread_state
 
     # -- rate limits -------------------------------------------------------------------
 
@@ -215,6 +225,7 @@ class NorthflankProvider(Provider):
         """The pipeline's name and stages (path values), read once per client."""
         if pipeline_id not in self._pipeline_info:
             body = self.request("GET", f"{self._pipelines_path()}/{quote(pipeline_id, safe='')}")
+            self._reread.read(pipeline_id)
             data = self._data(body)
             self._pipeline_info[pipeline_id] = {
                 "name": text(data.get("name"), 200) or pipeline_id,
@@ -227,7 +238,7 @@ class NorthflankProvider(Provider):
             return [str(self.scope["pipeline"])]
         remembered = self.change_state.get("pipelines")
         remembered = remembered if isinstance(remembered, dict) and not self.full_read else {}
-        ids = []
+        ids, unchanged = [], {}
         for item in self._paged(self._pipelines_path(), "pipelines"):
             pipeline_id = text(require(item, "id"), 200)
             ids.append(pipeline_id)
@@ -239,9 +250,14 @@ class NorthflankProvider(Provider):
             # The pipeline has not been changed since the last pass read its stages.
             if (isinstance(known, dict) and known.get("updated") == updated
                     and isinstance(known.get("stages"), list)):
-                self._pipeline_info.setdefault(pipeline_id, {
-                    "name": text(known.get("name"), 200) or pipeline_id,
-                    "stages": tuple(text(stage, 64) for stage in known["stages"])})
+                unchanged[pipeline_id] = known
+        # Should updatedAt ever stay put through a change, a few unchanged pipelines are
+        # read again each pass, the least recently read first.
+        for pipeline_id in unchanged.keys() - self._reread.pick(unchanged):
+            known = unchanged[pipeline_id]
+            self._pipeline_info.setdefault(pipeline_id, {
+                "name": text(known.get("name"), 200) or pipeline_id,
+                "stages": tuple(text(stage, 64) for stage in known["stages"])})
         return ids
 
     def _stages(self, pipeline_id: str) -> tuple[str, ...]:
@@ -334,7 +350,8 @@ class NorthflankProvider(Provider):
             pipeline_id: {"updated": updated, "name": self._pipeline_info[pipeline_id]["name"],
                           "stages": list(self._pipeline_info[pipeline_id]["stages"])}
             for pipeline_id, updated in self._pipeline_updated.items()
-            if pipeline_id in self._pipeline_info}}
+            if pipeline_id in self._pipeline_info},
+            "reread": self._reread.state(self._pipeline_updated)}
 
     def _list_stage(self, pipeline_id: str, stage: str, since) -> Iterator[list[RunData]]:
         try:

@@ -44,7 +44,10 @@ history (two requests) only where its status differs from the one the last pass
 remembered (`change_state`), or its deployment is under way, or a request waits in its
 queue; the environment list only to name an environment not seen before. A pass over an
 organization where nothing changed costs 1 + projects requests (an environment scope:
-one status read). Every RUNBOARD_FULL_READ_EVERY the sync asks for a full read.
+one status read). What the statuses let a pass skip is still re-read, a few a pass: the
+environments read least recently (queue and history), and the project environment lists
+(names) listed least recently, each within RUNBOARD_FULL_READ_EVERY (`Rotation`); all
+is read only by the first pass and after the connection is edited.
 Qovery documents no conditional requests (no ETag / If-None-Match) and no status
 filter on these lists.
 Not documented anywhere we could read, and so assumed here:
@@ -289,27 +292,55 @@ class QoveryProvider(Provider):
         saves nothing). Which ones are read is decided by the statuses of all of a
         project's environments, one request (see `_needs_reading`)."""
         seen: dict[str, str] = {}
+        # Names are kept between passes too: each list they come from is read again
+        # within RUNBOARD_FULL_READ_EVERY (a rename), a few a pass.
+        names = self.rotation("names")
         if self.scope.get("environment"):
-            self._remembered_environment(self.scope["environment"])
-            environment = self._environment(self.scope["environment"])
+            named = self.scope["environment"]
+            if not names.pick([named]):
+                self._remembered_environment(named)
+            if named not in self._environments_by_id:
+                names.read(named)
+            environment = self._environment(named)
             statuses = [(environment, self._status(environment.external_id))]
         else:
-            statuses = [pair for project in self._projects()
-                        for pair in self._project_statuses(project)]
+            projects = self._projects()
+            relist = names.pick(p.external_id for p in projects)
+            statuses = []
+            for project in projects:
+                if self._project_statuses(project, project.external_id in relist,
+                                          statuses):
+                    names.read(project.external_id)
         remembered = self.change_state.get("seen")
         remembered = remembered if isinstance(remembered, dict) else {}
+        detail = self.rotation("reread")
+        skipped = set()
         for environment, status in statuses:
             fingerprint = status_fingerprint(status)
             seen[environment.external_id] = fingerprint
             if not self._needs_reading(status, remembered.get(environment.external_id),
                                        fingerprint):
+                skipped.add(environment.external_id)
+        # What the statuses say is settled and unchanged: a few of it re-read anyway,
+        # the least recently read first, in case a status hid a change.
+        skipped -= detail.pick(skipped)
+        for environment, status in statuses:
+            if environment.external_id in skipped:
                 continue
+            detail.read(environment.external_id)
             if runs := self._environment_runs(environment, status):
                 yield runs
         # Assigned once every environment was read: the sync stores it after the pass.
-        self.change_state = {"seen": seen, "environments": {
-            e.external_id: [e.name, e.project.external_id, e.project.name]
-            for e, _ in statuses if e.project}}
+        self.change_state = {
+            "seen": seen,
+            "environments": {e.external_id: [e.name, e.project.external_id, e.project.name]
+                             for e, _ in statuses if e.project},
+            "reread": detail.state(seen),
+            "names": names.state(
+                [self.scope["environment"]] if self.scope.get("environment")
+                else {e.project.external_id for e, _ in statuses if e.project}
+                | {p.external_id for p in self._projects_by_id.values()}),
+        }
 
     def _needs_reading(self, status: Mapping[str, Any], remembered: Any,
                        fingerprint: str) -> bool:
@@ -340,14 +371,15 @@ class QoveryProvider(Provider):
         self._environments_by_id[environment_id] = EnvironmentData(
             environment_id, text(names[0], 200), project)
 
-    def _project_statuses(self, project: ProjectData
-                          ) -> list[tuple[EnvironmentData, dict[str, Any]]]:
-        """Every environment of the project with its status: one request for the
-        statuses, and the environment list only for names not yet known."""
+    def _project_statuses(self, project: ProjectData, relist: bool,
+                          found: list[tuple[EnvironmentData, dict[str, Any]]]) -> bool:
+        """Add every environment of the project with its status to `found`: one request
+        for the statuses, and the environment list only for names not yet known (or
+        with `relist`). True where the environment list was read."""
         body = self.request("GET", f"/project/{project.external_id}/environment/status")
         statuses = {text(require(item, "id"), 100): item for item in self._results(body)}
         known = self.change_state.get("environments")
-        known = known if isinstance(known, dict) and not self.full_read else {}
+        known = known if isinstance(known, dict) and not (self.full_read or relist) else {}
         for environment_id in statuses:
             names = known.get(environment_id)
             if (environment_id not in self._environments_by_id and isinstance(names, list)
@@ -355,15 +387,15 @@ class QoveryProvider(Provider):
                 # The project's name as listed this pass, the environment's as remembered.
                 self._environments_by_id[environment_id] = EnvironmentData(
                     environment_id, text(names[0], 200), project)
-        if any(e not in self._environments_by_id for e in statuses):
+        listed = any(e not in self._environments_by_id for e in statuses)
+        if listed:
             self._list_environments(project)
-        found = []
         for environment_id, status in statuses.items():
             environment = self._environments_by_id.get(environment_id)
             if environment is None:  # gone between the two lists: next pass sees
                 continue
             found.append((environment, status))
-        return found
+        return listed or relist
 
     def _environment_runs(self, environment: EnvironmentData,
                           status: dict[str, Any] | None = None) -> list[RunData]:

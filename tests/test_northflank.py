@@ -382,3 +382,37 @@ def test_a_run_on_an_unchanged_pipeline_is_listed(sim):
     run = sim.add_release("web", "staging", RELEASE_PLAN, age=600)
     runs, _, _ = one_pass(sim, state)
     assert [r.external_id for r in runs] == [f"web/staging/{run.data['id']}"]
+
+
+# -- the safety re-read: a few unchanged pipelines a pass, each within the period --------
+
+PERIOD, EVERY = 3600.0, 300.0  # RUNBOARD_FULL_READ_EVERY; seconds between passes
+
+
+def test_unchanged_pipelines_are_reread_a_few_a_pass_each_within_the_period(sim, clock):
+    for n in range(5):
+        sim.add_pipeline(f"svc-{n}", f"Service {n}")
+    pipelines = ["web", *(f"svc-{n}" for n in range(5))]
+    state, full, read_at, gaps, extra = {}, True, dict.fromkeys(pipelines, 0.0), [], []
+    quiet = 1 + 6 * 3 + 1  # pipelines, each stage's runs, workflows
+    # svc-3 loses its production stage without its updatedAt moving (a change the
+    # pipeline list does not show): its production runs must stop being listed.
+    for n in range(int(PERIOD / EVERY) + 1):
+        with connect(sim) as c:
+            c.change_state, c.full_read = dict(state), full
+            c.clock, c.reread_every = (lambda: clock.now().timestamp()), PERIOD
+            before = len(sim.requests)
+            list(c.list_runs())
+            state, full = c.change_state, False
+            sent = [p for _, p, _ in sim.requests[before:]]
+        if n == 0:
+            sim.pipelines["svc-3"]["stages"] = ("Development", "Staging")
+        else:
+            extra.append(len(sent) - quiet)
+            for pipeline in pipelines:
+                if f"/v1/projects/shop/pipelines/{pipeline}" in sent:
+                    gaps.append(n * EVERY - read_at[pipeline])
+                    read_at[pipeline] = n * EVERY
+        clock.advance(EVERY)
+    assert state["pipelines"]["svc-3"]["stages"] == ["development", "staging"]
+    assert max(extra) <= 1 and len(gaps) >= 6 and max(gaps) <= PERIOD

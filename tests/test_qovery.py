@@ -643,7 +643,8 @@ def test_a_pass_over_an_unchanged_organization_costs_a_request_a_project(sim, wo
     assert runs == []
     assert sent == [f"/organization/{world.org}/project",
                     f"/project/{world.storefront}/environment/status"]
-    assert state == settled
+    assert (state["seen"], state["environments"]) == (settled["seen"],
+                                                      settled["environments"])
 
 
 def test_a_new_execution_is_read_in_its_environment_alone(sim, world, settled):
@@ -720,3 +721,96 @@ def test_the_project_status_list_is_every_environment_status_of_the_project(sim,
                                                                        key=lambda s: s["id"])
     unknown = httpx.get(f"{sim.url}/project/{world.org}/environment/status", headers=headers)
     assert unknown.status_code == 404
+
+
+# -- the safety re-read: a few skipped environments a pass, each within the period ---------
+
+PERIOD, EVERY = 3600.0, 120.0  # RUNBOARD_FULL_READ_EVERY; seconds between passes
+
+
+def timed_pass(sim, clock, scope, state=None, *, full=False):
+    """`one_pass` on the simulator's clock, re-reading within PERIOD as the sync asks."""
+    with QoveryProvider(sim.url, sim.token, scope) as c:
+        c.change_state, c.full_read = dict(state or {}), full
+        c.clock, c.reread_every = (lambda: clock.now().timestamp()), PERIOD
+        before = len(sim.requests)
+        runs = all_runs(c)
+        return runs, c.change_state, [path for _, path, _ in sim.requests[before:]]
+
+
+@pytest.fixture
+def account(clock):
+    """4 projects of 3 environments, each deployed long ago."""
+    with QoverySimulator(token="qov_test_token", clock=clock) as sim:
+        org = sim.add_organization("Acme Retail")
+        projects = [sim.add_project(org, f"project-{p}") for p in range(4)]
+        envs = [sim.add_environment(project, name, SERVICES) for project in projects
+                for name in ("development", "staging", "production")]
+        for env in envs:
+            sim.add_deployment(env, DEPLOY_PLAN, age=7200)
+        yield SimpleNamespace(sim=sim, scope={"organization": org}, envs=envs,
+                              projects=projects)
+
+
+def test_quiet_passes_reread_a_slice_and_every_environment_within_the_period(account,
+                                                                              clock):
+    sim, envs = account.sim, account.envs
+    _, state, sent = timed_pass(sim, clock, account.scope, full=True)
+    assert len(sent) == 1 + 4 * 2 + 12 * 2  # the first pass reads everything
+    quiet = 1 + 4  # projects, and each one's status list
+    read_at = dict.fromkeys(envs, 0.0)
+    gaps, extra = [], []
+    passes = 2 * int(PERIOD / EVERY)
+    for n in range(1, passes + 1):
+        clock.advance(EVERY)
+        runs, state, sent = timed_pass(sim, clock, account.scope, state)
+        assert {r.status for r in runs} <= {Status.SUCCEEDED}
+        extra.append(len(sent) - quiet)
+        for env in envs:
+            if f"/environment/{env}/deploymentHistoryV2" in sent:
+                gaps.append(n * EVERY - read_at[env])
+                read_at[env] = n * EVERY
+    # No burst: a pass re-reads at most two environments (two requests each) and one
+    # project's environment list (for renames).
+    assert max(extra) <= 2 * 2 + 1
+    # Every environment read again within the period, the last one included.
+    assert len(gaps) >= 12 and max(gaps) <= PERIOD
+    assert all(passes * EVERY - at < PERIOD for at in read_at.values())
+    # About what the hourly full read spent (2 a environment and 1 a project an hour).
+    assert sum(extra) <= 2 * (12 * 2 + 4) + 2 * 2 + 1
+
+
+def test_a_change_the_status_list_does_not_show_is_found_within_the_period(account, clock):
+    sim, envs = account.sim, account.envs
+    _, state, _ = timed_pass(sim, clock, account.scope, full=True)
+    # Production of project 2 gets another commit in its history, and development of
+    # project 3 a new name: neither moves anything in the project status lists.
+    latest = sim._latest(envs[8])
+    latest.data["commit"] = "f" * 40
+    sim.environments[envs[9]]["name"] = "preview-9"
+    commit_at = name_at = None
+    every = 300.0  # passes further apart: more re-read a pass
+    for n in range(1, int(PERIOD / every) + 1):
+        clock.advance(every)
+        runs, state, _ = timed_pass(sim, clock, account.scope, state)
+        if commit_at is None and any(r.commit == "f" * 40 for r in runs):
+            commit_at = n * every
+        if name_at is None and any(r.environment.name == "preview-9" for r in runs):
+            name_at = n * every
+    assert commit_at is not None and commit_at <= PERIOD
+    assert name_at is not None and name_at <= PERIOD
+
+
+def test_an_environment_scope_rereads_its_one_environment_within_the_period(world, clock):
+    sim = world.sim
+    sim.add_deployment(world.production, DEPLOY_PLAN, age=7200)
+    scope = {"organization": world.org, "environment": world.production}
+    _, state, _ = timed_pass(sim, clock, scope, full=True)
+    sent_all = []
+    for _ in range(int(PERIOD / EVERY)):
+        clock.advance(EVERY)
+        _, state, sent = timed_pass(sim, clock, scope, state)
+        assert len(sent) <= 1 + 2 + 2  # status; queue and history; its name and project
+        sent_all += sent
+    assert f"/environment/{world.production}/deploymentHistoryV2" in sent_all
+    assert f"/environment/{world.production}" in sent_all

@@ -344,18 +344,30 @@ def test_a_failed_pass_keeps_the_last_listing_so_its_change_is_read_next(qovery)
     assert Run.objects.filter(external_id=f"{envs[1]}/{new.id}").exists()
 
 
-def test_everything_is_read_again_once_a_full_read_is_due(qovery, settings):
+def test_no_pass_reads_everything_again_only_what_is_due_a_few_at_a_time(qovery, settings):
     from providers.simulators.qovery import DEPLOY_PLAN as QOVERY_DEPLOY
     sim, envs, connection = qovery
     for env in envs:
         sim.add_deployment(env, QOVERY_DEPLOY, age=3600)
-    full = sync.sync_connection(connection.pk).requests
+    assert sync.sync_connection(connection.pk).requests == 1 + 3 * 2 + 6 * 2
     assert sync.sync_connection(connection.pk).requests == 4
-    settings.RUNBOARD_FULL_READ_EVERY = 60
+    # Two hours on: no full read, but the environment read longest ago (as the stored
+    # listing says) is due within RUNBOARD_FULL_READ_EVERY, the others not yet.
+    settings.RUNBOARD_FULL_READ_EVERY = 3600
+    cursor = Connection.objects.get(pk=connection.pk).cursor
+    now = time.time()
+    listing = cursor["listing"]
+    listing["reread"] = {"at": now - 120, "credit": 0, "read_at": {
+        env: now - (3500 if env == envs[2] else 100) for env in envs}}
+    listing.setdefault("names", {})["at"] = now - 120
     Connection.objects.filter(pk=connection.pk).update(cursor={
-        **Connection.objects.get(pk=connection.pk).cursor,
-        "full_read_at": (timezone.now() - timedelta(seconds=61)).isoformat()})
-    assert sync.sync_connection(connection.pk).requests == full
+        **cursor, "listing": listing,
+        "full_read_at": (timezone.now() - timedelta(hours=2)).isoformat()})
+    before = len(sim.requests)
+    assert sync.sync_connection(connection.pk).requests == 4 + 2
+    assert {path for _, path, _ in sim.requests[before:]} >= {
+        f"/environment/{envs[2]}/deploymentHistoryV2",
+        f"/environment/{envs[2]}/deploymentQueue"}
     assert sync.sync_connection(connection.pk).requests == 4
 
 
