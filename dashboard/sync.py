@@ -183,43 +183,18 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
             projects[run.project.external_id] = run.project
 
     with transaction.atomic():
-        if db.vendor == "postgresql":
-            # Don't wait for this page to reach the disk. A crash may lose the last
-            # pages written, never a page alone: the pass's cursor is committed after
-            # them (synchronously), so a pass whose pages were lost is read again.
-            with db.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        project_ids = _upsert_keyed(Project, {
-            key: Project(connection=connection, external_id=key, name=p.name[:200])
-            for key, p in projects.items()
-        })
-        env_ids = _upsert_keyed(Environment, {
-            key: Environment(
-                connection=connection, external_id=key, name=e.name[:200],
-                project_id=project_ids.get(e.project.external_id) if e.project else None,
-            )
-            for key, e in environments.items()
-        }, update=("name", "project"))
-
         at = db.ops.adapt_datetimefield_value  # timestamps as this database stores them
         now = at(timezone.now())
         with db.cursor() as cursor:
-            run_ids = _upsert(cursor, Run, RUN_COLUMNS, ["connection_id", "external_id"], [
-                _run_row(connection.pk, r, project_ids, env_ids, at, now)
-                for r in latest.values()
-            ], changed_only=True)
-            if not run_ids:
-                return 0
-            data_changed()
-            _upsert(cursor, Job, JOB_COLUMNS, ["run_id", "external_id"], [
-                (run_ids[r.external_id[:200]], job.external_id[:200], job.name[:300], job.order,
-                 Status(job.status).value, job.raw_status[:64],
-                 env_ids.get(job.environment.external_id) if job.environment else None,
-                 job.progress, at(job.started_at), at(job.finished_at), job.reviewed_by[:200],
-                 at(job.reviewed_at), job.review_comment, job.review_conclusion[:32])
-                for r in latest.values() if r.external_id[:200] in run_ids
-                for job in r.jobs
-            ])
+            if db.vendor == "postgresql":
+                run_ids, project_ids, env_ids = _write_page_pg(
+                    cursor, connection, latest, projects, environments, at, now)
+            else:
+                run_ids, project_ids, env_ids = _write_page_staged(
+                    cursor, connection, latest, projects, environments, at, now)
+        if not run_ids:
+            return 0
+        data_changed()
         releases.record(connection.pk, list(run_ids.values()))
         # The trends rollup follows in the same transaction (dashboard/rollup.py).
         rollup.record(
@@ -234,6 +209,175 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
 
         settle_unknown(run_ids.values())
     return len(run_ids)
+
+
+def _job_rows(latest: dict[str, RunData], env_ids, at) -> list[tuple]:
+    """(run key, job columns but run_id...) for every job of the page, one per job key."""
+    rows = {}
+    for key, r in latest.items():
+        for job in r.jobs:
+            rows[key, job.external_id[:200]] = (
+                key, job.external_id[:200], job.name[:300], job.order,
+                Status(job.status).value, job.raw_status[:64],
+                env_ids.get(job.environment.external_id) if job.environment else None,
+                job.progress, at(job.started_at), at(job.finished_at), job.reviewed_by[:200],
+                at(job.reviewed_at), job.review_comment, job.review_conclusion[:32])
+    return list(rows.values())
+
+
+def _write_page_staged(cursor, connection, latest, projects, environments, at, now):
+    """The page's writes where PostgreSQL's one-statement merge is not available (SQLite):
+    staged rows merged table by table."""
+    project_ids = _upsert_keyed(Project, {
+        key: Project(connection=connection, external_id=key, name=p.name[:200])
+        for key, p in projects.items()
+    })
+    env_ids = _upsert_keyed(Environment, {
+        key: Environment(
+            connection=connection, external_id=key, name=e.name[:200],
+            project_id=project_ids.get(e.project.external_id) if e.project else None,
+        )
+        for key, e in environments.items()
+    }, update=("name", "project"))
+    run_ids = _upsert(cursor, Run, RUN_COLUMNS, ["connection_id", "external_id"], [
+        _run_row(connection.pk, r, project_ids, env_ids, at, now) for r in latest.values()
+    ], changed_only=True)
+    if run_ids:
+        _upsert(cursor, Job, JOB_COLUMNS, ["run_id", "external_id"], [
+            (run_ids[row[0]], *row[1:]) for row in _job_rows(latest, env_ids, at)
+            if row[0] in run_ids
+        ])
+    return run_ids, project_ids, env_ids
+
+
+def _write_page_pg(cursor, connection, latest, projects, environments, at, now):
+    """The page's writes on PostgreSQL: two statements whatever the page's size.
+
+    The first merges its projects and environments, the second its runs and their
+    jobs. Rows travel as arrays (unnest), so there is no staging table to create,
+    fill and empty per page. Each table is merged by an UPDATE of the rows held
+    that differ and an INSERT of the rows not held (ON CONFLICT still, for a row
+    inserted meanwhile by someone else): one INSERT ... ON CONFLICT for all would
+    draw an id from the sequence for every row, held ones included, and ids would
+    leap by a page a pass. A row that did not change is not written at all: no dead
+    row, no updated_at moved (what live pages poll).
+    """
+    # Don't wait for this page to reach the disk. A crash may lose the last pages
+    # written, never a page alone: the pass's cursor is committed after them
+    # (synchronously), so a pass whose pages were lost is read again.
+    cursor.execute("SET LOCAL synchronous_commit TO OFF")
+    conn_id = connection.pk
+    project_ids, env_ids = {}, {}
+    if projects or environments:
+        sql, params = _merge_pg([
+            _Merge("p", Project, ["connection_id", "external_id", "name"],
+                   [(conn_id, key, p.name[:200]) for key, p in projects.items()],
+                   every_id=True),
+            _Merge("e", Environment, ["connection_id", "external_id", "name", "project_id"],
+                   [(conn_id, key, e.name[:200], e.project.external_id if e.project else None)
+                    for key, e in environments.items()],
+                   every_id=True, refs={"project_id": "p"}),
+        ])
+        cursor.execute(sql, params)
+        for kind, pk, external_id in cursor.fetchall():
+            (project_ids if kind == "p" else env_ids)[external_id] = pk
+    sql, params = _merge_pg([
+        _Merge("r", Run, RUN_COLUMNS, [
+            _run_row(conn_id, r, project_ids, env_ids, at, now) for r in latest.values()
+        ], changed=("{t}.observed_at <= {s}.observed_at"
+                    " AND {t}.fingerprint <> {s}.fingerprint")),
+        _Merge("j", Job, JOB_COLUMNS, _job_rows(latest, env_ids, at),
+               refs={"run_id": "r"}, returned=False),
+    ])
+    cursor.execute(sql, params)
+    return ({external_id: pk for _, pk, external_id in cursor.fetchall()}, project_ids,
+            env_ids)
+
+
+def _json_value(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a column value")
+
+
+@dataclass
+class _Merge:
+    """One table's part of a merge statement (see _merge_pg)."""
+
+    name: str
+    model: type
+    columns: list[str]  # the first two are the key: (parent, external_id)
+    rows: list[tuple]
+    # When a held row is rewritten ({t} the held row, {s} ours); default: if any differs.
+    changed: str = ""
+    # Columns given as an earlier part's external_id, to be turned into its id.
+    refs: dict[str, str] | None = None
+    every_id: bool = False  # return the ids of held rows too, not only of written ones
+    returned: bool = True
+
+
+def _merge_pg(parts: list[_Merge]) -> tuple[str, list]:
+    """One statement merging `parts` in order; it answers (part, id, external_id) rows.
+
+    Data-modifying CTEs see one snapshot: a row the UPDATE rewrites is held in it, so
+    the INSERT's NOT EXISTS skips it; and a part can refer to the ids an earlier one
+    wrote (jobs to their runs) through that part's RETURNING.
+    """
+    quote = db.ops.quote_name
+    ctes, params, results = [], [], []
+    for part in parts:
+        refs = part.refs or {}
+        fields = {f.column: f for f in part.model._meta.concrete_fields}
+        table, n = part.model._meta.db_table, part.name
+        cols = [quote(c) for c in part.columns]
+        key, values = cols[:2], cols[2:]
+        # The rows travel as one JSON document: one parameter, quoted by libpq, parsed
+        # by PostgreSQL. (Arrays, one a column, are escaped element by element in Python
+        # by the client-side binding Django uses: slower than the write itself.) JSON
+        # columns arrive as text, as the fingerprint saw them, and are parsed here.
+        declared, picked = [], []
+        for c, q in zip(part.columns, cols, strict=True):
+            kind = "varchar(200)" if c in refs else fields[c].db_type(db)
+            json_column = kind in ("jsonb", "json")
+            declared.append(f"{q} {'text' if json_column else kind}")
+            picked.append(f"{c}_ref.id AS {q}" if c in refs
+                          else f"u.{q}::{kind} AS {q}" if json_column else f"u.{q}")
+        # A reference arrives as an external id: the referenced part's rows give the id.
+        # The parent (first column) must have been written: an inner join.
+        joins = " ".join(
+            f"{'' if i == 0 else 'LEFT '}JOIN {refs[c]}_ids AS {c}_ref"
+            f" ON {c}_ref.external_id = u.{quote(c)}"
+            for i, c in enumerate(part.columns) if c in refs)
+        source = (f"SELECT {', '.join(picked)} FROM json_to_recordset(%s::json)"
+                  f" AS u({', '.join(declared)}) {joins}")
+        params.append(json.dumps([dict(zip(part.columns, row, strict=True))
+                                  for row in part.rows], default=_json_value))
+        match = " AND ".join(f"t.{c} = s.{c}" for c in key)
+        differs = part.changed or (
+            f"ROW({', '.join('{t}.' + c for c in values)}) IS DISTINCT FROM "
+            f"ROW({', '.join('{s}.' + c for c in values)})")
+        ctes += [
+            f"{n}_s AS ({source})",
+            f"{n}_upd AS (UPDATE {table} AS t SET "
+            + ", ".join(f"{c} = s.{c}" for c in values)
+            + f" FROM {n}_s AS s WHERE {match} AND {differs.format(t='t', s='s')}"
+            f" RETURNING t.id, t.external_id)",
+            # ON CONFLICT only meets rows inserted since this statement's snapshot.
+            f"{n}_ins AS (INSERT INTO {table} AS t ({', '.join(cols)})"
+            f" SELECT {', '.join(cols)} FROM {n}_s AS s WHERE NOT EXISTS"
+            f" (SELECT 1 FROM {table} AS t WHERE {match})"
+            f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in values)
+            + (f" WHERE {differs.format(t='t', s='excluded')}" if part.changed else "")
+            + " RETURNING t.id, t.external_id)",
+            f"{n}_ids AS ("
+            + (f"SELECT t.id, t.external_id FROM {table} AS t JOIN {n}_s AS s ON {match}"
+               if part.every_id else f"SELECT * FROM {n}_upd")
+            + f" UNION ALL SELECT * FROM {n}_ins)",
+        ]
+        if part.returned:
+            results.append(f"SELECT '{n}', id, external_id FROM {n}_ids")
+    return f"WITH {', '.join(ctes)} {' UNION ALL '.join(results)}", params
 
 
 def _run_row(connection_id, r: RunData, project_ids, env_ids, at, now) -> tuple:

@@ -10,8 +10,16 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from dashboard import sync
-from dashboard.models import Connection, Job, Project, Run
-from providers.base import JobData, RateLimited, RunData, Status, Unavailable
+from dashboard.models import Connection, Environment, Job, Project, Run
+from providers.base import (
+    EnvironmentData,
+    JobData,
+    ProjectData,
+    RateLimited,
+    RunData,
+    Status,
+    Unavailable,
+)
 from providers.simulators.buddy import BUILD_PLAN, DEPLOY_PLAN
 
 pytestmark = pytest.mark.django_db
@@ -387,3 +395,79 @@ def test_an_edited_connection_reads_everything_again(qovery):
     # The project, its statuses and environments, and each one's queue and history.
     assert sync.sync_connection(connection.pk).requests == 3 + 2 * 2
     assert sync.sync_connection(connection.pk).requests == 2
+
+def _page(status, ids, job_status=None, env="production", project="shop"):
+    """A page of runs, each in a project and environment, with two jobs."""
+    shop = ProjectData(external_id=project, name=project.title())
+    where = EnvironmentData(external_id=env, name=env.title(), project=shop)
+    return [RunData(external_id=f"r{i}", status=status, raw_status=status.value, locator={},
+                    project=shop, environment=where, jobs=[
+                        JobData(external_id="build", name="Build", status=Status.SUCCEEDED,
+                                raw_status="SUCCESSFUL", environment=where),
+                        JobData(external_id="deploy", name="Deploy",
+                                status=job_status or status, raw_status="x", order=1)])
+            for i in ids]
+
+
+def _row_versions() -> dict:
+    """Every synced row's xmin: it changes whenever PostgreSQL writes the row again."""
+    versions = {}
+    with db_connection.cursor() as cursor:
+        for table in ("dashboard_project", "dashboard_environment", "dashboard_run",
+                      "dashboard_job"):
+            cursor.execute(f"SELECT id, xmin::text FROM {table}")  # noqa: S608
+            versions.update({(table, pk): xmin for pk, xmin in cursor.fetchall()})
+    return versions
+
+
+def test_an_unchanged_page_rewrites_no_row(buddy_connection):
+    """Re-reading a page that did not change writes nothing: no project, environment,
+    run or job row gets a new version (no dead rows, no updated_at moved)."""
+    sync.upsert_runs(buddy_connection, _page(Status.RUNNING, range(5)))
+    before = _row_versions()
+    assert len(before) == 1 + 1 + 5 + 10
+    assert sync.upsert_runs(buddy_connection, _page(Status.RUNNING, range(5))) == 0
+    assert _row_versions() == before
+
+
+def test_a_changed_run_rewrites_only_its_changed_jobs(buddy_connection):
+    sync.upsert_runs(buddy_connection, _page(Status.RUNNING, range(3)))
+    before = _row_versions()
+    assert sync.upsert_runs(buddy_connection, _page(Status.SUCCEEDED, [1])) == 1
+    after = _row_versions()
+    rewritten = {key for key in before if after[key] != before[key]}
+    run = Run.objects.get(external_id="r1")
+    assert rewritten == {("dashboard_run", run.pk),
+                         ("dashboard_job", run.jobs.get(external_id="deploy").pk)}
+    assert run.jobs.get(external_id="deploy").status == Status.SUCCEEDED
+
+
+def test_re_syncing_projects_and_environments_does_not_draw_ids(buddy_connection):
+    """Like runs and jobs, a project or environment we hold takes no id from the
+    sequence when a page names it again."""
+    for _ in range(5):
+        sync.upsert_runs(buddy_connection, _page(Status.RUNNING, range(3)))
+    sync.upsert_runs(buddy_connection, _page(Status.RUNNING, [9], env="staging",
+                                              project="api"))
+    assert _consecutive(Project.objects.values_list("id", flat=True))
+    assert _consecutive(Environment.objects.values_list("id", flat=True))
+    assert Environment.objects.get(external_id="staging").project.external_id == "api"
+
+
+def _consecutive(ids) -> bool:
+    ids = sorted(ids)
+    return ids == list(range(ids[0], ids[0] + len(ids)))
+
+
+def test_an_environment_moved_to_another_project_and_a_renamed_project_are_written(
+        buddy_connection):
+    sync.upsert_runs(buddy_connection, _page(Status.RUNNING, [1]))
+    moved = _page(Status.RUNNING, [1], project="platform")
+    moved[0].project.name = "Platform team"
+    sync.upsert_runs(buddy_connection, moved)
+    assert Environment.objects.get().project.name == "Platform team"
+    renamed = _page(Status.RUNNING, [1])
+    renamed[0].environment.project.name = renamed[0].project.name = "Shop (renamed)"
+    sync.upsert_runs(buddy_connection, renamed)
+    assert Project.objects.get(external_id="shop").name == "Shop (renamed)"
+    assert Environment.objects.get().project.external_id == "shop"
