@@ -13,6 +13,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -254,13 +255,8 @@ def _write_page_pg(cursor, connection, latest, projects, environments, at, now):
     """The page's writes on PostgreSQL: two statements whatever the page's size.
 
     The first merges its projects and environments, the second its runs and their
-    jobs. Rows travel as arrays (unnest), so there is no staging table to create,
-    fill and empty per page. Each table is merged by an UPDATE of the rows held
-    that differ and an INSERT of the rows not held (ON CONFLICT still, for a row
-    inserted meanwhile by someone else): one INSERT ... ON CONFLICT for all would
-    draw an id from the sequence for every row, held ones included, and ids would
-    leap by a page a pass. A row that did not change is not written at all: no dead
-    row, no updated_at moved (what live pages poll).
+    jobs (see _merge_sql). There is no staging table to create, fill and empty per
+    page: that cost more than the merge itself.
     """
     # Don't wait for this page to reach the disk. A crash may lose the last pages
     # written, never a page alone: the pass's cursor is committed after them
@@ -269,115 +265,144 @@ def _write_page_pg(cursor, connection, latest, projects, environments, at, now):
     conn_id = connection.pk
     project_ids, env_ids = {}, {}
     if projects or environments:
-        sql, params = _merge_pg([
-            _Merge("p", Project, ["connection_id", "external_id", "name"],
-                   [(conn_id, key, p.name[:200]) for key, p in projects.items()],
-                   every_id=True),
-            _Merge("e", Environment, ["connection_id", "external_id", "name", "project_id"],
-                   [(conn_id, key, e.name[:200], e.project.external_id if e.project else None)
-                    for key, e in environments.items()],
-                   every_id=True, refs={"project_id": "p"}),
-        ])
-        cursor.execute(sql, params)
-        for kind, pk, external_id in cursor.fetchall():
-            (project_ids if kind == "p" else env_ids)[external_id] = pk
-    sql, params = _merge_pg([
-        _Merge("r", Run, RUN_COLUMNS, [
-            _run_row(conn_id, r, project_ids, env_ids, at, now) for r in latest.values()
-        ], changed=("{t}.observed_at <= {s}.observed_at"
-                    " AND {t}.fingerprint <> {s}.fingerprint")),
-        _Merge("j", Job, JOB_COLUMNS, _job_rows(latest, env_ids, at),
-               refs={"run_id": "r"}, returned=False),
-    ])
-    cursor.execute(sql, params)
+        cursor.execute(*_merge_pg(_KEYED, [
+            [(conn_id, key, p.name[:200]) for key, p in projects.items()],
+            [(conn_id, key, e.name[:200], e.project.external_id if e.project else None)
+             for key, e in environments.items()],
+        ]))
+        for part, pk, external_id in cursor.fetchall():
+            (project_ids if part == "p" else env_ids)[external_id] = pk
+    cursor.execute(*_merge_pg(_RUNS, [
+        [_run_row(conn_id, r, project_ids, env_ids, at, now) for r in latest.values()],
+        _job_rows(latest, env_ids, at),
+    ]))
     return ({external_id: pk for _, pk, external_id in cursor.fetchall()}, project_ids,
             env_ids)
 
 
-def _json_value(value):
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not a column value")
-
-
-@dataclass
+@dataclass(frozen=True)
 class _Merge:
-    """One table's part of a merge statement (see _merge_pg)."""
+    """One table's part of a merge statement (see _merge_sql)."""
 
     name: str
     model: type
-    columns: list[str]  # the first two are the key: (parent, external_id)
-    rows: list[tuple]
+    columns: tuple[str, ...]  # the first two are the key: (parent, external_id)
     # When a held row is rewritten ({t} the held row, {s} ours); default: if any differs.
     changed: str = ""
     # Columns given as an earlier part's external_id, to be turned into its id.
-    refs: dict[str, str] | None = None
-    every_id: bool = False  # return the ids of held rows too, not only of written ones
-    returned: bool = True
+    refs: tuple[tuple[str, str], ...] = ()
+    every_id: bool = False  # answer the ids of held rows too, not only of written ones
+    answered: bool = True
 
 
-def _merge_pg(parts: list[_Merge]) -> tuple[str, list]:
-    """One statement merging `parts` in order; it answers (part, id, external_id) rows.
+_KEYED = (
+    _Merge("p", Project, ("connection_id", "external_id", "name"), every_id=True),
+    _Merge("e", Environment, ("connection_id", "external_id", "name", "project_id"),
+           refs=(("project_id", "p"),), every_id=True),
+)
+_RUNS = (
+    # A run is rewritten only if ours is not older and differs (its fingerprint).
+    _Merge("r", Run, tuple(RUN_COLUMNS),
+           changed="{t}.observed_at <= {s}.observed_at AND {t}.fingerprint <> {s}.fingerprint"),
+    # Only jobs of runs written this time: their run_id joins the runs' answer.
+    _Merge("j", Job, tuple(JOB_COLUMNS), refs=(("run_id", "r"),), answered=False),
+)
 
-    Data-modifying CTEs see one snapshot: a row the UPDATE rewrites is held in it, so
-    the INSERT's NOT EXISTS skips it; and a part can refer to the ids an earlier one
-    wrote (jobs to their runs) through that part's RETURNING.
+
+def _merge_pg(parts: tuple[_Merge, ...], rows: list[list[tuple]]) -> tuple[str, list[str]]:
+    """The statement merging `rows` (a list of rows per part) and its parameters.
+
+    The rows of a part travel as one JSON document (an array of arrays): one parameter,
+    quoted by libpq and parsed once by PostgreSQL. (Arrays, one a column, would be
+    escaped element by element in Python by the client-side binding Django uses:
+    slower than the write itself.) A row's JSON columns come last, spliced in as
+    the text the fingerprint hashed: nothing is encoded twice.
+    """
+    sql, layouts = _merge_sql(parts)
+    params = []
+    for (order, plain), part_rows in zip(layouts, rows, strict=True):
+        encoded = []
+        for row in part_rows:
+            head = json.dumps([row[i] for i in order[:plain]], default=_json_value)
+            encoded.append(",".join([head[:-1], *(row[i] for i in order[plain:])]) + "]"
+                           if plain < len(order) else head)
+        params.append(f"[{','.join(encoded)}]")
+    return sql, params
+
+
+@functools.cache
+def _merge_sql(parts: tuple[_Merge, ...]) -> tuple[str, list[tuple[list[int], int]]]:
+    """One statement merging `parts` in order, answering (part, id, external_id) rows,
+    and each part's row layout: column order, and how many plain columns lead.
+
+    Each table is merged by an UPDATE of the rows held that differ and an INSERT of
+    the rows not held (ON CONFLICT still, for a row inserted meanwhile by someone
+    else). One INSERT ... ON CONFLICT for all would draw an id from the sequence for
+    every row, held ones included: ids would leap by a page a pass. A row that did
+    not change is not written at all: no dead row, no updated_at moved (what live
+    pages poll). Data-modifying CTEs see one snapshot: a row the UPDATE rewrites is
+    held in it, so the INSERT's NOT EXISTS skips it; a part refers to the ids an
+    earlier one answered (jobs to their runs) through that part's RETURNING.
     """
     quote = db.ops.quote_name
-    ctes, params, results = [], [], []
+    ctes, answers, layouts = [], [], []
     for part in parts:
-        refs = part.refs or {}
+        refs = dict(part.refs)
         fields = {f.column: f for f in part.model._meta.concrete_fields}
         table, n = part.model._meta.db_table, part.name
         cols = [quote(c) for c in part.columns]
         key, values = cols[:2], cols[2:]
-        # The rows travel as one JSON document: one parameter, quoted by libpq, parsed
-        # by PostgreSQL. (Arrays, one a column, are escaped element by element in Python
-        # by the client-side binding Django uses: slower than the write itself.) JSON
-        # columns arrive as text, as the fingerprint saw them, and are parsed here.
-        declared, picked = [], []
-        for c, q in zip(part.columns, cols, strict=True):
-            kind = "varchar(200)" if c in refs else fields[c].db_type(db)
-            json_column = kind in ("jsonb", "json")
-            declared.append(f"{q} {'text' if json_column else kind}")
-            picked.append(f"{c}_ref.id AS {q}" if c in refs
-                          else f"u.{q}::{kind} AS {q}" if json_column else f"u.{q}")
-        # A reference arrives as an external id: the referenced part's rows give the id.
-        # The parent (first column) must have been written: an inner join.
-        joins = " ".join(
-            f"{'' if i == 0 else 'LEFT '}JOIN {refs[c]}_ids AS {c}_ref"
-            f" ON {c}_ref.external_id = u.{quote(c)}"
-            for i, c in enumerate(part.columns) if c in refs)
-        source = (f"SELECT {', '.join(picked)} FROM json_to_recordset(%s::json)"
-                  f" AS u({', '.join(declared)}) {joins}")
-        params.append(json.dumps([dict(zip(part.columns, row, strict=True))
-                                  for row in part.rows], default=_json_value))
+        json_columns = {c for c in part.columns
+                        if fields[c].get_internal_type() == "JSONField"}
+        order = sorted(range(len(cols)), key=lambda i: part.columns[i] in json_columns)
+        layouts.append((order, len(order) - len(json_columns)))
+        picked, joins = [], []
+        for i, (c, q) in enumerate(zip(part.columns, cols, strict=True)):
+            at = order.index(i)
+            if c in refs:
+                # An external id of the referenced part's: its answer gives the id. The
+                # parent (the first column) must have been answered: an inner join.
+                picked.append(f"{c}_ref.id AS {q}")
+                joins.append(f"{'LEFT ' if i else ''}JOIN {refs[c]}_ids AS {c}_ref"
+                             f" ON {c}_ref.external_id = u.e ->> {at}")
+            elif c in json_columns:
+                picked.append(f"u.e -> {at} AS {q}")
+            else:
+                picked.append(f"(u.e ->> {at})::{fields[c].db_type(db)} AS {q}")
         match = " AND ".join(f"t.{c} = s.{c}" for c in key)
         differs = part.changed or (
             f"ROW({', '.join('{t}.' + c for c in values)}) IS DISTINCT FROM "
             f"ROW({', '.join('{s}.' + c for c in values)})")
+        held = (f"SELECT t.id, t.external_id FROM {table} AS t"  # noqa: S608
+                f" JOIN {n}_s AS s ON {match}" if part.every_id
+                else f"SELECT * FROM {n}_upd")  # noqa: S608
+        # Every name in these statements is an identifier of ours; values are parameters.
         ctes += [
-            f"{n}_s AS ({source})",
-            f"{n}_upd AS (UPDATE {table} AS t SET "
+            f"{n}_s AS (SELECT {', '.join(picked)} FROM jsonb_array_elements(%s::jsonb)"  # noqa: S608
+            f" AS u(e) {' '.join(joins)})",
+            f"{n}_upd AS (UPDATE {table} AS t SET "  # noqa: S608
             + ", ".join(f"{c} = s.{c}" for c in values)
             + f" FROM {n}_s AS s WHERE {match} AND {differs.format(t='t', s='s')}"
             f" RETURNING t.id, t.external_id)",
             # ON CONFLICT only meets rows inserted since this statement's snapshot.
-            f"{n}_ins AS (INSERT INTO {table} AS t ({', '.join(cols)})"
+            f"{n}_ins AS (INSERT INTO {table} AS t ({', '.join(cols)})"  # noqa: S608
             f" SELECT {', '.join(cols)} FROM {n}_s AS s WHERE NOT EXISTS"
             f" (SELECT 1 FROM {table} AS t WHERE {match})"
             f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
             + ", ".join(f"{c} = excluded.{c}" for c in values)
             + (f" WHERE {differs.format(t='t', s='excluded')}" if part.changed else "")
             + " RETURNING t.id, t.external_id)",
-            f"{n}_ids AS ("
-            + (f"SELECT t.id, t.external_id FROM {table} AS t JOIN {n}_s AS s ON {match}"
-               if part.every_id else f"SELECT * FROM {n}_upd")
-            + f" UNION ALL SELECT * FROM {n}_ins)",
+            f"{n}_ids AS ({held} UNION ALL SELECT * FROM {n}_ins)",  # noqa: S608
         ]
-        if part.returned:
-            results.append(f"SELECT '{n}', id, external_id FROM {n}_ids")
-    return f"WITH {', '.join(ctes)} {' UNION ALL '.join(results)}", params
+        if part.answered:
+            answers.append(f"SELECT '{n}', id, external_id FROM {n}_ids")  # noqa: S608
+    return f"WITH {', '.join(ctes)} {' UNION ALL '.join(answers)}", layouts
+
+
+def _json_value(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a column value")
 
 
 def _run_row(connection_id, r: RunData, project_ids, env_ids, at, now) -> tuple:
@@ -410,15 +435,14 @@ def _run_row(connection_id, r: RunData, project_ids, env_ids, at, now) -> tuple:
 
 def _upsert(cursor, model, columns: list[str], key: list[str], rows: list[tuple],
             changed_only: bool = False) -> dict[str, int]:
-    """Insert or update `rows`; return external_id -> pk of those written.
+    """Insert or update `rows`; return external_id -> pk of those written. (SQLite:
+    PostgreSQL merges a page in one statement, see _merge_sql.)
 
     The ORM's bulk_create spends ~1 ms a run turning models into SQL literals; this
-    stages plain tuples (COPY on PostgreSQL) and merges them with two statements, about
-    five times faster (bench/sync.py): an UPDATE of the rows we hold, then an INSERT
-    of the others only. (One INSERT ... ON CONFLICT for all would draw an id from the
-    sequence for every row, existing ones included: ids would leap by a page a pass.)
-    With `changed_only`, a stored row is left alone when it was observed later than
-    ours or holds the same content (fingerprint).
+    stages plain tuples and merges them with two statements: an UPDATE of the rows we
+    hold, then an INSERT of the others only (no id drawn for rows held). With
+    `changed_only`, a stored row is left alone when it was observed later than ours
+    or holds the same content (fingerprint).
     """
     if not rows:
         return {}
@@ -429,17 +453,9 @@ def _upsert(cursor, model, columns: list[str], key: list[str], rows: list[tuple]
     # Every name in these statements is an identifier of ours; values travel as parameters.
     cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} AS "  # noqa: S608
                    f"SELECT {cols} FROM {table} WHERE 1 = 0")
-    if db.vendor == "postgresql":
-        # TRUNCATE, not DELETE: nothing vacuums a temporary table, and the dead rows
-        # DELETE leaves would make every page slower than the one before.
-        cursor.execute(f"TRUNCATE {staging}")
-        with cursor.copy(f"COPY {staging} ({cols}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-    else:
-        cursor.execute(f"DELETE FROM {staging}")  # noqa: S608
-        marks = ", ".join(["%s"] * len(columns))
-        cursor.executemany(f"INSERT INTO {staging} ({cols}) VALUES ({marks})", rows)  # noqa: S608
+    cursor.execute(f"DELETE FROM {staging}")  # noqa: S608
+    marks = ", ".join(["%s"] * len(columns))
+    cursor.executemany(f"INSERT INTO {staging} ({cols}) VALUES ({marks})", rows)  # noqa: S608
     matches = " AND ".join(f"{table}.{quote(c)} = s.{quote(c)}" for c in key)
     changed = (f" AND {table}.observed_at <= {{new}}.observed_at"
                f" AND {table}.fingerprint <> {{new}}.fingerprint") if changed_only else ""

@@ -415,7 +415,7 @@ def _row_versions() -> dict:
     with db_connection.cursor() as cursor:
         for table in ("dashboard_project", "dashboard_environment", "dashboard_run",
                       "dashboard_job"):
-            cursor.execute(f"SELECT id, xmin::text FROM {table}")  # noqa: S608
+            cursor.execute(f"SELECT id, xmin::text FROM {table}")
             versions.update({(table, pk): xmin for pk, xmin in cursor.fetchall()})
     return versions
 
