@@ -369,25 +369,29 @@ def _merge_sql(parts: tuple[_Merge, ...]) -> tuple[str, list[tuple[list[int], in
                 picked.append(f"u.e -> {at} AS {q}")
             else:
                 picked.append(f"(u.e ->> {at})::{fields[c].db_type(db)} AS {q}")
-        match = " AND ".join(f"t.{c} = s.{c}" for c in key)
+        match = " AND ".join(f"t.{c} = u.{c}" for c in key)
         differs = part.changed or (
             f"ROW({', '.join('{t}.' + c for c in values)}) IS DISTINCT FROM "
             f"ROW({', '.join('{s}.' + c for c in values)})")
-        held = (f"SELECT t.id, t.external_id FROM {table} AS t"  # noqa: S608
-                f" JOIN {n}_s AS s ON {match}" if part.every_id
+        held = (f"SELECT s.held AS id, s.external_id FROM {n}_s AS s"  # noqa: S608
+                " WHERE s.held IS NOT NULL" if part.every_id
                 else f"SELECT * FROM {n}_upd")  # noqa: S608
         # Every name in these statements is an identifier of ours; values are parameters.
+        # Rows held are looked up one by one through the key's index (`held`), and
+        # updated by id: a join would let the planner scan the whole table for a page
+        # whenever its statistics are stale, as they are while a first sync fills it.
         ctes += [
-            f"{n}_s AS (SELECT {', '.join(picked)} FROM jsonb_array_elements(%s::jsonb)"  # noqa: S608
-            f" AS u(e) {' '.join(joins)})",
+            f"{n}_s AS (SELECT u.*, (SELECT t.id FROM {table} AS t WHERE {match}) AS held"  # noqa: S608
+            f" FROM (SELECT {', '.join(picked)} FROM jsonb_array_elements(%s::jsonb)"
+            f" AS u(e) {' '.join(joins)}) AS u)",
             f"{n}_upd AS (UPDATE {table} AS t SET "  # noqa: S608
             + ", ".join(f"{c} = s.{c}" for c in values)
-            + f" FROM {n}_s AS s WHERE {match} AND {differs.format(t='t', s='s')}"
+            + f" FROM {n}_s AS s WHERE t.id = s.held AND {differs.format(t='t', s='s')}"  # noqa: S608
+            f" AND t.id = ANY(ARRAY(SELECT held FROM {n}_s WHERE held IS NOT NULL))"
             f" RETURNING t.id, t.external_id)",
             # ON CONFLICT only meets rows inserted since this statement's snapshot.
             f"{n}_ins AS (INSERT INTO {table} AS t ({', '.join(cols)})"  # noqa: S608
-            f" SELECT {', '.join(cols)} FROM {n}_s AS s WHERE NOT EXISTS"
-            f" (SELECT 1 FROM {table} AS t WHERE {match})"
+            f" SELECT {', '.join(cols)} FROM {n}_s AS s WHERE s.held IS NULL"
             f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
             + ", ".join(f"{c} = excluded.{c}" for c in values)
             + (f" WHERE {differs.format(t='t', s='excluded')}" if part.changed else "")
