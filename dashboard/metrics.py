@@ -100,33 +100,19 @@ class RunboardCollector(Collector):
         yield from (passes, failures, runs, requests, limited, age, last, stale, enabled)
 
     def actions(self):
-        done = CounterMetricFamily(
+        yield from _split_by_state(
+            ActionRecord.objects.values_list("kind", "state"), ACTION_UNFINISHED,
             "runboard_actions", "Actions taken on runs (the audit), by kind and outcome.",
-            labels=["kind", "outcome"])
-        unfinished = GaugeMetricFamily(
-            "runboard_actions_unfinished",
             "Actions whose record may still change (pending: sent, not answered yet).",
-            labels=["kind", "state"])
-        counts = (ActionRecord.objects.order_by().values_list("kind", "state")
-                  .annotate(n=Count("pk")))
-        for kind, state, n in counts:
-            (unfinished if state in ACTION_UNFINISHED else done).add_metric([kind, state], n)
-        yield from (done, unfinished)
+            labels=["kind"], outcome="outcome")
 
     def deliveries(self):
-        done = CounterMetricFamily(
+        yield from _split_by_state(
+            Delivery.objects.values_list("channel__name", "state"), DELIVERY_UNFINISHED,
             "runboard_notification_deliveries",
             "Notifications delivered or given up on (the delivery log), by channel and state.",
-            labels=["channel", "state"])
-        waiting = GaugeMetricFamily(
-            "runboard_notification_deliveries_unfinished",
             "Notifications waiting to be sent or being sent, by channel and state.",
-            labels=["channel", "state"])
-        counts = (Delivery.objects.order_by().values_list("channel__name", "state")
-                  .annotate(n=Count("pk")))
-        for channel, state, n in counts:
-            (waiting if state in DELIVERY_UNFINISHED else done).add_metric([channel, state], n)
-        yield from (done, waiting)
+            labels=["channel"])
 
     def webhooks(self):
         received = CounterMetricFamily(
@@ -140,6 +126,19 @@ class RunboardCollector(Collector):
         for name, provider, outcome, n in counts:
             received.add_metric([name, provider, outcome], n)
         yield received
+
+
+def _split_by_state(rows, unfinished_states, name: str, done_help: str,
+                    unfinished_help: str, labels: list[str], outcome: str = "state"):
+    """Records counted by their labels and state, as two families: finished records (a
+    counter: a frozen outcome, including states added later) and unfinished ones (a
+    gauge, `<name>_unfinished`: their state may still change)."""
+    done = CounterMetricFamily(name, done_help, labels=[*labels, outcome])
+    unfinished = GaugeMetricFamily(f"{name}_unfinished", unfinished_help,
+                                   labels=[*labels, "state"])
+    for *values, state, n in rows.order_by().annotate(n=Count("pk")):
+        (unfinished if state in unfinished_states else done).add_metric([*values, state], n)
+    return done, unfinished
 
 
 def count_requests(connection_id: int, client) -> None:
