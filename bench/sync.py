@@ -186,7 +186,7 @@ def main() -> None:
     # Queries to write one page, whatever its size.
     with connections[key].client() as client:
         runs = [run for page in client.list_runs() for run in page]
-    for size in (25, 50, 100, 500):
+    for size in [s for s in (25, 50, 100, 500) if s <= len(runs)]:
         empty()
         db.queries_log.clear()
         with CaptureQueriesContext(db) as queries:
