@@ -15,10 +15,14 @@ that spaces a connection's requests: sync passes and webhook reads alike.
   the next pass back. That allowance is taken out of the share the clock runs at, so in
   any window of the provider's, passes and reads together spend at most the share.
 - Within the budget, the wanted interval:
-  live runs (queued, running, waiting for approval) or a page watching the connection:
-  RUNBOARD_POLL_MIN — no platform sends a webhook when a run starts waiting;
-  healthy webhooks and nothing live: only reconciled, every RUNBOARD_WEBHOOK_RECONCILE;
-  otherwise RUNBOARD_POLL_IDLE, doubling with every quiet pass up to RUNBOARD_POLL_MAX.
+  a run waiting for approval: RUNBOARD_POLL_MIN, webhooks or not — no platform sends a
+  webhook when a run starts or stops waiting;
+  healthy webhooks: live runs or a watched page, every RUNBOARD_WEBHOOK_LIVE_POLL (their
+  changes are announced; the poll catches a run starting to wait), and the budget is
+  left to the webhook reads a user is waiting for; nothing live, only reconciled, every
+  RUNBOARD_WEBHOOK_RECONCILE;
+  no healthy webhooks: live runs or a watched page, RUNBOARD_POLL_MIN; otherwise
+  RUNBOARD_POLL_IDLE, doubling with every quiet pass up to RUNBOARD_POLL_MAX.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
 from dashboard.models import Connection
-from providers.base import RateBudget, RateLimitInfo
+from providers.base import RateBudget, RateLimitInfo, Status
 
 # A pass whose cost is not known yet (the connection's first) is planned as this many requests.
 FIRST_PASS_COST = 10
@@ -82,14 +86,20 @@ def ahead_allowance(connection: Connection, share: float | None = None) -> float
                share * budget.requests / 4)
 
 
-def plan(connection: Connection, *, live: bool, watched: bool,
+def plan(connection: Connection, *, live: bool, watched: bool, waiting: bool = False,
          share: float | None = None, now: datetime | None = None) -> Plan:
     cost = connection.last_pass_requests or FIRST_PASS_COST
     floor = max(1, cost) * seconds_per_request(connection, now, share)
-    if live or watched:
-        wanted, reason = settings.RUNBOARD_POLL_MIN, "live runs" if live else "watched"
+    if waiting:
+        wanted, reason = settings.RUNBOARD_POLL_MIN, "waiting for approval"
     elif connection.webhooks_healthy:
-        wanted, reason = settings.RUNBOARD_WEBHOOK_RECONCILE, "webhooks healthy: reconciling"
+        if live or watched:
+            wanted = settings.RUNBOARD_WEBHOOK_LIVE_POLL
+            reason = "webhooks healthy: " + ("live runs" if live else "watched")
+        else:
+            wanted, reason = settings.RUNBOARD_WEBHOOK_RECONCILE, "webhooks healthy: reconciling"
+    elif live or watched:
+        wanted, reason = settings.RUNBOARD_POLL_MIN, "live runs" if live else "watched"
     else:
         wanted = min(settings.RUNBOARD_POLL_MAX,
                      settings.RUNBOARD_POLL_IDLE * 2 ** min(connection.quiet_passes, 16))
@@ -109,8 +119,9 @@ def after_pass(connection_id: int, *, requests: int, runs_written: int,
     connection.rate_limit_seen = rate_limit_seen or connection.rate_limit_seen
     connection.quiet_passes = 0 if runs_written else connection.quiet_passes + 1
     live = connection.runs.active().exists()
+    waiting = live and connection.runs.filter(status=Status.WAITING).exists()
     watched = bool(connection.watched_until and connection.watched_until > now)
-    result = plan(connection, live=live, watched=watched, now=now)
+    result = plan(connection, live=live, watched=watched, waiting=waiting, now=now)
     Connection.objects.filter(pk=connection_id).update(
         last_pass_requests=connection.last_pass_requests,
         rate_limit_seen=connection.rate_limit_seen, quiet_passes=connection.quiet_passes)

@@ -300,6 +300,9 @@ RUNBOARD_POLL_IDLE = env.float("RUNBOARD_POLL_IDLE", default=15.0)
 RUNBOARD_POLL_MAX = env.float("RUNBOARD_POLL_MAX", default=600.0)
 # With healthy webhooks and nothing live, reconcile this often (seconds).
 RUNBOARD_WEBHOOK_RECONCILE = env.float("RUNBOARD_WEBHOOK_RECONCILE", default=300.0)
+# With healthy webhooks, live runs (and watched pages) are polled this often: their changes
+# are announced; the poll catches a run starting to wait for approval, which is not.
+RUNBOARD_WEBHOOK_LIVE_POLL = env.float("RUNBOARD_WEBHOOK_LIVE_POLL", default=30.0)
 # Webhook reads may run ahead of the budget by one pass's cost plus this many requests.
 RUNBOARD_WEBHOOK_BURST = env.int("RUNBOARD_WEBHOOK_BURST", default=5)
 # Deliveries for one connection within this many seconds are read together, once per run.

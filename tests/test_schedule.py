@@ -28,6 +28,7 @@ def _intervals(settings):
     settings.RUNBOARD_POLL_IDLE = 15.0
     settings.RUNBOARD_POLL_MAX = 600.0
     settings.RUNBOARD_WEBHOOK_RECONCILE = 300.0
+    settings.RUNBOARD_WEBHOOK_LIVE_POLL = 30.0
 
 
 def connection(provider="northflank", **fields):
@@ -81,9 +82,35 @@ def test_healthy_webhooks_leave_only_reconciling(buddy_connection):
         webhooks_enabled=True, last_webhook_accepted=True, last_pass_requests=1)
     buddy_connection.refresh_from_db()
     assert schedule.plan(buddy_connection, live=False, watched=False).interval == 300.0
-    # No platform announces a run waiting for approval: live runs are still polled.
+    # Live runs' changes are announced: polled only to catch one starting to wait.
     live = schedule.plan(buddy_connection, live=True, watched=False)
-    assert (live.interval, live.reason) == (pytest.approx(3600 / 294), "live runs")
+    assert (live.interval, live.reason) == (30.0, "webhooks healthy: live runs")
+    watched = schedule.plan(buddy_connection, live=False, watched=True)
+    assert watched.interval == 30.0
+    # No platform announces a run waiting for approval, nor what ends the wait: waiting
+    # runs are polled as fast as the budget allows.
+    waiting = schedule.plan(buddy_connection, live=True, watched=False, waiting=True)
+    assert (waiting.interval, waiting.reason) == (pytest.approx(3600 / 294),
+                                                  "waiting for approval")
+
+
+def test_with_healthy_webhooks_only_a_waiting_run_keeps_passes_at_the_budget_floor(
+        buddy_connection):
+    buddy_connection.set_webhook_secret()
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        webhooks_enabled=True, last_webhook_accepted=True)
+    run = Run.objects.create(connection=buddy_connection, external_id="p/1/1",
+                             status="running", raw_status="INPROGRESS")
+    now = timezone.now()
+    running = schedule.after_pass(buddy_connection.pk, requests=1, runs_written=1,
+                                  rate_limit_seen=None, now=now)
+    assert (running.interval, running.reason) == (30.0, "webhooks healthy: live runs")
+    Run.objects.filter(pk=run.pk).update(status="waiting", raw_status="WAITING_FOR_APPLY")
+    Connection.objects.filter(pk=buddy_connection.pk).update(budget_at=None)
+    waiting = schedule.after_pass(buddy_connection.pk, requests=1, runs_written=1,
+                                  rate_limit_seen=None, now=now)
+    assert waiting.reason == "waiting for approval"
+    assert waiting.interval == pytest.approx(3600 / 294)  # 1 request at the floor
 
 
 def test_after_a_pass_the_next_is_planned_and_not_due_before(buddy_sim, buddy_connection):
