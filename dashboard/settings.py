@@ -306,7 +306,10 @@ RUNBOARD_WEBHOOK_LIVE_POLL = env.float("RUNBOARD_WEBHOOK_LIVE_POLL", default=30.
 # Webhook reads may run ahead of the budget by one pass's cost plus this many requests.
 RUNBOARD_WEBHOOK_BURST = env.int("RUNBOARD_WEBHOOK_BURST", default=5)
 # Deliveries for one connection within this many seconds are read together, once per run.
-RUNBOARD_WEBHOOK_COALESCE = env.float("RUNBOARD_WEBHOOK_COALESCE", default=0.3)
+RUNBOARD_WEBHOOK_COALESCE = env.float("RUNBOARD_WEBHOOK_COALESCE", default=0.1)
+# The Celery queue webhook reads go to ("": the default queue). Give it a worker of its
+# own (`celery -A dashboard worker -Q <it>`) so a read never waits behind long passes.
+RUNBOARD_WEBHOOK_QUEUE = env.str("RUNBOARD_WEBHOOK_QUEUE", default="")
 # A page open on a connection's runs keeps it "watched" this long after its last poll.
 RUNBOARD_WATCH_SECONDS = env.float("RUNBOARD_WATCH_SECONDS", default=30.0)
 # How often beat asks the scheduler which connections are due (seconds).

@@ -9,7 +9,8 @@ nothing; anything malformed gets a 4xx and a log line, never a 500.
 
 Reads are coalesced and budgeted: an accepted delivery is a pending "hint" (its row,
 processed_at empty) and queues at most one flush per connection, RUNBOARD_WEBHOOK_COALESCE
-seconds later. The flush reads each distinct hint (run, or environment) once, as many as
+seconds later, on RUNBOARD_WEBHOOK_QUEUE when set (a worker of its own keeps reads from
+waiting behind long passes). The flush reads each distinct hint (run, or environment) once, as many as
 the connection's budget grants (dashboard/schedule.py `take`), and queues itself again
 for when the budget allows the rest. A sync pass that starts after a delivery arrived has
 read what it named: the pass marks it processed.
@@ -167,7 +168,9 @@ def queue_flush(connection_id: int, countdown: float) -> bool:
         | Q(webhook_flush_at__lt=now - timedelta(seconds=60)),
     ).update(webhook_flush_at=at)
     if queued:
-        tasks.flush_webhooks.apply_async((connection_id,), countdown=countdown)
+        # Its own queue (when set) so that a user's read never waits behind long passes.
+        tasks.flush_webhooks.apply_async((connection_id,), countdown=countdown,
+                                         queue=settings.RUNBOARD_WEBHOOK_QUEUE or None)
     return bool(queued)
 
 
@@ -184,8 +187,9 @@ def flush(connection_id: int) -> dict:
         return {"connection": connection_id, "read": 0}
     owner = uuid.uuid4().hex
     if not sync.acquire_lease(connection_id, owner):
-        # A pass (which marks what it read) or another flush is under way.
-        queue_flush(connection_id, 0.5)
+        # A pass (which marks what it read) or another flush is under way: look again
+        # soon (a user is waiting for this read; a pass may have started before it).
+        queue_flush(connection_id, 0.2)
         return {"connection": connection_id, "busy": True}
     try:
         return _flush(connection_id, owner)

@@ -292,3 +292,29 @@ def test_a_flood_of_deliveries_is_read_once_per_run_within_the_budget(
     for k, at in enumerate(reads):
         assert at - reads[0] >= max(0, k + 1 - 8) * 2.0 - 0.05, reads
     assert WebhookDelivery.objects.filter(outcome=Outcome.ACCEPTED).count() == 48
+
+
+@pytest.mark.celery
+@pytest.mark.django_db(transaction=True)
+def test_webhook_reads_have_their_own_queue_so_no_pass_holds_them_back(
+        client, buddy_sim, buddy_connection, settings):
+    """With RUNBOARD_WEBHOOK_QUEUE set, a delivery's read goes to that queue: a worker on
+    it alone reads the run while the passes' queue is stuck (here: no one consumes it)."""
+    from providers.simulators.buddy import BUILD_PLAN
+    from tests.celery_worker import Worker, new_queue, use_queue
+
+    buddy_sim.add_execution("web-shop", 1, BUILD_PLAN)
+    sync.sync_connection(buddy_connection.pk)
+    secret = enable_webhooks(buddy_connection)
+    buddy_sim.advance(60)  # SUCCESSFUL at the provider, still running here
+    hooks = new_queue()
+    settings.RUNBOARD_WEBHOOK_QUEUE = hooks
+    with use_queue(new_queue()):  # the passes' queue, which no worker reaches
+        assert post(client, buddy_connection, buddy_body(secret)).status_code == 202
+        worker = Worker(hooks, name="hooks", env={"RUNBOARD_WEBHOOK_QUEUE": hooks})
+        try:
+            wait_for(lambda: Run.objects.filter(raw_status="SUCCESSFUL").exists(),
+                     timeout=30, what="the webhook's read on its own queue")
+        finally:
+            worker.stop()
+    assert WebhookDelivery.objects.get().processed_at is not None
