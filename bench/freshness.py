@@ -52,56 +52,63 @@ PIPELINES, STAGES = 10, 3
 # --- the simulators, each in its own process -----------------------------------------
 
 
+# What a stage's run ends in when it succeeded: the release moves on to the next stage.
+SUCCESS = {"SUCCESSFUL", "success", "DEPLOYED", "completed"}
+
+
 def build(key: str, nf_divisor: int):
-    """A simulator of `key` with 10 x 3 flows and no history; (sim, scope, flows, spawn)."""
+    """A simulator of `key` with 10 pipelines x 3 stages and no history;
+    (sim, scope, pipelines, spawn): `pipelines` lists each pipeline's stage flows in
+    order (dev, staging, production), `spawn(flow, rng)` starts a run in one."""
     from providers.simulators import buddy, northflank, qovery, workflows
     from providers.simulators.base import SimClock
 
     clock = SimClock(speed=1.0)
     if key == "buddy":
         sim = buddy.BuddySimulator(token="bench", clock=clock)
-        # 10 pipelines in each of 3 projects (Buddy has no stages; projects stand in).
-        flows = [(f"project-{s}", p + 1) for s in range(STAGES) for p in range(PIPELINES)]
-        for project, pipeline in flows:
+        # Buddy has no stages: pipeline p of project "stage-s" stands in for p's stage s.
+        pipelines = [[(f"stage-{s}", p + 1) for s in range(STAGES)] for p in range(PIPELINES)]
+        for project, pipeline in (flow for flows in pipelines for flow in flows):
             sim.add_pipeline(project, pipeline, f"Deploy {pipeline}")
 
         def spawn(flow, rng):
             # No approval step: Buddy's waits for APPLY for ever, no one applies here.
-            return sim.add_execution(*flow, rng.choice([buddy.BUILD_PLAN, buddy.BUILD_PLAN,
-                                                        buddy.FAILING_PLAN]))
-        return sim, {"workspace": sim.workspace}, flows, spawn
+            plan = rng.choices([buddy.BUILD_PLAN, buddy.FAILING_PLAN], weights=[9, 1])[0]
+            return sim.add_execution(*flow, plan)
+        return sim, {"workspace": sim.workspace}, pipelines, spawn
     if key == "northflank":
         sim = northflank.NorthflankSimulator(token="bench", clock=clock)
         # Documented: 1000 an hour; enforced as the same rate over a window F times shorter.
         sim.rate_limit, sim.rate_window = 1000 // nf_divisor, 3600.0 / nf_divisor
-        flows = [(f"pipeline-{p}", stage) for p in range(PIPELINES)
-                 for stage in northflank.STAGES]
-        for pipeline, _ in flows:
-            sim.add_pipeline(pipeline)
+        pipelines = [[(f"pipeline-{p}", stage) for stage in northflank.STAGES]
+                     for p in range(PIPELINES)]
+        for flows in pipelines:
+            sim.add_pipeline(flows[0][0])
 
         def spawn(flow, rng):
-            plans = [northflank.RELEASE_PLAN, northflank.FAILING_PLAN]
-            if flow[1] == "production":
-                plans.append(northflank.APPROVAL_PLAN)
-            return sim.add_release(*flow, rng.choice(plans))
-        return sim, {"project": sim.project}, flows, spawn
+            plans, weights = [northflank.RELEASE_PLAN, northflank.FAILING_PLAN], [9, 1]
+            if flow[1] == "production":  # half the production releases wait for approval
+                plans, weights = [*plans, northflank.APPROVAL_PLAN], [5, 1, 4]
+            return sim.add_release(*flow, rng.choices(plans, weights=weights)[0])
+        return sim, {"project": sim.project}, pipelines, spawn
     if key == "qovery":
         sim = qovery.QoverySimulator(token="bench", clock=clock)
         organization = sim.add_organization("Bench")
-        flows = []
+        pipelines = []
         for p in range(PIPELINES):
             project = sim.add_project(organization, f"project-{p}")
-            flows += [sim.add_environment(project, name)
-                      for name in ("development", "staging", "production")]
+            pipelines.append([sim.add_environment(project, name)
+                              for name in ("development", "staging", "production")])
 
         def spawn(flow, rng):
-            return sim.add_deployment(flow, rng.choice([qovery.DEPLOY_PLAN, qovery.DEPLOY_PLAN,
-                                                        qovery.DEPLOY_FAILS_PLAN]))
-        return sim, {"organization": organization}, flows, spawn
+            plan = rng.choices([qovery.DEPLOY_PLAN, qovery.DEPLOY_FAILS_PLAN], weights=[9, 1])[0]
+            return sim.add_deployment(flow, plan)
+        return sim, {"organization": organization}, pipelines, spawn
     sim = workflows.WorkflowsSimulator(token="bench", clock=clock)
-    # One project's runs deploy through its 3 environments; 10 may run side by side.
-    flows = list(range(PIPELINES))
-    return sim, {"project": sim.project_id}, flows, lambda flow, rng: sim.add_workflow_run()
+    # A workflow run deploys its release through the project's 3 environments itself: one
+    # run per release, the stages inside it.
+    pipelines = [[p] for p in range(PIPELINES)]
+    return sim, {"project": sim.project_id}, pipelines, lambda flow, rng: sim.add_workflow_run()
 
 
 def external_id(key: str, run) -> str:
@@ -112,13 +119,53 @@ def external_id(key: str, run) -> str:
             "workflows": lambda: str(d["id"])}[key]()
 
 
-def serve(key: str, nf_divisor: int, period: float, seed: int, conn) -> None:
+class Releases:
+    """The realistic load: each pipeline releases as a Poisson process (one release every
+    `every` seconds on average); a release runs in its pipeline's first stage, then, if
+    that run succeeded, in the next, in order; a stage runs one release at a time (the
+    next waits its turn). Call `step` under the simulator's lock."""
+
+    def __init__(self, pipelines, spawn, every: float, rng):
+        self.pipelines, self.spawn, self.every, self.rng = pipelines, spawn, every, rng
+        self.next_at: dict[int, float] = {}
+        self.waiting: dict[object, list] = {}  # stage flow -> releases waiting for it
+        self.running: dict[object, tuple] = {}  # stage flow -> (release, its run)
+        self.started = 0
+
+    def step(self, now: float, arriving: bool, final: set[str]) -> None:
+        for p, flows in enumerate(self.pipelines):
+            if not arriving:
+                self.next_at.pop(p, None)
+                continue
+            at = self.next_at.setdefault(p, now + self.rng.expovariate(1 / self.every))
+            while at <= now:
+                self.started += 1
+                self.waiting.setdefault(flows[0], []).append((p, 0))
+                at += self.rng.expovariate(1 / self.every)
+            self.next_at[p] = at
+        for flow, (release, run) in list(self.running.items()):
+            if run.status not in final:
+                continue
+            del self.running[flow]
+            p, stage = release
+            if run.status in SUCCESS and stage + 1 < len(self.pipelines[p]):
+                self.waiting.setdefault(self.pipelines[p][stage + 1], []).append((p, stage + 1))
+        for flow, queue in self.waiting.items():
+            if queue and flow not in self.running:
+                release = queue.pop(0)
+                self.running[flow] = (release, self.spawn(flow, self.rng))
+
+
+def serve(key: str, nf_divisor: int, args, seed: int, conn) -> None:
     """Child process: one simulator, driven by commands over `conn`."""
-    sim, scope, flows, spawn = build(key, nf_divisor)
+    sim, scope, pipelines, spawn = build(key, nf_divisor)
+    flows = [flow for stages in pipelines for flow in stages]
+    stamps: list[float] = []  # when each request arrived
     refused = [0]
     dispatch = sim.dispatch
 
     def counting(request):
+        stamps.append(time.time())
         status, body, headers = dispatch(request)
         refused[0] += status == 429
         return status, body, headers
@@ -129,10 +176,13 @@ def serve(key: str, nf_divisor: int, period: float, seed: int, conn) -> None:
     rng = random.Random(seed)
     sender, loading, owner = None, threading.Event(), {}
     mark = {"requests": 0, "refused": 0}
+    first_pass = None  # requests before the first mark: every connection's first pass
+    releases = Releases(pipelines, spawn, args.release_every * 60, rng)
 
-    def load():
+    def stress():
+        # The old heavy load: a new run every `period` s in a flow with none running.
         while True:
-            time.sleep(period)
+            time.sleep(args.period)
             if not loading.is_set():
                 continue
             with sim.lock:
@@ -143,18 +193,36 @@ def serve(key: str, nf_divisor: int, period: float, seed: int, conn) -> None:
                 if idle:
                     flow = rng.choice(idle)
                     owner[flow] = spawn(flow, rng)
+                    releases.started += 1
 
-    threading.Thread(target=load, daemon=True).start()
+    def realistic():
+        while True:
+            time.sleep(0.2)
+            with sim.lock:
+                sim.tick()
+                releases.step(time.time(), loading.is_set(), sim.final_statuses)
+
+    threading.Thread(target=stress if args.period else realistic, daemon=True).start()
     while True:
         command, arg = conn.recv()
         if command == "webhooks":
             sender = sim.send_webhooks(*arg)
         elif command == "mark":  # start counting requests and 429s afresh
-            mark = {"requests": len(sim.requests), "refused": refused[0], "at": time.time()}
+            if first_pass is None:
+                first_pass = len(stamps)
+            mark = {"requests": len(stamps), "refused": refused[0], "at": time.time(),
+                    "releases": releases.started}
         elif command == "count":
-            conn.send({"requests": len(sim.requests) - mark["requests"],
+            conn.send({"requests": len(stamps) - mark["requests"],
                        "refused": refused[0] - mark["refused"],
-                       "seconds": time.time() - mark["at"]})
+                       "seconds": time.time() - mark["at"],
+                       "releases": releases.started - mark["releases"]})
+        elif command == "window":  # the densest provider window, with and without pass 1
+            window = arg
+            conn.send({"first_pass": first_pass or 0, "window": window,
+                       "span": (stamps[-1] - stamps[0]) if stamps else 0.0,
+                       "densest": densest(stamps, window),
+                       "densest_after_first": densest(stamps[first_pass or 0:], window)})
         elif command == "load":
             (loading.set if arg else loading.clear)()
         elif command == "changes":  # [(external id, [(raw status, at)]), ...]
@@ -174,6 +242,16 @@ def serve(key: str, nf_divisor: int, period: float, seed: int, conn) -> None:
                 sender.stop()
             sim.stop()
             return
+
+
+def densest(stamps: list[float], window: float) -> int:
+    """The most requests in any `window` seconds."""
+    best, start = 0, 0
+    for end, at in enumerate(stamps):
+        while at - stamps[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 def _announces(sim, run, status, before) -> bool:
@@ -207,17 +285,19 @@ def start_web():
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def start_worker(queue: str) -> subprocess.Popen:
+def start_worker(queue: str, consumes: str, concurrency: int,
+                 hooks: str) -> subprocess.Popen:
     from django.db import connection
 
     db = connection.settings_dict
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "--loglevel", "error",
-         "--concurrency", "2", "--queues", queue, "--without-gossip", "--without-mingle",
-         "--without-heartbeat", "--hostname", f"bench-{queue}@%h"],
+         "--concurrency", str(concurrency), "--queues", consumes, "--without-gossip",
+         "--without-mingle", "--without-heartbeat", "--hostname", f"bench-{consumes}@%h"],
         cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
         env={**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings_test",
              "CELERY_QUEUE": queue, "CELERY_BROKER_URL": os.environ["CELERY_BROKER_URL"],
+             "RUNBOARD_WEBHOOK_QUEUE": hooks,
              "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
              "PYTHONWARNINGS": "ignore"})
 
@@ -303,10 +383,11 @@ def percentile(values, q):
 
 
 def run_mode(args, webhooks: bool) -> dict:
+    from django.conf import settings
     from django.core.management import call_command
     from django.test import Client
 
-    from dashboard import tasks
+    from dashboard import schedule, tasks
     from dashboard.celery import app
     from dashboard.models import Connection
     from providers import registry
@@ -316,14 +397,20 @@ def run_mode(args, webhooks: bool) -> dict:
     for n, key in enumerate(PROVIDERS):
         ours, theirs = multiprocessing.Pipe()
         process = multiprocessing.Process(target=serve, daemon=True, args=(
-            key, args.nf_divisor, args.period, args.seed + n, theirs))
+            key, args.nf_divisor, args, args.seed + n, theirs))
         process.start()
         processes.append(process)
         pipes[key] = ours
     server, base = start_web()
     queue = f"bench-{uuid.uuid4().hex[:6]}"
     app.conf.task_default_queue = queue
-    worker = start_worker(queue)
+    # As README advises: webhook reads on a queue (and a worker) of their own, so that no
+    # long pass holds a read back; --one-queue measures without.
+    hooks = "" if args.one_queue else f"{queue}-hooks"
+    settings.RUNBOARD_WEBHOOK_QUEUE = hooks
+    workers = [start_worker(queue, queue, 2, hooks)]
+    if hooks:
+        workers.append(start_worker(queue, hooks, 1, hooks))
     connections = {}
     for key, pipe in pipes.items():
         url, token, scope = pipe.recv()
@@ -378,6 +465,10 @@ def run_mode(args, webhooks: bool) -> dict:
     for key, pipe in pipes.items():
         pipe.send(("count", None))
         loaded[key] = pipe.recv()
+    windows = {}
+    for key, pipe in pipes.items():  # the simulated hour: 3600/F s, as Northflank's
+        pipe.send(("window", 3600.0 / args.nf_divisor))
+        windows[key] = pipe.recv()
     watcher.stop()
     ticking.set()
     beat_thread.join(timeout=5)
@@ -403,14 +494,22 @@ def run_mode(args, webhooks: bool) -> dict:
                 delays.append(max(0.0, shown - at))
                 if announced and webhooks:
                     announced_delays.append(max(0.0, shown - at))
-        budget = registry.provider_class(key).budget_for(
-            Connection.objects.get(pk=connections[key].pk).rate_limit_seen)
+        connection = Connection.objects.get(pk=connections[key].pk)
+        budget = registry.provider_class(key).budget_for(connection.rate_limit_seen)
+        changes = sum(1 for ext, steps in histories for _, at in steps
+                      if load_started <= at <= load_ended)
         results[key] = {"delays": delays, "announced": announced_delays, "unseen": unseen,
-                        "off_list": off_list,
+                        "off_list": off_list, "changes": changes,
+                        "load_seconds": load_ended - load_started,
+                        "pass_cost": connection.last_pass_requests or 0,
+                        "per_request": schedule.seconds_per_request(connection),
+                        "window": windows[key],
                         "idle": idle[key], "load": loaded[key], "budget": budget}
         pipe.send(("stop", None))
-    worker.terminate()
-    worker.wait(timeout=20)
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.wait(timeout=20)
     server.shutdown()
     for process in processes:
         process.join(timeout=5)
@@ -424,22 +523,66 @@ def setup_django_tables():
         cursor.execute("TRUNCATE dashboard_connection, auth_user RESTART IDENTITY CASCADE")
 
 
-def report(mode: str, results: dict) -> None:
-    print(f"\n== webhooks {mode} ==")
+def report(mode: str, results: dict, args) -> None:
+    share = float(os.environ.get("RUNBOARD_BUDGET_SHARE", 0.5))
+    load = (f"STRESS (--period {args.period:g}: a new run every {args.period:g} s in an idle "
+            "flow; every flow always busy; far beyond any budget)" if args.period else
+            f"realistic: {PIPELINES} pipelines x {STAGES} stages, each pipeline releasing every "
+            f"{args.release_every:g} min on average (Poisson), a release going through its "
+            "stages in order")
+    print(f"\n== webhooks {mode} == load: {load}")
     print(f"{'provider':11} {'changes':>7} {'unseen':>6} {'offlist':>7} {'p50 s':>7} "
-          f"{'p95 s':>7} "
-          f"{'p95 announced':>13} {'req/h idle':>10} {'req/h load':>10} {'budget/h':>9} "
-          f"{'429s':>5}")
+          f"{'p95 s':>7} {'p95 announced':>13} {'n ann.':>6} {'req/h idle':>10} "
+          f"{'req/h load':>10} {'budget/h':>9} {'429s':>5}")
     for key, r in results.items():
         per_hour = {phase: r[phase]["requests"] * 3600 / max(1, r[phase]["seconds"])
                     for phase in ("idle", "load")}
+        r["per_hour"] = per_hour
         budget = r["budget"]
         print(f"{key:11} {len(r['delays']):7} {r['unseen']:6} {r['off_list']:7} "
               f"{percentile(r['delays'], 0.5):7.2f} {percentile(r['delays'], 0.95):7.2f} "
-              f"{percentile(r['announced'], 0.95):13.2f} {per_hour['idle']:10.0f} "
-              f"{per_hour['load']:10.0f} {budget.per_hour:8.0f}{'' if budget.documented else '*'} "
+              f"{percentile(r['announced'], 0.95):13.2f} {len(r['announced']):6} "
+              f"{per_hour['idle']:10.0f} {per_hour['load']:10.0f} "
+              f"{budget.per_hour:8.0f}{'' if budget.documented else '*'} "
               f"{r['idle']['refused'] + r['load']['refused']:5}")
     print("* no limit documented: Runboard's conservative default")
+
+    print(f"\naffordability (webhooks {mode}): what one change costs, and how many changes an "
+          f"hour {share:.0%} of the budget serves")
+    print(f"{'provider':11} {'releases':>8} {'changes/h':>9} {'req/change':>10} "
+          f"{'share/h':>8} {'max changes/h':>13} {'pass cost':>9} {'10 s passes/h':>13} "
+          f"{'pass floor s':>12}")
+    for key, r in results.items():
+        changes_per_hour = r["changes"] * 3600 / max(1, r["load_seconds"])
+        allowed = share * r["budget"].per_hour
+        # What the load added over idling, per change: reads, and passes for live runs.
+        extra = max(0.0, r["per_hour"]["load"] - r["per_hour"]["idle"])
+        per_change = extra / changes_per_hour if changes_per_hour else float("nan")
+        spare = max(0.0, allowed - r["per_hour"]["idle"])
+        most = spare / per_change if per_change and per_change == per_change else float("inf")
+        # Polling alone: p95 <= 15 s needs a pass about every 10 s.
+        polled = r["pass_cost"] * 360
+        print(f"{key:11} {r['load']['releases']:8} {changes_per_hour:9.0f} {per_change:10.2f} "
+              f"{allowed:8.0f} {most:13.0f} {r['pass_cost']:9} {polled:13.0f} "
+              f"{r['pass_cost'] * r['per_request']:12.1f}")
+    print("changes/h: status changes at the provider during the load phase; req/change: "
+          "(req/h load - req/h idle) / changes/h; max changes/h: (share/h - req/h idle) / "
+          "req/change; 10 s passes/h: requests an hour a pass every 10 s would cost (webhooks "
+          "off, p95 <= 15 s) beside share/h; pass floor: the budget's shortest pass interval")
+
+    window = next(iter(results.values()))["window"]["window"]
+    print(f"\nthe provider's window ({window:.0f} s: the simulated hour, --nf-divisor "
+          f"{args.nf_divisor}), densest, against {share:.0%} of the budget in that window")
+    print(f"{'provider':11} {'first pass':>10} {'densest':>8} {'w/o first':>9} "
+          f"{'share/window':>12} {'span s':>7}")
+    for key, r in results.items():
+        w = r["window"]
+        allowed = share * r["budget"].per_hour * w["window"] / 3600
+        print(f"{key:11} {w['first_pass']:10} {w['densest']:8} {w['densest_after_first']:9} "
+              f"{allowed:12.0f} {w['span']:7.0f}")
+    print("first pass: every connection's first (full) read, a one-time cost; densest: most "
+          "requests in any window, the first pass included; a round shorter than the window "
+          "measures the whole round (span)")
 
 
 def main() -> None:
@@ -447,16 +590,23 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=240.0)
     parser.add_argument("--load", type=float, default=240.0)
     parser.add_argument("--tail", type=float, default=60.0)
-    parser.add_argument("--period", type=float, default=2.0,
-                        help="seconds between new runs, per provider")
+    parser.add_argument("--release-every", type=float, default=25.0,
+                        help="minutes between a pipeline's releases, on average (Poisson)")
+    parser.add_argument("--period", type=float, default=0.0,
+                        help="STRESS load instead: a new run every PERIOD s in an idle flow "
+                        "(the old load, e.g. 2; far beyond any budget)")
+    parser.add_argument("--one-queue", action="store_true",
+                        help="webhook reads on the passes' queue (no worker of their own)")
     parser.add_argument("--nf-divisor", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--modes", default="on,off")
     args = parser.parse_args()
     os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/13")
+    # As in production: one cache for web and worker, so a write is seen by pages at once.
+    os.environ.setdefault("CACHE_URL", os.environ["CELERY_BROKER_URL"])
     setup_django()
     for mode in args.modes.split(","):
-        report(mode, run_mode(args, webhooks=mode == "on"))
+        report(mode, run_mode(args, webhooks=mode == "on"), args)
 
 
 if __name__ == "__main__":

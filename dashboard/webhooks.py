@@ -10,10 +10,10 @@ nothing; anything malformed gets a 4xx and a log line, never a 500.
 Reads are coalesced and budgeted: an accepted delivery is a pending "hint" (its row,
 processed_at empty) and queues at most one flush per connection, RUNBOARD_WEBHOOK_COALESCE
 seconds later, on RUNBOARD_WEBHOOK_QUEUE when set (a worker of its own keeps reads from
-waiting behind long passes). The flush reads each distinct hint (run, or environment) once, as many as
-the connection's budget grants (dashboard/schedule.py `take`), and queues itself again
-for when the budget allows the rest. A sync pass that starts after a delivery arrived has
-read what it named: the pass marks it processed.
+waiting behind long passes). The flush reads each distinct hint (run, or environment)
+once, as many as the connection's budget grants (dashboard/schedule.py `take`), and
+queues itself again for when the budget allows the rest. A sync pass that starts after
+a delivery arrived has read what it named: the pass marks it processed.
 """
 
 from __future__ import annotations
