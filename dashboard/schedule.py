@@ -18,9 +18,10 @@ that spaces a connection's requests: sync passes and webhook reads alike.
   a run waiting for approval: RUNBOARD_POLL_MIN, webhooks or not — no platform sends a
   webhook when a run starts or stops waiting;
   healthy webhooks: live runs or a watched page, every RUNBOARD_WEBHOOK_LIVE_POLL (their
-  changes are announced; the poll catches a run starting to wait), and the budget is
-  left to the webhook reads a user is waiting for; nothing live, only reconciled, every
-  RUNBOARD_WEBHOOK_RECONCILE;
+  changes are announced; the poll catches a run starting to wait); nothing live, only
+  reconciled, every RUNBOARD_WEBHOOK_RECONCILE; and passes, waiting runs' included, spend
+  at most RUNBOARD_WEBHOOK_PASS_SHARE of the budget: the rest is left to the webhook
+  reads a user is waiting for;
   no healthy webhooks: live runs or a watched page, RUNBOARD_POLL_MIN; otherwise
   RUNBOARD_POLL_IDLE, doubling with every quiet pass up to RUNBOARD_POLL_MAX.
 """
@@ -32,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
+from django.db.models import Case, DateTimeField, ExpressionWrapper, F, Q, Value, When
 from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
@@ -90,6 +91,10 @@ def plan(connection: Connection, *, live: bool, watched: bool, waiting: bool = F
          share: float | None = None, now: datetime | None = None) -> Plan:
     cost = connection.last_pass_requests or FIRST_PASS_COST
     floor = max(1, cost) * seconds_per_request(connection, now, share)
+    if connection.webhooks_healthy:
+        # Passes may spend only part of the budget: the rest is for the reads webhooks
+        # ask for, which a user is waiting for (the clock lets reads use what passes don't).
+        floor /= settings.RUNBOARD_WEBHOOK_PASS_SHARE
     if waiting:
         wanted, reason = settings.RUNBOARD_POLL_MIN, "waiting for approval"
     elif connection.webhooks_healthy:
@@ -126,8 +131,10 @@ def after_pass(connection_id: int, *, requests: int, runs_written: int,
         last_pass_requests=connection.last_pass_requests,
         rate_limit_seen=connection.rate_limit_seen, quiet_passes=connection.quiet_passes)
     budget_at = charge(connection_id, requests, now)
-    # Not before what the pass (and any webhook read since) spent is paid back.
-    next_poll = max(now + timedelta(seconds=result.wanted), budget_at)
+    # Not before what the pass (and any webhook read since) spent is paid back; with
+    # healthy webhooks, not before passes' part of the budget allows either.
+    spacing = result.interval if connection.webhooks_healthy else result.wanted
+    next_poll = max(now + timedelta(seconds=spacing), budget_at)
     result.interval = (next_poll - now).total_seconds()
     Connection.objects.filter(pk=connection_id).update(next_poll_at=next_poll)
     return result
@@ -167,8 +174,14 @@ def _watch(connections, now: datetime) -> None:
     alone: the cache's throttle forgotten (a restart, a cleared cache) costs a read,
     not a write and its commit on every page view."""
     window = settings.RUNBOARD_WATCH_SECONDS
-    soon = now + timedelta(seconds=settings.RUNBOARD_POLL_MIN)
-    allowed = Greatest(Coalesce(F("budget_at"), Value(soon)), Value(soon))
+    # With healthy webhooks the page is kept fresh by them: no pass sooner than the live
+    # poll's (the budget is theirs).
+    healthy = Q(webhooks_enabled=True, last_webhook_accepted=True) & ~Q(webhook_secret_hash="")
+    soon = Case(
+        When(healthy, then=Value(now + timedelta(seconds=settings.RUNBOARD_WEBHOOK_LIVE_POLL))),
+        default=Value(now + timedelta(seconds=settings.RUNBOARD_POLL_MIN)),
+        output_field=DateTimeField())
+    allowed = Greatest(Coalesce(F("budget_at"), soon), soon)
     connections.filter(Q(watched_until__isnull=True)
                        | Q(watched_until__lt=now + timedelta(seconds=window * 2 / 3))).update(
         watched_until=now + timedelta(seconds=window),

@@ -303,6 +303,9 @@ RUNBOARD_WEBHOOK_RECONCILE = env.float("RUNBOARD_WEBHOOK_RECONCILE", default=300
 # With healthy webhooks, live runs (and watched pages) are polled this often: their changes
 # are announced; the poll catches a run starting to wait for approval, which is not.
 RUNBOARD_WEBHOOK_LIVE_POLL = env.float("RUNBOARD_WEBHOOK_LIVE_POLL", default=30.0)
+# With healthy webhooks, the part of Runboard's share that passes may spend (waiting runs'
+# included); webhook reads may spend the rest (and whatever passes leave).
+RUNBOARD_WEBHOOK_PASS_SHARE = env.float("RUNBOARD_WEBHOOK_PASS_SHARE", default=0.5)
 # Webhook reads may run ahead of the budget by one pass's cost plus this many requests.
 RUNBOARD_WEBHOOK_BURST = env.int("RUNBOARD_WEBHOOK_BURST", default=5)
 # Deliveries for one connection within this many seconds are read together, once per run.

@@ -29,6 +29,7 @@ def _intervals(settings):
     settings.RUNBOARD_POLL_MAX = 600.0
     settings.RUNBOARD_WEBHOOK_RECONCILE = 300.0
     settings.RUNBOARD_WEBHOOK_LIVE_POLL = 30.0
+    settings.RUNBOARD_WEBHOOK_PASS_SHARE = 0.5
 
 
 def connection(provider="northflank", **fields):
@@ -88,9 +89,10 @@ def test_healthy_webhooks_leave_only_reconciling(buddy_connection):
     watched = schedule.plan(buddy_connection, live=False, watched=True)
     assert watched.interval == 30.0
     # No platform announces a run waiting for approval, nor what ends the wait: waiting
-    # runs are polled as fast as the budget allows.
+    # runs are polled as fast as passes may, at most half the budget (the rest is for
+    # the reads webhooks ask for).
     waiting = schedule.plan(buddy_connection, live=True, watched=False, waiting=True)
-    assert (waiting.interval, waiting.reason) == (pytest.approx(3600 / 294),
+    assert (waiting.interval, waiting.reason) == (pytest.approx(2 * 3600 / 294),
                                                   "waiting for approval")
 
 
@@ -110,7 +112,18 @@ def test_with_healthy_webhooks_only_a_waiting_run_keeps_passes_at_the_budget_flo
     waiting = schedule.after_pass(buddy_connection.pk, requests=1, runs_written=1,
                                   rate_limit_seen=None, now=now)
     assert waiting.reason == "waiting for approval"
-    assert waiting.interval == pytest.approx(3600 / 294)  # 1 request at the floor
+    # Passes spend at most half the budget: twice the floor of a 1-request pass, though the
+    # budget clock is paid back after one floor (reads may spend the other half).
+    assert waiting.interval == pytest.approx(2 * 3600 / 294)
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    assert conn.budget_at == now + timedelta(seconds=3600 / 294)
+    assert conn.next_poll_at == now + timedelta(seconds=2 * 3600 / 294)
+    # Without webhooks, polling is all there is: passes may spend the whole share.
+    Connection.objects.filter(pk=buddy_connection.pk).update(webhooks_enabled=False,
+                                                             budget_at=None)
+    polled = schedule.after_pass(buddy_connection.pk, requests=1, runs_written=1,
+                                 rate_limit_seen=None, now=now)
+    assert polled.interval == pytest.approx(3600 / 294)
 
 
 def test_after_a_pass_the_next_is_planned_and_not_due_before(buddy_sim, buddy_connection):
@@ -144,6 +157,19 @@ def test_a_watched_page_brings_the_next_pass_forward_but_not_past_the_budget(
     conn = Connection.objects.get(pk=buddy_connection.pk)
     assert conn.next_poll_at == now + timedelta(seconds=360)
     assert conn.watched_until > now
+
+
+def test_a_watched_page_on_a_connection_with_healthy_webhooks_leaves_the_budget_to_them(
+        buddy_connection):
+    buddy_connection.set_webhook_secret()
+    now = timezone.now()
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        webhooks_enabled=True, last_webhook_accepted=True,
+        next_poll_at=now + timedelta(seconds=300))
+    schedule.watching([buddy_connection.pk], now)
+    # Changes are announced: the page needs no pass at once, only the live poll's.
+    assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == now + timedelta(
+        seconds=30)
 
 
 @pytest.mark.celery
