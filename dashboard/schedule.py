@@ -14,6 +14,10 @@ that spaces a connection's requests: sync passes and webhook reads alike.
   requests (they are what a user is waiting for; at most a quarter of the share) and push
   the next pass back. That allowance is taken out of the share the clock runs at, so in
   any window of the provider's, passes and reads together spend at most the share.
+- A connection's first pass (a full read) is a one-time cost: up to
+  RUNBOARD_FIRST_PASS_ALLOWANCE (a quarter) of the provider's window it is not charged to
+  the clock, so it holds no webhook read back; the hour it falls in may see that much
+  beyond the share, once.
 - Within the budget, the wanted interval:
   a run waiting for approval: RUNBOARD_POLL_MIN, webhooks or not — no platform sends a
   webhook when a run starts or stops waiting;
@@ -120,6 +124,13 @@ def after_pass(connection_id: int, *, requests: int, runs_written: int,
     if rate_limit:
         record_rate_limit(connection_id, rate_limit)
     connection = Connection.objects.defer("token", "cursor").get(pk=connection_id)
+    charged = requests
+    if connection.last_pass_requests is None:
+        # The connection's first pass, a full read of the account, is a one-time cost:
+        # up to RUNBOARD_FIRST_PASS_ALLOWANCE of the provider's window it is spent beside
+        # the share, once, instead of holding every webhook read back until it is repaid.
+        budget = connection.provider_class.budget_for(rate_limit_seen)
+        charged -= min(requests, int(settings.RUNBOARD_FIRST_PASS_ALLOWANCE * budget.requests))
     connection.last_pass_requests = requests or connection.last_pass_requests
     connection.rate_limit_seen = rate_limit_seen or connection.rate_limit_seen
     connection.quiet_passes = 0 if runs_written else connection.quiet_passes + 1
@@ -130,7 +141,7 @@ def after_pass(connection_id: int, *, requests: int, runs_written: int,
     Connection.objects.filter(pk=connection_id).update(
         last_pass_requests=connection.last_pass_requests,
         rate_limit_seen=connection.rate_limit_seen, quiet_passes=connection.quiet_passes)
-    budget_at = charge(connection_id, requests, now)
+    budget_at = charge(connection_id, charged, now)
     # Not before what the pass (and any webhook read since) spent is paid back; with
     # healthy webhooks, not before passes' part of the budget allows either.
     spacing = result.interval if connection.webhooks_healthy else result.wanted

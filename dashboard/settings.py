@@ -306,6 +306,9 @@ RUNBOARD_WEBHOOK_LIVE_POLL = env.float("RUNBOARD_WEBHOOK_LIVE_POLL", default=30.
 # With healthy webhooks, the part of Runboard's share that passes may spend (waiting runs'
 # included); webhook reads may spend the rest (and whatever passes leave).
 RUNBOARD_WEBHOOK_PASS_SHARE = env.float("RUNBOARD_WEBHOOK_PASS_SHARE", default=0.5)
+# A connection's first pass (a full read) may spend up to this part of the provider's
+# window beside the share, once, rather than hold webhook reads back until repaid.
+RUNBOARD_FIRST_PASS_ALLOWANCE = env.float("RUNBOARD_FIRST_PASS_ALLOWANCE", default=0.25)
 # Webhook reads may run ahead of the budget by one pass's cost plus this many requests.
 RUNBOARD_WEBHOOK_BURST = env.int("RUNBOARD_WEBHOOK_BURST", default=5)
 # Deliveries for one connection within this many seconds are read together, once per run.

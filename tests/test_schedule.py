@@ -128,6 +128,8 @@ def test_with_healthy_webhooks_only_a_waiting_run_keeps_passes_at_the_budget_flo
 
 def test_after_a_pass_the_next_is_planned_and_not_due_before(buddy_sim, buddy_connection):
     buddy_sim.add_execution("web-shop", 1, BUILD_PLAN, age=3600)  # finished: nothing live
+    # Not the connection's first pass (a one-time cost, charged apart).
+    Connection.objects.filter(pk=buddy_connection.pk).update(last_pass_requests=6)
     result = sync.sync_connection(buddy_connection.pk)
     now = timezone.now()
     planned = schedule.after_pass(buddy_connection.pk, requests=result.requests,
@@ -144,6 +146,36 @@ def test_after_a_pass_the_next_is_planned_and_not_due_before(buddy_sim, buddy_co
     assert conn.next_poll_at == now + timedelta(seconds=planned.interval)
     assert not schedule.due(now + timedelta(seconds=44)).exists()
     assert schedule.due(now + timedelta(seconds=45)).exists()
+
+
+def test_a_connections_first_pass_is_a_one_time_cost_that_holds_no_read_back(
+        buddy_connection, settings):
+    settings.RUNBOARD_FIRST_PASS_ALLOWANCE = 0.25
+    now = timezone.now()
+    # The conservative 600/hour: a first (full) read of 101 requests is within a quarter
+    # of the window, spent once beside Runboard's share: webhook reads may start at once.
+    schedule.after_pass(buddy_connection.pk, requests=101, runs_written=30,
+                        rate_limit_seen=None, now=now)
+    assert schedule.take(buddy_connection.pk, 5, now) == (5, 0.0)
+    per = 3600 / (300 - 75)  # less what reads may spend ahead: at most a quarter of 300
+    assert Connection.objects.get(pk=buddy_connection.pk).budget_at == now + timedelta(
+        seconds=5 * per)
+    # Every later pass is charged in full.
+    schedule.after_pass(buddy_connection.pk, requests=101, runs_written=0,
+                        rate_limit_seen=None, now=now)
+    assert Connection.objects.get(pk=buddy_connection.pk).budget_at == now + timedelta(
+        seconds=106 * per)
+
+
+def test_a_first_pass_beyond_its_allowance_is_charged_for_the_excess(buddy_connection,
+                                                                     settings):
+    settings.RUNBOARD_FIRST_PASS_ALLOWANCE = 0.25
+    now = timezone.now()
+    schedule.after_pass(buddy_connection.pk, requests=200, runs_written=30,
+                        rate_limit_seen=None, now=now)
+    per = 3600 / (300 - 75)
+    assert Connection.objects.get(pk=buddy_connection.pk).budget_at == now + timedelta(
+        seconds=(200 - 150) * per)
 
 
 def test_a_watched_page_brings_the_next_pass_forward_but_not_past_the_budget(
