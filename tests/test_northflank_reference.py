@@ -539,8 +539,10 @@ def test_passes_are_spaced_so_the_hourly_budget_lasts_the_hour(clock, settings):
     settings.RUNBOARD_BUDGET_SHARE = 0.5
     with NorthflankSimulator(token="t", clock=clock) as sim:
         scope = sim.seed_demo(random.Random(2))
+        # Not its first pass (a one-time cost charged apart): a demo pass costs 9.
         connection = Connection.objects.create(provider="northflank", name="NF",
-                                               base_url=sim.url, token=sim.token, scope=scope)
+                                               base_url=sim.url, token=sim.token, scope=scope,
+                                               last_pass_requests=9)
         before = timezone.now()
         result = _pass_and_plan(connection)
     assert result.requests == 9
@@ -569,7 +571,8 @@ def test_a_budget_others_have_spent_spaces_passes_further(clock, settings):
             for _ in range(50):
                 other.get("/v1/projects/shop/pipelines")
         connection = Connection.objects.create(provider="northflank", name="NF",
-                                               base_url=sim.url, token=sim.token, scope=scope)
+                                               base_url=sim.url, token=sim.token, scope=scope,
+                                               last_pass_requests=9)  # not its first pass
         before = timezone.now()
         _pass_and_plan(connection)
     connection.refresh_from_db()
