@@ -307,59 +307,86 @@ POLLER = re.compile(r'v=([0-9.\-]+)&amp;p=([0-9a-f]+)')
 
 
 class PageWatcher:
-    """An open run list per provider, polled every 0.5 s like the browser does."""
+    """An open run list per provider, polled every 0.5 s like the browser does: each page
+    in a thread of its own on a steady 0.5 s cadence (a browser tab's poll does not wait
+    for the other tabs), and the runs written since the last look in another."""
 
-    def __init__(self, client, connections):
-        self.client, self.connections = client, connections
+    def __init__(self, make_client, connections):
+        self.connections = connections
         # provider:external id -> [(raw status, when it was first shown), ...], a new entry
         # each time the status shown changes (a run may come back to a status it had).
         self.seen: dict[str, list[tuple[str, float]]] = {}
         self.written: dict[str, list[tuple[str, float]]] = {}  # the same, from the database
         self._ids: dict[int, str] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self.page, args=(key, make_client()),
+                                         daemon=True) for key in connections]
+        self.threads.append(threading.Thread(target=self.writes, daemon=True))
+        for thread in self.threads:
+            thread.start()
 
-    def loop(self):
+    def ticks(self):
+        """Every 0.5 s from now, skipping a tick already missed."""
+        at = time.time()
+        while True:
+            at += 0.5
+            if self._stop.wait(max(0.0, at - time.time())):
+                return
+            at = max(at, time.time() - 0.5)
+            yield
+
+    def writes(self):
         from django.db import close_old_connections
 
         from dashboard.models import Run
 
-        state = {key: ("", "") for key in self.connections}
         since = None
-        while not self._stop.wait(0.5):
+        for _ in self.ticks():
             # Runs written since the last look, at any position: their own pages show them.
             now = time.time()
             written = Run.objects.all() if since is None else Run.objects.filter(
                 updated_at__gte=since)
-            for provider, external, raw, updated in written.values_list(
-                    "connection__provider", "external_id", "raw_status", "updated_at"):
-                note(self.written, f"{provider}:{external}", raw, now)
-                since = updated if since is None or updated > since else since
-            for key in self.connections:
-                version, page = state[key]
-                response = self.client.get(
-                    f"/runs/?provider={key}&v={version}&p={page}", HTTP_HX_REQUEST="true",
-                    HTTP_HX_TRIGGER="runs-poller")
-                now = time.time()
-                if response.status_code == 204:
-                    continue
-                html = response.content.decode()
-                found = POLLER.search(html)
-                if found:
-                    state[key] = found.groups()
-                rows = [(int(pk), raw) for pk, raw in ROW.findall(html)]
-                missing = [pk for pk, _ in rows if pk not in self._ids]
-                if missing:
-                    self._ids.update(Run.objects.filter(pk__in=missing)
-                                     .values_list("pk", "external_id"))
+            rows = list(written.values_list("connection__provider", "external_id",
+                                            "raw_status", "updated_at"))
+            with self._lock:
+                for provider, external, raw, updated in rows:
+                    note(self.written, f"{provider}:{external}", raw, now)
+                    since = updated if since is None or updated > since else since
+        close_old_connections()
+
+    def page(self, key, client):
+        from django.db import close_old_connections
+
+        from dashboard.models import Run
+
+        version, page = "", ""
+        for _ in self.ticks():
+            response = client.get(
+                f"/runs/?provider={key}&v={version}&p={page}", HTTP_HX_REQUEST="true",
+                HTTP_HX_TRIGGER="runs-poller")
+            now = time.time()
+            if response.status_code == 204:
+                continue
+            html = response.content.decode()
+            found = POLLER.search(html)
+            if found:
+                version, page = found.groups()
+            rows = [(int(pk), raw) for pk, raw in ROW.findall(html)]
+            missing = [pk for pk, _ in rows if pk not in self._ids]
+            if missing:
+                ids = dict(Run.objects.filter(pk__in=missing).values_list("pk", "external_id"))
+                with self._lock:
+                    self._ids.update(ids)
+            with self._lock:
                 for pk, raw in rows:
                     note(self.seen, f"{key}:{self._ids.get(pk)}", raw, now)
-            close_old_connections()
+        close_old_connections()
 
     def stop(self):
         self._stop.set()
-        self.thread.join(timeout=5)
+        for thread in self.threads:
+            thread.join(timeout=5)
 
 
 def note(store: dict, ident: str, raw: str, now: float) -> None:
@@ -424,9 +451,13 @@ def run_mode(args, webhooks: bool) -> dict:
             pipe.send(("webhooks", (f"{base}/hooks/{connection.webhook_key}/", secret)))
     call_command("createsuperuser", "--noinput", username="bench", email="b@example.com",
                  verbosity=0)
-    client = Client()
     from django.contrib.auth.models import User
-    client.force_login(User.objects.get(username="bench"))
+    user = User.objects.get(username="bench")
+
+    def make_client():
+        client = Client()
+        client.force_login(user)
+        return client
 
     ticking = threading.Event()
 
@@ -440,7 +471,7 @@ def run_mode(args, webhooks: bool) -> dict:
 
     beat_thread = threading.Thread(target=beat, daemon=True)
     beat_thread.start()
-    watcher = PageWatcher(client, connections)
+    watcher = PageWatcher(make_client, connections)
     # The first passes (a full read: Qovery's costs 100+ requests) are not idle spending.
     deadline = time.time() + 180
     while time.time() < deadline and Connection.objects.filter(
