@@ -615,17 +615,18 @@ def report(mode: str, results: dict, args) -> None:
     window = next(iter(results.values()))["window"]["window"]
     print(f"\nthe provider's window ({window:.0f} s: the simulated hour, --nf-divisor "
           f"{args.nf_divisor}), densest, against {share:.0%} of the budget in that window")
-    print(f"{'provider':11} {'first pass':>10} {'densest':>8} {'w/o first':>9} "
+    print(f"{'provider':11} {'setup':>10} {'densest':>8} {'w/o setup':>9} "
           f"{'share/window':>12} {'span s':>7} {'debt at load s':>14}")
     for key, r in results.items():
         w = r["window"]
         allowed = share * r["budget"].per_hour * w["window"] / 3600
         print(f"{key:11} {w['first_pass']:10} {w['densest']:8} {w['densest_after_first']:9} "
               f"{allowed:12.0f} {w['span']:7.0f} {r['debt']:14.0f}")
-    print("first pass: every connection's first (full) read, a one-time cost; densest: most "
-          "requests in any window, the first pass included; a round shorter than the window "
-          "measures the whole round (span); debt at load: how far the budget clock still was "
-          "ahead when the load began (the first pass not yet paid back; reads wait for it)")
+    print("setup: requests before the idle phase: the first (full) pass, a one-time cost, "
+          "and the passes of --settle; densest: most requests in any window, setup included; "
+          "a round shorter than the window measures the whole round (span); debt at load: "
+          "how far the budget clock still was ahead when the load began (setup not yet "
+          "paid back; reads wait for it)")
 
 
 def main() -> None:
