@@ -5,8 +5,17 @@ Each provider's simulator runs in a process of its own (a provider is another ma
 with its rate window: Northflank's documented 1000 requests an hour is enforced on a fast
 clock, as 1000/F requests per 3600/F seconds (F = --nf-divisor), which is stricter than the
 hour (a burst the hour would allow is refused). The other simulators keep their default
-window. 10 pipelines x 3 stages of activity per provider: a new run starts every
---period seconds in a flow that is idle, and moves through its plan in real time.
+window.
+
+The load, per provider: 10 pipelines x 3 stages (dev, staging, production). Each pipeline
+releases as a Poisson process, one release every --release-every minutes on average
+(default 25); a release runs in dev, then, if that succeeded, in staging, then in
+production (a stage runs one release at a time; one in ten runs fails; half of
+Northflank's production runs wait for approval). Runs move through their plans in real
+time. --period P instead is the STRESS load of earlier rounds (a new run every P s in any
+idle flow: all 30 flows always busy, thousands of changes an hour, beyond every budget).
+Phases: first passes and --settle (until the budget clock has paid them back), --idle
+(nothing happens), --load (releases arrive), --tail (what is under way finishes).
 
 Runboard runs as in production, minus nginx: a threaded WSGI server in this process (the
 webhook endpoint, the pages), a real Celery worker on Redis (--concurrency 2), and beat's
@@ -20,10 +29,16 @@ change counts as shown then (when the run's own page, polling as often, would sh
 and is counted in "off list".
 
     .venv/bin/python bench/freshness.py [--idle 240] [--load 240] [--tail 60] [--modes on,off]
+        [--release-every 25] [--settle 60] [--period P (stress)] [--one-queue]
 
 Prints per provider and mode: change->page delay p50/p95 (all changes, and those the
 platform announces by webhook), changes never shown, requests/hour at idle and under load
-beside the budget Runboard plans with, and 429s received.
+beside the budget Runboard plans with, and 429s received; the affordability arithmetic
+(changes an hour at this load, requests per change, the share, the most changes an hour
+the share serves, what passes every 10 s would cost); and the densest provider window
+(the simulated hour) with the setup's one-time cost apart, against the share of it.
+A realistic load yields a few changes a minute: p95 over a 4-minute load is over a few
+dozen changes; run --load 900 or more for steadier figures.
 Targets (issue 10): p95 <= 1 s with webhooks, <= 15 s without; <= 50% of the budget; no 429.
 """
 
