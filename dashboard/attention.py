@@ -11,8 +11,9 @@ scan of a hundred thousand index entries, where a capped one reads a hundred.
 
 from __future__ import annotations
 
+import functools
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -45,18 +46,56 @@ def counts(current: str | None = None, connections=None) -> dict:
     if found is None:
         if connections is None:
             # The connections and both counts in one query.
-            connections = list(with_counts(Connection.objects.filter(enabled=True).only(
-                "enabled", "last_success_at", "last_error", "last_error_at", "next_poll_at")))
-        if connections and hasattr(connections[0], "waiting"):
-            found = {"waiting": connections[0].waiting, "failed": connections[0].failed}
-        else:
-            found = dict(zip(("waiting", "failed"), capped_counts(*_counted()), strict=True))
-        found["stale"] = sum(1 for c in connections if c.is_stale)
-        found["total"] = sum(found.values())
-        found["labels"] = {name: f"{COUNT_CAP}+" if found[name] > COUNT_CAP else str(found[name])
-                           for name in ("waiting", "failed", "total")}
-        cache.set(key, found, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
+            sql, params = _connections_sql()
+            connections = list(Connection.objects.raw(sql, _now(params)))
+        found = _store(key, connections)
     return {**found, "version": current}
+
+
+def known() -> bool:
+    """Whether the counts for the current version are cached (read with the version)."""
+    return cache.get(f"runboard:attention:{version()}") is not None
+
+
+def _store(key: str, connections) -> dict:
+    """The counts from the enabled `connections` (which carry `waiting` and `failed`
+    when read `with_counts`), cached under `key`."""
+    if connections and hasattr(connections[0], "waiting"):
+        found = {"waiting": connections[0].waiting, "failed": connections[0].failed}
+    else:
+        found = dict(zip(("waiting", "failed"), capped_counts(*_counted()), strict=True))
+    found["stale"] = sum(1 for c in connections if c.is_stale)
+    found["total"] = sum(found.values())
+    found["labels"] = {name: f"{COUNT_CAP}+" if found[name] > COUNT_CAP else str(found[name])
+                       for name in ("waiting", "failed", "total")}
+    cache.set(key, found, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
+    return found
+
+
+# What staleness asks of a connection (Connection.is_stale).
+STATE = ("enabled", "last_success_at", "last_error", "last_error_at", "next_poll_at")
+
+
+def read_with_version(version_sql: str, version_of) -> str:
+    """The data version (`version_sql`'s columns, made one by `version_of`), read in
+    one query with the enabled connections' state and both counts (as JSON), which are
+    cached for that version: `data_version` calls this when it is not cached, and every
+    page that calls it shows the strip next."""
+    sql, params = _connections_sql()
+    with db.cursor() as cursor:
+        cursor.execute(f"SELECT {version_sql}, (SELECT json_agg(c) FROM ({sql}) AS c)",  # noqa: S608 (our SQL and Django's)
+                       _now(params))
+        *changed, rows = cursor.fetchone()
+    current = version_of(*changed)
+    connections = []
+    for row in rows or []:
+        connection = Connection(pk=row["id"], **{
+            name: datetime.fromisoformat(row[name]) if name.endswith("_at") and row[name]
+            else row[name] for name in STATE})
+        connection.waiting, connection.failed = row["waiting"], row["failed"]
+        connections.append(connection)
+    _store(f"runboard:attention:{current}-{int(time.time() // CLOCK_BUCKET)}", connections)
+    return current
 
 
 def _counted():
@@ -66,12 +105,37 @@ def _counted():
             Run.objects.filter(status=Status.FAILED, created_at__gte=since))
 
 
+@functools.cache
+def _counts_sql() -> tuple[tuple[str, list], tuple[str, list]]:
+    """The capped counts' SQL, compiled once per process (the ORM spent longer compiling
+    it on every page than the database spent running it); the 24-hour bound's
+    parameter is put in per request (`_now`)."""
+    return tuple(_capped_sql(queryset) for queryset in _counted())
+
+
+def _now(params) -> list:
+    """Compiled parameters with the 24-hour bound (their only time) moved to now."""
+    since = timezone.now() - timedelta(days=1)
+    return [since if isinstance(p, datetime) else p for p in params]
+
+
+@functools.cache
+def _connections_sql() -> tuple[str, tuple]:
+    """The enabled connections (what staleness needs) with both counts, compiled once."""
+    return with_counts(Connection.objects.filter(enabled=True).only(
+        "enabled", "last_success_at", "last_error", "last_error_at", "next_poll_at",
+    )).query.sql_with_params()
+
+
 def with_counts(connections):
     """`connections` annotated with the strip's counts, `waiting` and `failed`: the same
     on every row (subqueries the database runs once, not per row), so that a page that
     reads the connections anyway gets the counts without a query of their own."""
-    waiting, failed = _counted()
-    return connections.annotate(waiting=capped(waiting), failed=capped(failed))
+    (waiting, _), (failed, _) = _counts_sql()
+    waiting_params, failed_params = (_now(params) for _, params in _counts_sql())
+    return connections.annotate(
+        waiting=RawSQL(waiting, waiting_params, output_field=IntegerField()),  # noqa: S611
+        failed=RawSQL(failed, failed_params, output_field=IntegerField()))  # noqa: S611
 
 
 def _capped_sql(queryset) -> tuple[str, list]:
@@ -79,11 +143,6 @@ def _capped_sql(queryset) -> tuple[str, list]:
     many index entries, whatever the size of the table. Only Django's SQL goes in."""
     sql, params = queryset.order_by().values("pk")[:COUNT_CAP + 1].query.sql_with_params()
     return f"SELECT COUNT(*) FROM ({sql}) AS counted", list(params)  # noqa: S608
-
-
-def capped(queryset) -> RawSQL:
-    """The capped count of `queryset`, as an expression to annotate with."""
-    return RawSQL(*_capped_sql(queryset), output_field=IntegerField())  # noqa: S611
 
 
 def capped_counts(*querysets) -> list[int]:

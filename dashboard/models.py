@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection as db
 from django.db import models, transaction
 from django.db.models import OuterRef, Q, Subquery
 from django.urls import reverse
@@ -599,14 +598,23 @@ def data_version() -> str:
     """
     version = cache.get(DATA_VERSION_KEY)
     if version is None:
-        with db.cursor() as cursor:  # one query on two indexes
-            cursor.execute(
-                "SELECT (SELECT MAX(updated_at) FROM dashboard_run),"
-                " (SELECT MAX(updated_at) FROM dashboard_connection)"
-            )
-            version = "-".join(f"{_epoch(v):.6f}" for v in cursor.fetchone())
+        # One query on two indexes, which also reads the attention strip's counts for
+        # the version it finds: every page shows the strip, so the first page after a
+        # change makes one query for both, not two.
+        from dashboard import attention
+
+        version = attention.read_with_version(VERSION_SQL, version_of)
         cache.set(DATA_VERSION_KEY, version, settings.RUNBOARD_DATA_VERSION_SECONDS)
     return version
+
+
+VERSION_SQL = ("(SELECT MAX(updated_at) FROM dashboard_run),"
+               " (SELECT MAX(updated_at) FROM dashboard_connection)")
+
+
+def version_of(run_changed, connection_changed) -> str:
+    """The data version the latest changes of runs and connections make."""
+    return f"{_epoch(run_changed):.6f}-{_epoch(connection_changed):.6f}"
 
 
 def data_changed() -> None:

@@ -86,7 +86,8 @@ def _run_list_context(request, version: str, full: bool = False) -> dict:
     # Every connection, read once: the filter's choices, the poller's warnings about the
     # enabled ones and the attention strip's stale count (see attention.context).
     everyone = Connection.objects.only(*POLLER_FIELDS)
-    if full:  # with the strip's counts: the same row carries them (no query of its own)
+    if full and not attention.known():
+        # With the strip's counts: the same row carries them (no query of their own).
         everyone = attention.with_counts(everyone)
     everyone = list(everyone)
     connections = request.runboard_connections = [c for c in everyone if c.enabled]
