@@ -1,6 +1,7 @@
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -362,25 +363,21 @@ def _act(request, pk, kind):
 # --- environments ------------------------------------------------------------------------
 
 
-# What the board shows of a run (not its payload).
-BOARD_RUN_FIELDS = ("external_id", "name", "status", "raw_status", "version", "updated_at")
-
-
 def _environment_rows() -> dict:
     """One row per environment: what is deployed there, and what is happening now."""
-    runs = Run.objects.filter(environment=OuterRef("pk")).order_by("-created_at", "-id")
-    environments = list(
-        # Names only: not the connection's token, decrypted for every row otherwise.
-        Environment.objects.select_related("connection", "project")
-        .only("name", "connection__name", "project__name")
-        .annotate(latest_id=Subquery(runs.values("pk")[:1]),
-                  deployed_id=Subquery(runs.filter(status="succeeded").values("pk")[:1]))
-        .order_by("name", "connection__name")
-    )
-    wanted = {e.latest_id for e in environments} | {e.deployed_id for e in environments}
-    by_id = Run.objects.only(*BOARD_RUN_FIELDS).in_bulk([pk for pk in wanted if pk])
-    rows = [{"environment": e, "latest": by_id.get(e.latest_id),
-             "deployed": by_id.get(e.deployed_id)} for e in environments]
+    rows = []
+    for (pk, name, connection, project, latest, status, raw_status, latest_name,
+         latest_version, updated_at, deployed, deployed_name, deployed_version
+         ) in Environment.objects.board():
+        rows.append({
+            "environment": SimpleNamespace(
+                pk=pk, name=name, connection=SimpleNamespace(name=connection),
+                project=SimpleNamespace(name=project) if project is not None else None),
+            "latest": latest and SimpleNamespace(
+                pk=latest, status=status, raw_status=raw_status, name=latest_name,
+                version=latest_version, updated_at=updated_at),
+            "deployed": deployed and SimpleNamespace(
+                pk=deployed, name=deployed_name, version=deployed_version)})
     # Written by runrows: the template spent ~0.2 ms a row on lookups and includes.
     return {"rows": rows, "rows_html": mark_safe(runrows.board_rows_html(rows))}  # noqa: S308
 

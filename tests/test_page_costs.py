@@ -65,7 +65,7 @@ def test_the_other_pages_afresh_make_few_queries(manager_client, buddy_connectio
     _runs(buddy_connection, 0, 60)
     run = Run.objects.order_by("-created_at").first()
     # The data version and the attention strip's counts are one query (every page).
-    assert len(_afresh(manager_client, "/environments/")) <= 5
+    assert len(_afresh(manager_client, "/environments/")) <= 4
     assert len(_afresh(manager_client, f"/runs/{run.pk}/")) <= 7
     assert len(_afresh(manager_client, "/attention/", **{"HX-Request": "true"})) <= 3
     assert len(_afresh(manager_client, "/releases/")) <= 4

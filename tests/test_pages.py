@@ -79,7 +79,7 @@ def test_environment_board_shows_deployed_and_latest(logged_in, buddy_connection
     ])
     response = logged_in.get("/environments/")
     [row] = response.context["rows"]
-    assert row["environment"] == Environment.objects.get(name="production")
+    assert row["environment"].pk == Environment.objects.get(name="production").pk
     assert (row["deployed"].version, row["latest"].version) == ("1.0.0", "1.1.0")
     assert b"1.0.0" in response.content and b"1.1.0" in response.content
 
