@@ -179,3 +179,24 @@ def test_a_superseded_run_page_names_the_current_run_in_few_queries(manager_clie
     # The newest run is nobody's replacement: no such line on its page.
     newest = manager_client.get(f"/runs/{current.pk}/").content.decode()
     assert "Go to the current run" not in newest
+
+
+def test_the_releases_matrix_and_environment_board_escape_what_providers_send(
+        manager_client, buddy_connection):
+    evil = '<b>"x"</b>'
+    project = ProjectData("p1", f"Shop {evil}")
+    env = EnvironmentData("e1", f"production {evil}", project)
+    now = timezone.now()
+    sync.upsert_runs(buddy_connection, [  # one running, one deployed: both in the cell
+        RunData(external_id=f"r{n}", status=status, raw_status=status.value, locator={},
+                name=f"Deploy {evil}", version=f"1.{n} {evil}", project=project,
+                environment=env, pipeline_name=f"Deploy {evil}",
+                created_at=now - timedelta(minutes=n), started_at=now - timedelta(minutes=n),
+                jobs=[JobData("j1", "build", status, status.value)])
+        for n, status in ((0, Status.RUNNING), (1, Status.SUCCEEDED))])
+    for path in ("/releases/", "/releases/?q=1.1", "/environments/"):
+        body = manager_client.get(path).content.decode()
+        assert "<b>" not in body, path
+        assert body.count("&lt;b&gt;&quot;x&quot;&lt;/b&gt;") >= 3, path
+    body = manager_client.get("/releases/?q=1.1").content.decode()
+    assert 'class="cell hit"' in body and '<span class="now">' in body
