@@ -27,7 +27,7 @@ from django.utils import timezone
 from django.utils.safestring import mark_safe
 
 from dashboard import rollup
-from dashboard.models import TrendDay, TrendGroup, data_version
+from dashboard.models import data_version
 from dashboard.views import rendered_once
 
 WINDOWS = (7, 30)
@@ -103,22 +103,18 @@ def _chart(slots: dict[date, str], daily: dict[date, tuple[int, int]]) -> str:
 def build(days: int) -> list[dict]:
     today = rollup.day_of(timezone.now())
     first = today - timedelta(days=days - 1)
+    days_read, histograms, names = rollup.window(first)
     groups: dict[int, dict] = {}
-    for group_id, day, ok, bad, failing_since in (
-            TrendDay.objects.filter(day__gte=first).order_by("group_id", "day")
-            .values_list("group_id", "day", "successes", "failures", "failing_since")):
+    for group_id, day, ok, bad, failing in days_read:
         group = groups.get(group_id)
         if group is None:
             group = groups[group_id] = {"ok": 0, "bad": 0, "daily": {}}
         group["ok"] += ok
         group["bad"] += bad
-        group["failing"] = failing_since is not None  # day by day: the last one's wins
+        group["failing"] = failing  # day by day: the last one's wins
         group["daily"][day] = (ok, bad)
     if not groups:
         return []
-    histograms = rollup.window_histograms(first)
-    names = TrendGroup.objects.filter(pk__in=groups).values_list(
-        "pk", "connection__name", "project__name", "environment__name", "pipeline_name")
     slots = _slots(days, today)
     result = []
     for group_id, connection, project, environment, pipeline in names:

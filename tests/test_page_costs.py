@@ -69,7 +69,7 @@ def test_the_other_pages_afresh_make_few_queries(manager_client, buddy_connectio
     assert len(_afresh(manager_client, f"/runs/{run.pk}/")) <= 7
     assert len(_afresh(manager_client, "/attention/", **{"HX-Request": "true"})) <= 3
     assert len(_afresh(manager_client, "/releases/")) <= 4
-    assert len(_afresh(manager_client, "/trends/?days=30")) <= 6
+    assert len(_afresh(manager_client, "/trends/?days=30")) <= 4
     assert len(_afresh(manager_client, "/inbox/")) <= 6
 
 
