@@ -181,7 +181,7 @@ def test_a_superseded_run_page_names_the_current_run_in_few_queries(manager_clie
     assert "Go to the current run" not in newest
 
 
-def test_the_releases_matrix_and_environment_board_escape_what_providers_send(
+def test_the_releases_matrix_environment_board_and_trends_escape_what_providers_send(
         manager_client, buddy_connection):
     evil = '<b>"x"</b>'
     project = ProjectData("p1", f"Shop {evil}")
@@ -194,7 +194,7 @@ def test_the_releases_matrix_and_environment_board_escape_what_providers_send(
                 created_at=now - timedelta(minutes=n), started_at=now - timedelta(minutes=n),
                 jobs=[JobData("j1", "build", status, status.value)])
         for n, status in ((0, Status.RUNNING), (1, Status.SUCCEEDED))])
-    for path in ("/releases/", "/releases/?q=1.1", "/environments/"):
+    for path in ("/releases/", "/releases/?q=1.1", "/environments/", "/trends/"):
         body = manager_client.get(path).content.decode()
         assert "<b>" not in body, path
         assert body.count("&lt;b&gt;&quot;x&quot;&lt;/b&gt;") >= 3, path
