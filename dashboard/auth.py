@@ -13,6 +13,7 @@ first admin's way in when single sign-on is down) or `off`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from functools import wraps
 
@@ -22,6 +23,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import Permission
 from django.core.exceptions import SuspiciousOperation
+from django.db import connection
 from django.http import Http404
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
@@ -54,12 +56,24 @@ class LocalBackend(ModelBackend):
         if not user_obj.is_active or user_obj.is_anonymous or obj is not None:
             return set()
         if not hasattr(user_obj, "_perm_cache"):
-            names = Permission.objects.order_by().values_list("content_type__app_label",
-                                                              "codename")
-            if not user_obj.is_superuser:
-                names = names.filter(user=user_obj).union(names.filter(group__user=user_obj))
-            user_obj._perm_cache = {f"{app}.{codename}" for app, codename in names}
+            sql, params = _permissions_sql(user_obj.is_superuser)
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [user_obj.pk if p == ANY_USER else p for p in params])
+                user_obj._perm_cache = {f"{app}.{codename}" for app, codename in cursor}
         return user_obj._perm_cache
+
+
+ANY_USER = -987654321  # the user id put in per request
+
+
+@functools.cache
+def _permissions_sql(superuser: bool) -> tuple[str, tuple]:
+    """The permissions query, compiled once per process (the ORM took as long to build it
+    as the database to run it) with ANY_USER where the user's id goes."""
+    names = Permission.objects.order_by().values_list("content_type__app_label", "codename")
+    if not superuser:
+        names = names.filter(user=ANY_USER).union(names.filter(group__user=ANY_USER))
+    return names.query.sql_with_params()
 
 
 class OIDCBackend(OIDCAuthenticationBackend):
