@@ -347,6 +347,9 @@ class Simulator:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in two writes; with Nagle on, a kept-alive
+            # connection's second write waits out the client's delayed ACK (~40 ms).
+            disable_nagle_algorithm = True
 
             def _handle(self):
                 split = urlsplit(self.path)
