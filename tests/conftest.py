@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
+from django.test.testcases import QuietWSGIRequestHandler
 
 from dashboard.models import Connection, release_managers_group
 from providers.simulators import SIMULATORS
@@ -12,6 +13,10 @@ from providers.simulators.base import SimClock
 from providers.simulators.buddy import BuddySimulator
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# live_server writes a response's headers and body apart; with Nagle on, each request on
+# a kept-alive connection (a browser's) then waited out the delayed ACK, ~40 ms.
+QuietWSGIRequestHandler.disable_nagle_algorithm = True
 
 
 def load_fixture(name: str):
