@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,12 +15,6 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent / "oidc"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -32,10 +25,9 @@ def oidc_provider(*, redirect_uri: str, accounts: dict, client_id="runboard",
         pytest.skip("no Node.js to run the OIDC provider (install Debian's nodejs)")
     if not (HERE / "node_modules" / "oidc-provider").is_dir():
         pytest.skip("the oidc-provider package is not installed (npm ci in tests/oidc)")
-    port = _free_port()
     config = {"client_id": client_id, "client_secret": client_secret,
               "redirect_uri": redirect_uri, "accounts": accounts}
-    process = subprocess.Popen([node, "server.mjs", str(port), json.dumps(config)], cwd=HERE,
+    process = subprocess.Popen([node, "server.mjs", "0", json.dumps(config)], cwd=HERE,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = process.stdout.readline()  # "ready <issuer>", or EOF if it died

@@ -1,13 +1,18 @@
 // A real OpenID Connect provider (the `oidc-provider` package) for the single sign-on
 // tests. The test suite starts it on loopback:
 //   node server.mjs PORT '<json config>'
+// PORT 0 lets the system pick a free one (no race with other tests picking theirs); the
+// first line printed is `ready <issuer>`, with the port it got.
 // config: {"client_id", "client_secret", "redirect_uri", "accounts": {login: {claims}}}
 // Its development login form accepts any password for a login listed in `accounts`.
+import { createServer } from 'node:http';
 import Provider from 'oidc-provider';
 
-const port = Number(process.argv[2]);
 const config = JSON.parse(process.argv[3]);
-const issuer = `http://127.0.0.1:${port}`;
+// The issuer names the port, so the socket is bound before the provider is made.
+const server = createServer();
+await new Promise((resolve) => server.listen(Number(process.argv[2]), '127.0.0.1', resolve));
+const issuer = `http://127.0.0.1:${server.address().port}`;
 
 const provider = new Provider(issuer, {
   clients: [{
@@ -35,6 +40,5 @@ const provider = new Provider(issuer, {
 });
 provider.proxy = false;
 
-provider.listen(port, '127.0.0.1', () => {
-  console.log(`ready ${issuer}`);
-});
+server.on('request', provider.callback());
+console.log(`ready ${issuer}`);
