@@ -288,9 +288,12 @@ def test_a_flood_of_deliveries_is_read_once_per_run_within_the_budget(
         finally:
             worker.stop()
     assert len(reads) == 12  # one read per run, not per delivery
-    # The budget: 8 reads at once (a pass's cost and the burst), then one per 2 s.
+    # The budget: 8 reads at once (a pass's cost and the burst), then one per 2 s. Its
+    # clock runs from when the worker granted the first reads, a little before the first
+    # reached the simulator: 0.3 s of slack for that (70 ms seen on a loaded machine),
+    # while a clock even 5% fast still fails by the 12th read (4 x 1.9 s < 8 s - 0.3).
     for k, at in enumerate(reads):
-        assert at - reads[0] >= max(0, k + 1 - 8) * 2.0 - 0.05, reads
+        assert at - reads[0] >= max(0, k + 1 - 8) * 2.0 - 0.3, reads
     assert WebhookDelivery.objects.filter(outcome=Outcome.ACCEPTED).count() == 48
 
 
