@@ -200,3 +200,25 @@ def test_the_releases_matrix_environment_board_and_trends_escape_what_providers_
         assert body.count("&lt;b&gt;&quot;x&quot;&lt;/b&gt;") >= 3, path
     body = manager_client.get("/releases/?q=1.1").content.decode()
     assert 'class="cell hit"' in body and '<span class="now">' in body
+
+
+@pytest.mark.django_db(transaction=True)  # it closes the connection
+def test_the_data_version_is_a_statement_planned_once_per_connection(buddy_connection):
+    from dashboard.models import data_version
+
+    def read():
+        cache.clear()
+        with CaptureQueriesContext(connection) as captured:
+            version = data_version()
+        return version, [q["sql"] for q in captured.captured_queries]
+
+    first, _ = read()
+    again, sql = read()
+    assert again == first
+    assert len(sql) == 1 and sql[0].startswith("EXECUTE runboard_version("), sql
+    # A new connection has no prepared statements: it prepares its own.
+    _runs(buddy_connection, 0, 1, status=Status.WAITING)
+    connection.close()
+    changed, sql = read()
+    assert changed != first
+    assert [s.split()[0] for s in sql] == ["PREPARE", "EXECUTE"], sql
