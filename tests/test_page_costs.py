@@ -222,3 +222,19 @@ def test_the_data_version_is_a_statement_planned_once_per_connection(buddy_conne
     changed, sql = read()
     assert changed != first
     assert [s.split()[0] for s in sql] == ["PREPARE", "EXECUTE"], sql
+
+
+def test_a_route_is_the_url_tags_url_under_each_script_prefix():
+    from django.template import Context, Template
+    from django.urls import set_script_prefix
+
+    both = Template("{% load runboard %}{% route 'run-list' %} {% url 'run-list' %} "
+                    "{% route 'admin:index' %} {% url 'admin:index' %}")
+    try:
+        for prefix in ("/", "/runboard/", "/a&b/"):
+            set_script_prefix(prefix)
+            route, url, admin_route, admin_url = both.render(Context()).split()
+            assert route == url and admin_route == admin_url, (prefix, route, url)
+            assert route.startswith(prefix.replace("&", "&amp;")), route
+    finally:
+        set_script_prefix("/")
