@@ -238,3 +238,15 @@ def test_a_route_is_the_url_tags_url_under_each_script_prefix():
             assert route.startswith(prefix.replace("&", "&amp;")), route
     finally:
         set_script_prefix("/")
+
+
+def test_an_asset_is_the_static_tags_url_and_follows_a_new_static_url(settings):
+    from django.template import Context, Template
+
+    both = Template("{% load runboard static %}"
+                    "{% asset 'runboard.css' %} {% static 'runboard.css' %}")
+    asset, static = both.render(Context()).split()
+    assert asset == static
+    settings.STATIC_URL = "/assets/"
+    asset, static = both.render(Context()).split()
+    assert asset == static and asset.startswith("/assets/"), asset
