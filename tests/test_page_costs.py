@@ -250,3 +250,18 @@ def test_an_asset_is_the_static_tags_url_and_follows_a_new_static_url(settings):
     settings.STATIC_URL = "/assets/"
     asset, static = both.render(Context()).split()
     assert asset == static and asset.startswith("/assets/"), asset
+
+
+def test_the_unfiltered_list_reuses_one_filter_form_that_a_filtered_one_never_touches(
+        manager_client, buddy_connection):
+    _runs(buddy_connection, 0, 3)
+    first = manager_client.get("/runs/").context["filter"]
+    filtered = manager_client.get("/runs/?group=failed&q=Deploy")
+    assert filtered.context["filter"] is not first
+    assert 'value="Deploy"' in filtered.content.decode()
+    cache.clear()
+    again = manager_client.get("/runs/")
+    assert again.context["filter"] is first  # made once per process, not per request
+    html = again.content.decode()
+    assert '<option value="" selected>Any status</option>' in html
+    assert 'value="Deploy"' not in html and "No runs match" not in html
