@@ -584,8 +584,6 @@ def sync_connection(connection_id: int, owner: str | None = None) -> SyncResult:
             # Only a pass that went through leaves what the next one may skip by.
             cursor["listing"] = result.client.change_state
             cursor["listing_key"] = _listing_key(connection)
-            if result.client.full_read:
-                cursor["full_read_at"] = now.isoformat()
         # updated_at is what live pages poll. A quiet pass (nothing written, no error
         # cleared) moves it only once a heartbeat, which is enough to refresh "last
         # synced" and stale warnings without every open page re-rendering every pass.

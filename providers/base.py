@@ -283,8 +283,9 @@ class Provider:
         # What a provider remembers between passes to skip reading what did not change
         # (JSON-able, provider-defined: fingerprints of list-level state). The sync hands
         # in what the last successful pass left, and stores it again only after a pass
-        # succeeded; `full_read` (set by the sync now and then, and whenever there is no
-        # state) tells the provider to read everything in detail whatever it remembers.
+        # succeeded; `full_read` (set by the sync when there is no state, or the
+        # connection was edited) tells the provider to read everything in detail,
+        # whatever it remembers.
         self.change_state: dict[str, Any] = {}
         self.full_read = True
         # What change detection skips is still re-read now and then, a few things a pass

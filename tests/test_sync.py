@@ -368,9 +368,7 @@ def test_no_pass_reads_everything_again_only_what_is_due_a_few_at_a_time(qovery,
     listing["reread"] = {"at": now - 120, "credit": 0, "read_at": {
         env: now - (3500 if env == envs[2] else 100) for env in envs}}
     listing.setdefault("names", {})["at"] = now - 120
-    Connection.objects.filter(pk=connection.pk).update(cursor={
-        **cursor, "listing": listing,
-        "full_read_at": (timezone.now() - timedelta(hours=2)).isoformat()})
+    Connection.objects.filter(pk=connection.pk).update(cursor={**cursor, "listing": listing})
     before = len(sim.requests)
     assert sync.sync_connection(connection.pk).requests == 4 + 2
     assert {path for _, path, _ in sim.requests[before:]} >= {
