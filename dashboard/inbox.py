@@ -16,13 +16,13 @@ from django.db.models import OuterRef, Q, Subquery
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from dashboard import actions
 from dashboard.forms import ApproveForm
 from dashboard.models import Connection, Job, Run, data_version
+from dashboard.runrows import time_html
 from dashboard.views import (
     CSRF_MARK,
     approve_form,
@@ -101,15 +101,6 @@ def describe(run, user) -> dict:
     }
 
 
-def _time(value) -> str:
-    """partials/time.html, in Python."""
-    if not value:
-        return ""
-    local = timezone.localtime(value)
-    return (f'<time datetime="{local.isoformat()}" title="{local:%Y-%m-%d %H:%M:%S} UTC"'
-            f" data-relative>{local:%Y-%m-%d %H:%M} UTC</time>")
-
-
 # Stand-ins a URL is built around once a page, not reversed once a row.
 PK, KIND = "987654321", "the-kind"
 
@@ -161,7 +152,7 @@ def _row(row: dict, can_act: bool, csrf: str, urls: dict) -> str:
     release = f"<code>{e(row['release'])}</code>" if row["release"] else ""
     return (
         f'<tr id="inbox-{run.pk}" data-provider="{e(connection.provider)}">'
-        f'<td data-label="Waiting since">{_time(row["since"])}</td>'
+        f'<td data-label="Waiting since">{time_html(row["since"])}</td>'
         f'<td class="name"><a href="{urls["run"].replace(PK, str(run.pk))}">'
         f"{e(run.name or run.external_id)}</a>{step}</td>"
         f'<td data-label="Where">{where}</td>'

@@ -28,10 +28,9 @@ from django.db import connection as db
 from django.db.models import Exists, OuterRef, Q, Subquery
 from django.shortcuts import render
 from django.utils.safestring import mark_safe
-from django.utils.text import capfirst
 
 from dashboard.models import Environment, Job, ReleaseCell, Run, data_version
-from dashboard.runrows import _e, run_url_prefix
+from dashboard.runrows import _e, run_url_prefix, status_html
 from providers import registry
 from providers.base import FINISHED, Status
 
@@ -392,9 +391,7 @@ def rows_html(rows) -> str:
                 out.append(_run_link(prefix, deployed) if deployed
                            else '<span class="muted">none deployed</span>')
                 if not deployed or latest["pk"] != deployed["pk"]:
-                    status = _e(latest["step_status"])
-                    out.append(f'\n          <span class="now"><span class="badge status-{status}"'
-                               f' title="{status}">{_e(capfirst(latest["step_status"]))}</span>'
+                    out.append(f'\n          <span class="now">{status_html(latest["step_status"])}'
                                f"\n            {_run_link(prefix, latest)}</span>")
             out.append("\n      </td>")
         out.append("\n    </tr>")
