@@ -7,10 +7,11 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.test.testcases import QuietWSGIRequestHandler
 
-from dashboard.models import Connection, release_managers_group
+from dashboard import sync
+from dashboard.models import Connection, Run, release_managers_group
 from providers.simulators import SIMULATORS
 from providers.simulators.base import SimClock
-from providers.simulators.buddy import BuddySimulator
+from providers.simulators.buddy import DEPLOY_PLAN, BuddySimulator
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -48,6 +49,18 @@ def buddy_connection(db, buddy_sim):
         provider="buddy", name="Buddy", base_url=buddy_sim.url, token=buddy_sim.token,
         scope={"workspace": buddy_sim.workspace},
     )
+
+
+@pytest.fixture
+def synced_run(buddy_sim, buddy_connection):
+    """A Buddy deployment, running, as the first sync wrote it (`sim_run`: its simulator
+    side)."""
+    sim_run = buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
+    buddy_sim.advance(10)
+    sync.sync_connection(buddy_connection.pk)
+    run = Run.objects.get()
+    run.sim_run = sim_run
+    return run
 
 
 @pytest.fixture

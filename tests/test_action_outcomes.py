@@ -20,13 +20,8 @@ PATCH = "PATCH"
 
 
 @pytest.fixture
-def running(buddy_sim, buddy_connection):
-    sim_run = buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
-    buddy_sim.advance(10)
-    sync.sync_connection(buddy_connection.pk)
-    run = Run.objects.get()
-    run.sim_run = sim_run
-    return run
+def running(synced_run):
+    return synced_run
 
 
 def cancel(client, user, run, comment="stop it"):

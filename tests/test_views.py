@@ -12,16 +12,6 @@ from providers.simulators.buddy import BUILD_PLAN, DEPLOY_PLAN
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def synced_run(buddy_sim, buddy_connection):
-    sim_run = buddy_sim.add_execution("web-shop", 1, DEPLOY_PLAN)
-    buddy_sim.advance(10)
-    sync.sync_connection(buddy_connection.pk)
-    run = Run.objects.get()
-    run.sim_run = sim_run
-    return run
-
-
 def login(client, user):
     client.force_login(user)
     return client
