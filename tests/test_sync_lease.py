@@ -14,8 +14,11 @@ from providers.simulators.buddy import BUILD_PLAN, DEPLOY_PLAN
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-LEASE = 1.0
-SLOW = 0.3  # every provider round trip of the second pass
+# A lease scaled down from production's 60 s; renewed each quarter, it lapses only after
+# 3/4 of it without a renewal, which a 1 s lease let a CPU-starved write (two test
+# workers on two cores) reach. The ratios are what the tests are about.
+LEASE = 2.0
+SLOW = 0.6  # every provider round trip of the second pass
 
 
 @pytest.fixture
