@@ -22,8 +22,9 @@ that spaces a connection's requests: sync passes and webhook reads alike.
   spend at most the share.
 - A connection's first pass (a full read) is a one-time cost: up to
   RUNBOARD_FIRST_PASS_ALLOWANCE (a quarter) of the provider's window it is not charged to
-  the clock, so it holds no webhook read back; the hour it falls in may see that much
-  beyond the share, once.
+  the passes' clock, so passes (all there is without webhooks) resume soon after a
+  connection is added; the hour it falls in may see that much beyond the share, once.
+  What it costs beyond that the passes pay back on their clock; reads never wait for it.
 - Within the budget, the wanted interval:
   a run waiting for approval: RUNBOARD_POLL_MIN, webhooks or not — no platform sends a
   webhook when a run starts or stops waiting;
@@ -165,7 +166,7 @@ def after_pass(connection_id: int, *, requests: int, runs_written: int,
     if connection.last_pass_requests is None:
         # The connection's first pass, a full read of the account, is a one-time cost:
         # up to RUNBOARD_FIRST_PASS_ALLOWANCE of the provider's window it is spent beside
-        # the share, once, instead of holding every webhook read back until it is repaid.
+        # the share, once, instead of holding the next passes back until it is repaid.
         budget = connection.provider_class.budget_for(rate_limit_seen)
         charged -= min(requests, int(settings.RUNBOARD_FIRST_PASS_ALLOWANCE * budget.requests))
     connection.last_pass_requests = requests or connection.last_pass_requests

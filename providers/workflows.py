@@ -326,7 +326,8 @@ class WorkflowsProvider(Provider):
     # anywhere we could read: the signature's header and algorithm, the body's shape, and
     # any event about a deployment workflow run. So Runboard authenticates a delivery by
     # its own secret in the URL's query (`?secret=...`), and a delivery only says
-    # "something changed in this project": the run list is read back from the API.
+    # "something changed in this project": the newest page of the run list is read back
+    # from the API (one request; a run further down is left to the next pass).
     # No rate limit is documented (rate_budget stays the conservative default).
 
     webhook_events = ("Release Created", "Release Deployed")
