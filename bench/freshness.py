@@ -580,7 +580,7 @@ def run_mode(args, webhooks: bool) -> dict:
                         "load_seconds": load_ended - load_started,
                         "pass_cost": connection.last_pass_requests or 0,
                         "per_request": schedule.seconds_per_request(connection),
-                        "read_part": schedule._part(connection, reads=True),
+                        "read_part": schedule.budget_part(connection, reads=True),
                         "window": windows[key], "debt": debt[key],
                         "idle": idle[key], "load": loaded[key], "budget": budget}
         pipe.send(("stop", None))

@@ -73,7 +73,7 @@ def webhooks_on(connection: Connection) -> bool:
     return bool(connection.webhooks_enabled and connection.webhook_secret_hash)
 
 
-def _part(connection: Connection, reads: bool) -> float:
+def budget_part(connection: Connection, reads: bool) -> float:
     """The part of Runboard's share a clock runs at: passes' or webhook reads'."""
     if not webhooks_on(connection):
         return 0.0 if reads else 1.0
@@ -102,7 +102,7 @@ def seconds_per_request(connection: Connection, now: datetime | None = None,
     whole share without webhooks; the passes' part of it with)."""
     now = now or timezone.now()
     share = settings.RUNBOARD_BUDGET_SHARE if share is None else share
-    return _per_request(connection, now, share, _part(connection, reads=False),
+    return _per_request(connection, now, share, budget_part(connection, reads=False),
                         ahead_allowance(connection, share))
 
 
@@ -110,14 +110,14 @@ def read_seconds_per_request(connection: Connection, now: datetime | None = None
     """The webhook reads' own clock (webhooks on only): their part, less their burst."""
     now = now or timezone.now()
     return _per_request(connection, now, settings.RUNBOARD_BUDGET_SHARE,
-                        _part(connection, reads=True), read_burst(connection))
+                        budget_part(connection, reads=True), read_burst(connection))
 
 
 def read_burst(connection: Connection) -> float:
     """Reads that may go at once on their own clock: RUNBOARD_WEBHOOK_BURST, at most a
     quarter of their part of a window."""
     budget = connection.provider_class.budget_for(connection.rate_limit_seen)
-    return min(settings.RUNBOARD_WEBHOOK_BURST, _part(connection, reads=True)
+    return min(settings.RUNBOARD_WEBHOOK_BURST, budget_part(connection, reads=True)
                * settings.RUNBOARD_BUDGET_SHARE * budget.requests / 4)
 
 
@@ -129,7 +129,7 @@ def ahead_allowance(connection: Connection, share: float | None = None) -> float
     budget = connection.provider_class.budget_for(connection.rate_limit_seen)
     return min(settings.RUNBOARD_WEBHOOK_BURST
                + (connection.last_pass_requests or FIRST_PASS_COST),
-               _part(connection, reads=False) * share * budget.requests / 4)
+               budget_part(connection, reads=False) * share * budget.requests / 4)
 
 
 def plan(connection: Connection, *, live: bool, watched: bool, waiting: bool = False,
