@@ -326,3 +326,32 @@ def test_webhook_reads_have_their_own_queue_so_no_pass_holds_them_back(
             worker.stop()
     assert WebhookDelivery.objects.get().processed_at is not None
 
+
+
+@pytest.mark.django_db
+def test_a_read_does_not_wait_for_a_pass_under_way_but_for_another_read(
+        client, hooked, buddy_sim, monkeypatch, django_capture_on_commit_callbacks):
+    """A pass holds the sync lease for as long as it reads (Northflank's: 30 requests and
+    more); a read takes a lease of its own, so it goes at once. Two reads of one
+    connection never run together: the second looks again in a moment."""
+    from dashboard import webhooks
+
+    connection, secret = hooked
+    queued = []
+    monkeypatch.setattr(webhooks, "queue_flush", lambda pk, countdown: queued.append(countdown))
+    [sim_run] = buddy_sim.runs.values()
+    held = Run.objects.get().raw_status
+    buddy_sim.advance(120)  # the deployment moved on at Buddy
+    assert sim_run.status != held
+    assert sync.acquire_lease(connection.pk, "a pass under way")
+    with django_capture_on_commit_callbacks():
+        assert post(client, connection, buddy_body(secret)).status_code == 202
+    assert webhooks.flush(connection.pk)["read"] == 1
+    assert Run.objects.get().raw_status == sim_run.status
+    assert not webhooks.pending(connection.pk).exists() and not queued
+    # Another read under way: this one waits for it, briefly.
+    with django_capture_on_commit_callbacks():
+        assert post(client, connection, buddy_body(secret, attempt=2)).status_code == 202
+    assert webhooks._acquire_read_lease(connection.pk) is not None
+    assert webhooks.flush(connection.pk)["busy"] and queued == [0.05]
+    assert webhooks.pending(connection.pk).exists()
