@@ -14,7 +14,7 @@ production (a stage runs one release at a time; one in ten runs fails; half of
 Northflank's production runs wait for approval). Runs move through their plans in real
 time. --period P instead is the STRESS load of earlier rounds (a new run every P s in any
 idle flow: all 30 flows always busy, thousands of changes an hour, beyond every budget).
-Phases: first passes and --settle (until the budget clock has paid them back), --idle
+Phases: first passes and --settle (until the passes' clock has paid them back), --idle
 (nothing happens), --load (releases arrive), --tail (what is under way finishes).
 
 Runboard runs as in production, minus nginx: a threaded WSGI server in this process (the
@@ -26,7 +26,9 @@ shows the 50 newest runs: a change to a run that has fallen off it (a long appro
 run finishing after 50 newer ones started) is shown only on the run's own page, so the
 watcher also reads, every 0.5 s, which runs were written since its last look: such a
 change counts as shown then (when the run's own page, polling as often, would show it),
-and is counted in "off list".
+and is counted in "off list". A run entering the status it already had (a GoRules run
+moving on to its next environment, still in_progress) changes nothing a page's status
+shows: it is not counted as a change (the count is printed).
 
     .venv/bin/python bench/freshness.py [--idle 240] [--load 240] [--tail 60] [--modes on,off]
         [--release-every 25] [--settle 60] [--period P (stress)] [--one-queue]
@@ -417,6 +419,11 @@ def first_shown(store: dict, ident: str, statuses: set[str], at: float) -> float
                default=None)
 
 
+def figure(values, q) -> str:
+    """A percentile for the table, "—" when there is nothing to take it of."""
+    return f"{percentile(values, q):.2f}" if values else "—"
+
+
 def percentile(values, q):
     values = sorted(values)
     if not values:
@@ -492,8 +499,9 @@ def run_mode(args, webhooks: bool) -> dict:
     while time.time() < deadline and Connection.objects.filter(
             pk__in=[c.pk for c in connections.values()], last_pass_requests__isnull=True).exists():
         time.sleep(1)
-    # The first pass's cost is charged to the budget clock like any request: reads wait
-    # until it is paid back. Give it --settle s; what is left is reported ("debt").
+    # The first pass's cost (beyond its allowance) is charged to the passes' budget clock:
+    # passes wait until it is paid back (reads, with webhooks on, do not). Give it
+    # --settle s; what is left is reported ("debt").
     ids = [c.pk for c in connections.values()]
     deadline = time.time() + args.settle
     while time.time() < deadline and Connection.objects.filter(
@@ -510,9 +518,14 @@ def run_mode(args, webhooks: bool) -> dict:
         pipe.send(("mark", None))
         pipe.send(("load", True))
     load_started = time.time()
-    debt = {key: max(0.0, (c.budget_at - timezone.now()).total_seconds()) if c.budget_at
-            else 0.0 for key, c in ((key, Connection.objects.get(pk=connection.pk))
-                                    for key, connection in connections.items())}
+
+    def ahead(clock):
+        return max(0.0, (clock - timezone.now()).total_seconds()) if clock else 0.0
+
+    # How far the passes' clock (and the reads' own, with webhooks) is ahead of now.
+    debt = {key: (ahead(c.budget_at), ahead(c.webhook_budget_at))
+            for key, c in ((key, Connection.objects.get(pk=connection.pk))
+                           for key, connection in connections.items())}
     time.sleep(args.load)
     for pipe in pipes.values():
         pipe.send(("load", False))
@@ -533,12 +546,18 @@ def run_mode(args, webhooks: bool) -> dict:
     for key, pipe in pipes.items():
         pipe.send(("changes", None))
         histories, announced_flags = pipe.recv()
-        delays, announced_delays, unseen, off_list = [], [], 0, 0
+        delays, announced_delays, unseen, off_list, same = [], [], 0, 0, 0
         flags = iter(announced_flags)
         for ext, steps in histories:
-            for i, (_status, at) in enumerate(steps):
+            for i, (status, at) in enumerate(steps):
                 announced = next(flags)
                 if not load_started <= at <= load_ended:
+                    continue
+                if i and steps[i - 1][0] == status:
+                    # The same status again (a GoRules run moving on to its next
+                    # environment): nothing a page's status shows changes, so it cannot be
+                    # seen there (it was counted as seen at the next status, 20 s on).
+                    same += 1
                     continue
                 statuses = {s for s, _ in steps[i:]}  # this change, or a later one
                 listed = first_shown(watcher.seen, f"{key}:{ext}", statuses, at)
@@ -553,13 +572,15 @@ def run_mode(args, webhooks: bool) -> dict:
                     announced_delays.append(max(0.0, shown - at))
         connection = Connection.objects.get(pk=connections[key].pk)
         budget = registry.provider_class(key).budget_for(connection.rate_limit_seen)
-        changes = sum(1 for ext, steps in histories for _, at in steps
-                      if load_started <= at <= load_ended)
+        changes = sum(1 for ext, steps in histories for i, (status, at) in enumerate(steps)
+                      if load_started <= at <= load_ended
+                      and not (i and steps[i - 1][0] == status))
         results[key] = {"delays": delays, "announced": announced_delays, "unseen": unseen,
-                        "off_list": off_list, "changes": changes,
+                        "off_list": off_list, "changes": changes, "same": same,
                         "load_seconds": load_ended - load_started,
                         "pass_cost": connection.last_pass_requests or 0,
                         "per_request": schedule.seconds_per_request(connection),
+                        "read_part": schedule.budget_part(connection, reads=True),
                         "window": windows[key], "debt": debt[key],
                         "idle": idle[key], "load": loaded[key], "budget": budget}
         pipe.send(("stop", None))
@@ -597,18 +618,23 @@ def report(mode: str, results: dict, args) -> None:
         r["per_hour"] = per_hour
         budget = r["budget"]
         print(f"{key:11} {len(r['delays']):7} {r['unseen']:6} {r['off_list']:7} "
-              f"{percentile(r['delays'], 0.5):7.2f} {percentile(r['delays'], 0.95):7.2f} "
-              f"{percentile(r['announced'], 0.95):13.2f} {len(r['announced']):6} "
+              f"{figure(r['delays'], 0.5):>7} {figure(r['delays'], 0.95):>7} "
+              f"{figure(r['announced'], 0.95):>13} {len(r['announced']):6} "
               f"{per_hour['idle']:10.0f} {per_hour['load']:10.0f} "
               f"{budget.per_hour:8.0f}{'' if budget.documented else '*'} "
               f"{r['idle']['refused'] + r['load']['refused']:5}")
-    print("* no limit documented: Runboard's conservative default")
+    print("* no limit documented: Runboard's conservative default; —: no such change in "
+          "the load phase")
+    same = {key: r["same"] for key, r in results.items() if r["same"]}
+    if same:
+        print("not counted as changes: a run entering the status it had (no page shows "
+              "it): " + ", ".join(f"{key} {n}" for key, n in same.items()))
 
     print(f"\naffordability (webhooks {mode}): what one change costs, and how many changes an "
           f"hour {share:.0%} of the budget serves")
     print(f"{'provider':11} {'releases':>8} {'changes/h':>9} {'req/change':>10} "
-          f"{'share/h':>8} {'max changes/h':>13} {'pass cost':>9} {'10 s passes/h':>13} "
-          f"{'pass floor s':>12}")
+          f"{'share/h':>8} {'reads/h':>7} {'max changes/h':>13} {'pass cost':>9} "
+          f"{'10 s passes/h':>13} {'pass floor s':>12}")
     for key, r in results.items():
         changes_per_hour = r["changes"] * 3600 / max(1, r["load_seconds"])
         allowed = share * r["budget"].per_hour
@@ -620,28 +646,32 @@ def report(mode: str, results: dict, args) -> None:
         # Polling alone: p95 <= 15 s needs a pass about every 10 s.
         polled = r["pass_cost"] * 360
         print(f"{key:11} {r['load']['releases']:8} {changes_per_hour:9.0f} {per_change:10.2f} "
-              f"{allowed:8.0f} {most:13.0f} {r['pass_cost']:9} {polled:13.0f} "
-              f"{r['pass_cost'] * r['per_request']:12.1f}")
+              f"{allowed:8.0f} {allowed * r['read_part']:7.0f} {most:13.0f} "
+              f"{r['pass_cost']:9} {polled:13.0f} {r['pass_cost'] * r['per_request']:12.1f}")
     print("changes/h: status changes at the provider during the load phase; req/change: "
-          "(req/h load - req/h idle) / changes/h; max changes/h: (share/h - req/h idle) / "
-          "req/change; 10 s passes/h: requests an hour a pass every 10 s would cost (webhooks "
-          "off, p95 <= 15 s) beside share/h; pass floor: the budget's shortest pass interval")
+          "(req/h load - req/h idle) / changes/h; reads/h: the webhook reads' own part of "
+          "share/h (they may borrow from the passes' part beyond it); max changes/h: "
+          "(share/h - req/h idle) / req/change; 10 s passes/h: requests an hour a pass every "
+          "10 s would cost (webhooks off, p95 <= 15 s) beside share/h; pass floor: the "
+          "passes' budget's shortest pass interval")
 
     window = next(iter(results.values()))["window"]["window"]
     print(f"\nthe provider's window ({window:.0f} s: the simulated hour, --nf-divisor "
           f"{args.nf_divisor}), densest, against {share:.0%} of the budget in that window")
     print(f"{'provider':11} {'setup':>10} {'densest':>8} {'w/o setup':>9} "
-          f"{'share/window':>12} {'span s':>7} {'debt at load s':>14}")
+          f"{'share/window':>12} {'span s':>7} {'debt at load s':>14} {'reads ahead s':>13}")
     for key, r in results.items():
         w = r["window"]
         allowed = share * r["budget"].per_hour * w["window"] / 3600
+        passes, reads = r["debt"]
         print(f"{key:11} {w['first_pass']:10} {w['densest']:8} {w['densest_after_first']:9} "
-              f"{allowed:12.0f} {w['span']:7.0f} {r['debt']:14.0f}")
+              f"{allowed:12.0f} {w['span']:7.0f} {passes:14.0f} {reads:13.0f}")
     print("setup: requests before the idle phase: the first (full) pass, a one-time cost, "
           "and the passes of --settle; densest: most requests in any window, setup included; "
           "a round shorter than the window measures the whole round (span); debt at load: "
-          "how far the budget clock still was ahead when the load began (setup not yet "
-          "paid back; reads wait for it)")
+          "how far the passes' budget clock still was ahead when the load began (setup not "
+          "yet paid back: passes wait for it; with webhooks on, reads do not); reads ahead: "
+          "the reads' own clock then")
 
 
 def main() -> None:

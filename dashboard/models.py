@@ -73,6 +73,10 @@ class Connection(models.Model):
     budget_at = models.DateTimeField(null=True, blank=True)
     # When the queued flush of pending webhook hints runs (None: none is queued).
     webhook_flush_at = models.DateTimeField(null=True, blank=True)
+    # Webhook reads' own part of the budget, as a clock like budget_at (which is then the
+    # passes'); and the lease of the one flush of this connection's hints at a time.
+    webhook_budget_at = models.DateTimeField(null=True, blank=True)
+    webhook_lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]

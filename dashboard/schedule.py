@@ -8,24 +8,30 @@ that spaces a connection's requests: sync passes and webhook reads alike.
   (default half, the rest is for users' actions and other tools on the same token).
   Where the provider says how much of its window is left (which every client of the
   token spends), the share applies to what is left, spread until the reset.
-- The budget is kept as a clock, `Connection.budget_at` (a token bucket in GCRA form):
-  every request spent moves it on by `seconds_per_request`. A pass is not due before it;
-  webhook reads may run ahead of it by one pass's cost plus RUNBOARD_WEBHOOK_BURST
-  requests (they are what a user is waiting for; at most a quarter of the share) and push
-  the next pass back. That allowance is taken out of the share the clock runs at, so in
-  any window of the provider's, passes and reads together spend at most the share.
+- The budget is kept as clocks (token buckets in GCRA form): every request spent moves
+  a clock on by its `seconds_per_request`. Without webhooks there is one,
+  `Connection.budget_at`, at the whole share. With webhooks on (enabled, a secret set)
+  the share is split: passes get RUNBOARD_WEBHOOK_PASS_SHARE of it on `budget_at`, and
+  webhook reads the rest on a clock of their own, `webhook_budget_at`, which no pass
+  moves: a read never waits behind the passes' debt (a first pass's, a long pass's).
+  Reads may run ahead of their clock by RUNBOARD_WEBHOOK_BURST requests. Beyond their
+  part they may also borrow from the passes' clock, up to one pass's cost plus the
+  burst ahead of it (`ahead_allowance`), pushing the next pass back: a user waits for a
+  read, not for a reconciling pass. Whatever runs ahead of a clock is taken out of the
+  rate that clock runs at, so in any window of the provider's, passes and reads together
+  spend at most the share.
 - A connection's first pass (a full read) is a one-time cost: up to
   RUNBOARD_FIRST_PASS_ALLOWANCE (a quarter) of the provider's window it is not charged to
-  the clock, so it holds no webhook read back; the hour it falls in may see that much
-  beyond the share, once.
+  the passes' clock, so passes (all there is without webhooks) resume soon after a
+  connection is added; the hour it falls in may see that much beyond the share, once.
+  What it costs beyond that the passes pay back on their clock; reads never wait for it.
 - Within the budget, the wanted interval:
   a run waiting for approval: RUNBOARD_POLL_MIN, webhooks or not — no platform sends a
   webhook when a run starts or stops waiting;
   healthy webhooks: live runs or a watched page, every RUNBOARD_WEBHOOK_LIVE_POLL (their
   changes are announced; the poll catches a run starting to wait); nothing live, only
-  reconciled, every RUNBOARD_WEBHOOK_RECONCILE; and passes, waiting runs' included, spend
-  at most RUNBOARD_WEBHOOK_PASS_SHARE of the budget: the rest is left to the webhook
-  reads a user is waiting for;
+  reconciled, every RUNBOARD_WEBHOOK_RECONCILE; passes, waiting runs' included, spend
+  their part of the share (above);
   no healthy webhooks: live runs or a watched page, RUNBOARD_POLL_MIN; otherwise
   RUNBOARD_POLL_IDLE, doubling with every quiet pass up to RUNBOARD_POLL_MAX.
 """
@@ -62,43 +68,75 @@ def budget_floor(budget: RateBudget, cost: int, share: float) -> float:
     return max(1, cost) / allowed_per_second
 
 
-def seconds_per_request(connection: Connection, now: datetime | None = None,
-                        share: float | None = None) -> float:
-    """The connection's budget as time: one request per this many seconds, on average."""
-    now = now or timezone.now()
-    share = settings.RUNBOARD_BUDGET_SHARE if share is None else share
+def webhooks_on(connection: Connection) -> bool:
+    """Deliveries are accepted: the share is split between passes and webhook reads."""
+    return bool(connection.webhooks_enabled and connection.webhook_secret_hash)
+
+
+def budget_part(connection: Connection, reads: bool) -> float:
+    """The part of Runboard's share a clock runs at: passes' or webhook reads'."""
+    if not webhooks_on(connection):
+        return 0.0 if reads else 1.0
+    passes = min(1.0, max(0.0, settings.RUNBOARD_WEBHOOK_PASS_SHARE))
+    return 1.0 - passes if reads else passes
+
+
+def _per_request(connection: Connection, now: datetime, share: float, part: float,
+                 allowance: float) -> float:
     budget = connection.provider_class.budget_for(connection.rate_limit_seen)
-    # What reads may spend ahead of the clock comes out of the share, so that no window
-    # of the provider's ever sees more than the share, bursts included.
-    seconds = budget.window / (share * budget.requests - ahead_allowance(connection, share))
+    # What may be spent ahead of the clock comes out of the rate it runs at, so that no
+    # window of the provider's ever sees more than the part, bursts included.
+    seconds = budget.window / max(1e-9, part * share * budget.requests - allowance)
     reset_at, remaining = connection.rate_limit_reset_at, connection.rate_limit_remaining
     if remaining is not None and reset_at is not None and reset_at > now:
         # Other clients of the same token spend this window too: our share of what is
         # left must last until the reset.
         left = (reset_at - now).total_seconds()
-        seconds = max(seconds, left / (share * max(1, remaining)))
+        seconds = max(seconds, left / max(1e-9, part * share * max(1, remaining)))
     return seconds
 
 
+def seconds_per_request(connection: Connection, now: datetime | None = None,
+                        share: float | None = None) -> float:
+    """The passes' budget as time: one request per this many seconds, on average (the
+    whole share without webhooks; the passes' part of it with)."""
+    now = now or timezone.now()
+    share = settings.RUNBOARD_BUDGET_SHARE if share is None else share
+    return _per_request(connection, now, share, budget_part(connection, reads=False),
+                        ahead_allowance(connection, share))
+
+
+def read_seconds_per_request(connection: Connection, now: datetime | None = None) -> float:
+    """The webhook reads' own clock (webhooks on only): their part, less their burst."""
+    now = now or timezone.now()
+    return _per_request(connection, now, settings.RUNBOARD_BUDGET_SHARE,
+                        budget_part(connection, reads=True), read_burst(connection))
+
+
+def read_burst(connection: Connection) -> float:
+    """Reads that may go at once on their own clock: RUNBOARD_WEBHOOK_BURST, at most a
+    quarter of their part of a window."""
+    budget = connection.provider_class.budget_for(connection.rate_limit_seen)
+    return min(settings.RUNBOARD_WEBHOOK_BURST, budget_part(connection, reads=True)
+               * settings.RUNBOARD_BUDGET_SHARE * budget.requests / 4)
+
+
 def ahead_allowance(connection: Connection, share: float | None = None) -> float:
-    """Requests webhook reads may spend ahead of the budget clock: a pass's cost (so a
+    """Requests webhook reads may spend ahead of the passes' clock: a pass's cost (so a
     pass does not hold reads back) and RUNBOARD_WEBHOOK_BURST; at most a quarter of the
-    share of a window."""
+    passes' part of a window."""
     share = settings.RUNBOARD_BUDGET_SHARE if share is None else share
     budget = connection.provider_class.budget_for(connection.rate_limit_seen)
     return min(settings.RUNBOARD_WEBHOOK_BURST
                + (connection.last_pass_requests or FIRST_PASS_COST),
-               share * budget.requests / 4)
+               budget_part(connection, reads=False) * share * budget.requests / 4)
 
 
 def plan(connection: Connection, *, live: bool, watched: bool, waiting: bool = False,
          share: float | None = None, now: datetime | None = None) -> Plan:
     cost = connection.last_pass_requests or FIRST_PASS_COST
+    # With webhooks on, the passes' clock runs at their part of the share only.
     floor = max(1, cost) * seconds_per_request(connection, now, share)
-    if connection.webhooks_healthy:
-        # Passes may spend only part of the budget: the rest is for the reads webhooks
-        # ask for, which a user is waiting for (the clock lets reads use what passes don't).
-        floor /= settings.RUNBOARD_WEBHOOK_PASS_SHARE
     if waiting:
         wanted, reason = settings.RUNBOARD_POLL_MIN, "waiting for approval"
     elif connection.webhooks_healthy:
@@ -128,7 +166,7 @@ def after_pass(connection_id: int, *, requests: int, runs_written: int,
     if connection.last_pass_requests is None:
         # The connection's first pass, a full read of the account, is a one-time cost:
         # up to RUNBOARD_FIRST_PASS_ALLOWANCE of the provider's window it is spent beside
-        # the share, once, instead of holding every webhook read back until it is repaid.
+        # the share, once, instead of holding the next passes back until it is repaid.
         budget = connection.provider_class.budget_for(rate_limit_seen)
         charged -= min(requests, int(settings.RUNBOARD_FIRST_PASS_ALLOWANCE * budget.requests))
     connection.last_pass_requests = requests or connection.last_pass_requests
@@ -228,15 +266,15 @@ def record_rate_limit(connection_id: int, info: RateLimitInfo) -> None:
         rate_limit_reset_at=datetime.fromtimestamp(info.reset_at, tz=UTC))
 
 
-def _advance(start, seconds: float):
-    """budget_at moved on by `seconds` from `start` or itself, whichever is later."""
+def _advance(start, seconds: float, field: str = "budget_at"):
+    """A clock moved on by `seconds` from `start` or itself, whichever is later."""
     return ExpressionWrapper(
-        Greatest(Coalesce(F("budget_at"), Value(start)), Value(start))
+        Greatest(Coalesce(F(field), Value(start)), Value(start))
         + Value(timedelta(seconds=seconds)), output_field=DateTimeField())
 
 
 def charge(connection_id: int, requests: int, now: datetime | None = None) -> datetime:
-    """Spend `requests` (already sent) from the connection's budget; its new budget_at."""
+    """Spend `requests` (already sent by a pass) from the passes' clock; its new value."""
     now = now or timezone.now()
     connection = Connection.objects.defer("token", "cursor").get(pk=connection_id)
     if requests > 0:
@@ -246,29 +284,70 @@ def charge(connection_id: int, requests: int, now: datetime | None = None) -> da
     return max(now, connection.budget_at or now)
 
 
+def charge_reads(connection_id: int, requests: int, now: datetime | None = None) -> None:
+    """Spend `requests` webhook reads sent beyond what `take` granted (a read that cost
+    more than its provider's `webhook_read_cost`): from the reads' own clock, or the
+    passes' one when webhooks are off."""
+    now = now or timezone.now()
+    if requests <= 0:
+        return
+    connection = Connection.objects.defer("token", "cursor").get(pk=connection_id)
+    if not webhooks_on(connection):
+        charge(connection_id, requests, now)
+        return
+    seconds = requests * read_seconds_per_request(connection, now)
+    Connection.objects.filter(pk=connection_id).update(
+        webhook_budget_at=_advance(now, seconds, "webhook_budget_at"))
+
+
+def _grantable(clock: datetime | None, per: float, allowance: float, wanted: int,
+               now: datetime) -> tuple[int, float]:
+    """(How many of `wanted` a clock running `per` s a request grants now, allowing
+    `allowance` requests ahead of it; seconds until it grants one when it grants none.)"""
+    ahead = max(0.0, ((clock or now) - now).total_seconds())
+    # (a millisecond's slack: the clock is stored to the microsecond)
+    granted = max(0, min(wanted, int((allowance * per - ahead + 0.001) / per)))
+    return granted, (0.0 if granted else ahead + per - allowance * per)
+
+
 def take(connection_id: int, wanted: int, now: datetime | None = None) -> tuple[int, float]:
     """Requests for webhook reads: (how many of `wanted` the budget grants now, seconds
-    until the next one would be granted when none is). Reads may run ahead of the budget
-    clock by `ahead_allowance`, never further."""
+    until the next one would be granted when none is). With webhooks on, from the
+    reads' own clock first (which the passes' debt never holds back), then borrowed from
+    the passes' clock as far as `ahead_allowance` runs ahead of it, pushing the next
+    pass back."""
     now = now or timezone.now()
-    for _ in range(5):  # another worker moved the clock in between: look again
+    for _ in range(5):  # another worker moved a clock in between: look again
         connection = Connection.objects.defer("token", "cursor").get(pk=connection_id)
+        own, own_wait, per_read = 0, float("inf"), 0.0
+        if webhooks_on(connection):
+            per_read = read_seconds_per_request(connection, now)
+            own, own_wait = _grantable(connection.webhook_budget_at, per_read,
+                                       read_burst(connection), wanted, now)
         per = seconds_per_request(connection, now)
-        allowance = ahead_allowance(connection)
-        ahead = max(0.0, ((connection.budget_at or now) - now).total_seconds())
-        # (a millisecond's slack: the clock is stored to the microsecond)
-        granted = min(wanted, int((allowance * per - ahead + 0.001) / per))
-        if granted <= 0:
-            return 0, ahead + per - allowance * per
-        start = max(now, connection.budget_at or now)
-        moved = Connection.objects.filter(pk=connection_id, budget_at=connection.budget_at) \
-            if connection.budget_at else \
-            Connection.objects.filter(pk=connection_id, budget_at__isnull=True)
-        if moved.update(budget_at=start + timedelta(seconds=granted * per)):
-            # The next pass waits for what the reads spent.
-            Connection.objects.filter(pk=connection_id, next_poll_at__isnull=False).update(
-                next_poll_at=Greatest(F("next_poll_at"), F("budget_at")))
-            return granted, 0.0
+        borrowed, borrow_wait = _grantable(connection.budget_at, per,
+                                           ahead_allowance(connection), wanted - own, now)
+        if own + borrowed <= 0:
+            return 0, min(own_wait, borrow_wait)
+        # Compare-and-set on both clocks as read.
+        moved = Connection.objects.filter(pk=connection_id)
+        changes = {}
+        if own:
+            moved = moved.filter(webhook_budget_at=connection.webhook_budget_at) \
+                if connection.webhook_budget_at else moved.filter(webhook_budget_at__isnull=True)
+            start = max(now, connection.webhook_budget_at or now)
+            changes["webhook_budget_at"] = start + timedelta(seconds=own * per_read)
+        if borrowed:
+            moved = moved.filter(budget_at=connection.budget_at) \
+                if connection.budget_at else moved.filter(budget_at__isnull=True)
+            start = max(now, connection.budget_at or now)
+            changes["budget_at"] = start + timedelta(seconds=borrowed * per)
+        if moved.update(**changes):
+            if borrowed:
+                # The next pass waits for what the reads borrowed.
+                Connection.objects.filter(pk=connection_id, next_poll_at__isnull=False).update(
+                    next_poll_at=Greatest(F("next_poll_at"), F("budget_at")))
+            return own + borrowed, 0.0
     return 0, 1.0
 
 

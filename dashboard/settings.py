@@ -303,13 +303,15 @@ RUNBOARD_WEBHOOK_RECONCILE = env.float("RUNBOARD_WEBHOOK_RECONCILE", default=300
 # With healthy webhooks, live runs (and watched pages) are polled this often: their changes
 # are announced; the poll catches a run starting to wait for approval, which is not.
 RUNBOARD_WEBHOOK_LIVE_POLL = env.float("RUNBOARD_WEBHOOK_LIVE_POLL", default=30.0)
-# With healthy webhooks, the part of Runboard's share that passes may spend (waiting runs'
-# included); webhook reads may spend the rest (and whatever passes leave).
+# With webhooks on, the part of Runboard's share that passes may spend (waiting runs'
+# included); webhook reads have the rest, on a clock of their own that the passes' debt
+# never holds back (and may borrow ahead of the passes' clock beyond it).
 RUNBOARD_WEBHOOK_PASS_SHARE = env.float("RUNBOARD_WEBHOOK_PASS_SHARE", default=0.5)
 # A connection's first pass (a full read) may spend up to this part of the provider's
-# window beside the share, once, rather than hold webhook reads back until repaid.
+# window beside the share, once, rather than hold the next passes back until repaid.
 RUNBOARD_FIRST_PASS_ALLOWANCE = env.float("RUNBOARD_FIRST_PASS_ALLOWANCE", default=0.25)
-# Webhook reads may run ahead of the budget by one pass's cost plus this many requests.
+# Webhook reads may go this many at once on their own clock, and borrow one pass's cost
+# plus this many ahead of the passes' clock.
 RUNBOARD_WEBHOOK_BURST = env.int("RUNBOARD_WEBHOOK_BURST", default=5)
 # Deliveries for one connection within this many seconds are read together, once per run.
 RUNBOARD_WEBHOOK_COALESCE = env.float("RUNBOARD_WEBHOOK_COALESCE", default=0.1)

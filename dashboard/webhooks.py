@@ -10,10 +10,15 @@ nothing; anything malformed gets a 4xx and a log line, never a 500.
 Reads are coalesced and budgeted: an accepted delivery is a pending "hint" (its row,
 processed_at empty) and queues at most one flush per connection, RUNBOARD_WEBHOOK_COALESCE
 seconds later, on RUNBOARD_WEBHOOK_QUEUE when set (a worker of its own keeps reads from
-waiting behind long passes). The flush reads each distinct hint (run, or environment)
-once, as many as the connection's budget grants (dashboard/schedule.py `take`), and
-queues itself again for when the budget allows the rest. A sync pass that starts after
-a delivery arrived has read what it named: the pass marks it processed.
+waiting behind long passes). The flush reads each distinct hint once, with the fewest
+requests the delivery allows (the run it names, or the environment's status and newest
+executions, or the newest page of runs: `Provider.runs_from_webhook`), as many as the
+reads' own part of the budget grants (dashboard/schedule.py `take`: never held back by
+the passes' debt), and queues itself again for when the budget allows the rest. One
+flush per connection at a time (a lease of its own, not the sync's: a read does not
+wait for a pass to finish; the two may write the same run, and the later observation
+wins, as with actions). A sync pass that starts after a delivery arrived has read what
+it named: the pass marks it processed.
 """
 
 from __future__ import annotations
@@ -21,8 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
@@ -178,26 +182,50 @@ def _key(hint) -> str:
     return json.dumps(hint, sort_keys=True)
 
 
+def _acquire_read_lease(connection_id: int) -> datetime | None:
+    """The connection's flush lease (one flush at a time), or None when another holds it."""
+    now = timezone.now()
+    until = now + timedelta(seconds=settings.RUNBOARD_SYNC_LEASE)
+    taken = Connection.objects.filter(pk=connection_id).filter(
+        Q(webhook_lease_until__isnull=True) | Q(webhook_lease_until__lt=now),
+    ).update(webhook_lease_until=until)
+    return until if taken else None
+
+
+class _ReadLease:
+    def __init__(self, connection_id: int, until: datetime):
+        self.connection_id, self.until = connection_id, until
+
+    def renew(self) -> None:
+        until = timezone.now() + timedelta(seconds=settings.RUNBOARD_SYNC_LEASE)
+        if Connection.objects.filter(pk=self.connection_id, webhook_lease_until=self.until) \
+                .update(webhook_lease_until=until):
+            self.until = until
+
+    def release(self) -> None:
+        Connection.objects.filter(pk=self.connection_id, webhook_lease_until=self.until) \
+            .update(webhook_lease_until=None)
+
+
 def flush(connection_id: int) -> dict:
     """Read what the connection's pending deliveries name, once per distinct hint."""
-    from dashboard import sync
-
     Connection.objects.filter(pk=connection_id).update(webhook_flush_at=None)
     if not pending(connection_id).exists():
         return {"connection": connection_id, "read": 0}
-    owner = uuid.uuid4().hex
-    if not sync.acquire_lease(connection_id, owner):
-        # A pass (which marks what it read) or another flush is under way: look again
-        # soon (a user is waiting for this read; a pass may have started before it).
-        queue_flush(connection_id, 0.2)
+    until = _acquire_read_lease(connection_id)
+    if until is None:
+        # Another flush is under way (what it has not read it leaves pending): look
+        # again soon, a user is waiting for this read.
+        queue_flush(connection_id, 0.05)
         return {"connection": connection_id, "busy": True}
+    lease = _ReadLease(connection_id, until)
     try:
-        return _flush(connection_id, owner)
+        return _flush(connection_id, lease)
     finally:
-        sync.release_lease(connection_id, owner)
+        lease.release()
 
 
-def _flush(connection_id: int, owner: str) -> dict:
+def _flush(connection_id: int, lease: _ReadLease) -> dict:
     from dashboard import metrics, schedule, sync
 
     rows = list(pending(connection_id).order_by("received_at").values_list("pk", "hints"))
@@ -210,10 +238,15 @@ def _flush(connection_id: int, owner: str) -> dict:
     reasons: dict[str, str] = {}
     wait = None
     if hints:
-        granted, wait = schedule.take(connection_id, len(hints))
-        chosen = list(hints.items())[:granted]
+        cost = max(1, connection.provider_class.webhook_read_cost)
+        granted, wait = schedule.take(connection_id, len(hints) * cost)
+        # A part of a read's cost granted is a read too: what it costs beyond is charged.
+        chosen = list(hints.items())[:-(-granted // cost)]
         if chosen:
             client = connection.client()
+            # What the last pass left (names of pipelines and environments): a read need
+            # not ask for them again. Read only: the pass alone stores it.
+            client.change_state, client.full_read = sync._listing(connection)
             try:
                 for key, hint in chosen:
                     try:
@@ -227,7 +260,7 @@ def _flush(connection_id: int, owner: str) -> dict:
                         written[key], reasons[key] = 0, exc.message
                         continue
                     written[key] = sync.upsert_runs(connection, runs)
-                    sync.renew_lease(connection_id, owner)
+                    lease.renew()
             except RateLimited as exc:
                 wait = max(wait or 0.0, exc.retry_after)
             except Unavailable as exc:
@@ -236,8 +269,8 @@ def _flush(connection_id: int, owner: str) -> dict:
             finally:
                 client.close()
                 schedule.record_rate_limit(connection_id, client.rate_limit)
-                # `take` charged one request a hint; some reads cost more (Qovery's).
-                schedule.charge(connection_id, client.requests_made - len(chosen))
+                # `take` granted a read's usual cost; some cost more (a name not known).
+                schedule.charge_reads(connection_id, client.requests_made - granted)
                 metrics.count_requests(connection_id, client)
     now = timezone.now()
     for pk, named in rows:
@@ -249,15 +282,16 @@ def _flush(connection_id: int, owner: str) -> dict:
                 reason=reason[:300])
     listless = [pk for pk, named in rows if not named]
     if listless:
-        _pass_for(connection, owner, listless, now)
+        _pass_for(connection, listless, now)
     if len(written) < len(hints):
         queue_flush(connection_id, max(0.05, wait or 1.0))
     return {"connection": connection_id, "hints": len(hints), "read": len(written)}
 
 
-def _pass_for(connection: Connection, owner: str, deliveries: list[int], now) -> None:
-    """Deliveries that name no run want the run list read: at once when the budget is
-    not in debt, otherwise by the scheduler's next pass (which marks them processed)."""
+def _pass_for(connection: Connection, deliveries: list[int], now) -> None:
+    """Deliveries that name nothing to read (a body without the ids a provider's read
+    needs) want the run list read: at once when the passes' budget is not in debt,
+    otherwise by the scheduler's next pass (which marks them processed)."""
     from dashboard import schedule, sync
 
     budget_at = Connection.objects.values_list("budget_at", flat=True).get(pk=connection.pk)
@@ -266,8 +300,11 @@ def _pass_for(connection: Connection, owner: str, deliveries: list[int], now) ->
         return
     started = timezone.now()
     try:
-        result = sync.sync_connection(connection.pk, owner=owner)
+        result = sync.sync_connection(connection.pk)
     except ProviderError:  # recorded on the connection; the scheduler's pass tries again
+        schedule.poll_soon(connection.pk)
+        return
+    if result.skipped:  # a pass is under way; the next one reads it
         schedule.poll_soon(connection.pk)
         return
     schedule.after_pass(connection.pk, requests=result.requests,

@@ -442,6 +442,8 @@ class Provider:
     webhook_setup: ClassVar[str] = ""
     # The documented request allowance; None: none is documented (CONSERVATIVE_BUDGET).
     rate_budget: ClassVar[RateBudget | None] = None
+    # Requests one hint's read usually costs (`runs_from_webhook`), for the budget.
+    webhook_read_cost: ClassVar[int] = 1
 
     @classmethod
     def webhook_secret(cls, headers: Mapping[str, str], query: Mapping[str, str],

@@ -521,6 +521,14 @@ class NorthflankProvider(Provider):
         return WebhookEvent(event, delivery_id=delivery, hints=hints)
 
     def runs_from_webhook(self, event: WebhookEvent) -> list[RunData]:
+        """One request a run: the run itself. Its pipeline's name comes from what the last
+        pass remembered (`change_state`), not another read."""
+        remembered = self.change_state.get("pipelines")
+        for pipeline_id, known in (remembered if isinstance(remembered, dict) else {}).items():
+            if isinstance(known, dict) and isinstance(known.get("stages"), list):
+                self._pipeline_info.setdefault(pipeline_id, {
+                    "name": text(known.get("name"), 200) or pipeline_id,
+                    "stages": tuple(text(stage, 64) for stage in known["stages"])})
         pipeline, stage = self.scope.get("pipeline"), self.scope.get("stage")
         return [self.get_run(hint) for hint in event.hints
                 if (not pipeline or hint["pipeline"] == pipeline)

@@ -148,6 +148,8 @@ REQUEST_DEQUEUED = "DEQUEUED"
 
 # deploymentHistoryV2 `pageSize`: what Qovery's console asks for (no documented maximum).
 HISTORY_PAGE_SIZE = 100
+# What a webhook read asks it for: a delivery announces one of the newest few.
+WEBHOOK_HISTORY_SIZE = 10
 
 IN_PROGRESS = frozenset({Status.QUEUED, Status.RUNNING, Status.WAITING})
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})
@@ -647,17 +649,30 @@ class QoveryProvider(Provider):
                  if isinstance(environment_id, str) and environment_id else [])
         return WebhookEvent(event, hints=hints)
 
+    # A read costs the environment's status and its newest executions; its queue only
+    # when the status names a request waiting in it.
+    webhook_read_cost = 2
+
     def runs_from_webhook(self, event: WebhookEvent) -> list[RunData]:
-        """The environment's queued requests and newest executions."""
+        """The environment's newest executions (and queued requests, where the status
+        names one), named as the last pass left them (`change_state`)."""
         runs: list[RunData] = []
         for hint in event.hints:
             wanted = self.scope.get("environment")
             if wanted and hint["environment"] != wanted:
                 continue
+            self._remembered_environment(hint["environment"])
             environment = self._environment(hint["environment"])
             project = self.scope.get("project")
             if project and (not environment.project
                             or environment.project.external_id != project):
                 continue
-            runs.extend(self._environment_runs(environment))
+            status = self._status(environment.external_id)
+            if status.get("deployment_request_id"):
+                runs.extend(self.parse_request(item, environment)
+                            for item in self._queue(environment.external_id))
+            # What a delivery announces is the current execution or the one it followed:
+            # the newest few, not the hundred a pass reads.
+            runs.extend(self.parse_execution(item, environment, status) for item in
+                        self._executions(environment.external_id, WEBHOOK_HISTORY_SIZE))
         return runs

@@ -326,7 +326,8 @@ class WorkflowsProvider(Provider):
     # anywhere we could read: the signature's header and algorithm, the body's shape, and
     # any event about a deployment workflow run. So Runboard authenticates a delivery by
     # its own secret in the URL's query (`?secret=...`), and a delivery only says
-    # "something changed in this project": the run list is read back from the API.
+    # "something changed in this project": the newest page of the run list is read back
+    # from the API (one request; a run further down is left to the next pass).
     # No rate limit is documented (rate_budget stays the conservative default).
 
     webhook_events = ("Release Created", "Release Deployed")
@@ -346,4 +347,14 @@ class WorkflowsProvider(Provider):
     def parse_webhook(cls, headers, body: bytes) -> WebhookEvent:
         data = webhook_json(body)
         event = data.get("event") or data.get("type") or "project event"
-        return WebhookEvent(text(event, 100))  # no hints: the run list is re-read
+        # No run is named: the newest page of the run list is read (one request), where
+        # a run that just changed is (runs are listed newest first).
+        return WebhookEvent(text(event, 100), hints=[NEWEST_RUNS])
+
+    def runs_from_webhook(self, event: WebhookEvent) -> list[RunData]:
+        # The only hint a delivery makes (at most one read however many named it).
+        return next(self.list_runs(), []) if NEWEST_RUNS in event.hints else []
+
+
+# A delivery's hint: "read the newest page of the project's runs".
+NEWEST_RUNS = {"runs": "newest"}

@@ -89,10 +89,10 @@ def test_healthy_webhooks_leave_only_reconciling(buddy_connection):
     watched = schedule.plan(buddy_connection, live=False, watched=True)
     assert watched.interval == 30.0
     # No platform announces a run waiting for approval, nor what ends the wait: waiting
-    # runs are polled as fast as passes may, at most half the budget (the rest is for
-    # the reads webhooks ask for).
+    # runs are polled as fast as passes may, on their half of the share (the rest is for
+    # the reads webhooks ask for), less what reads may borrow ahead of it (1 + 5).
     waiting = schedule.plan(buddy_connection, live=True, watched=False, waiting=True)
-    assert (waiting.interval, waiting.reason) == (pytest.approx(2 * 3600 / 294),
+    assert (waiting.interval, waiting.reason) == (pytest.approx(3600 / 144),
                                                   "waiting for approval")
 
 
@@ -112,12 +112,11 @@ def test_with_healthy_webhooks_only_a_waiting_run_keeps_passes_at_the_budget_flo
     waiting = schedule.after_pass(buddy_connection.pk, requests=1, runs_written=1,
                                   rate_limit_seen=None, now=now)
     assert waiting.reason == "waiting for approval"
-    # Passes spend at most half the budget: twice the floor of a 1-request pass, though the
-    # budget clock is paid back after one floor (reads may spend the other half).
-    assert waiting.interval == pytest.approx(2 * 3600 / 294)
+    # Passes spend at most their half of the share (less what reads may borrow ahead of
+    # their clock, 1 + 5); the reads' half is on a clock of its own.
+    assert waiting.interval == pytest.approx(3600 / 144)
     conn = Connection.objects.get(pk=buddy_connection.pk)
-    assert conn.budget_at == now + timedelta(seconds=3600 / 294)
-    assert conn.next_poll_at == now + timedelta(seconds=2 * 3600 / 294)
+    assert conn.budget_at == conn.next_poll_at == now + timedelta(seconds=3600 / 144)
     # Without webhooks, polling is all there is: passes may spend the whole share.
     Connection.objects.filter(pk=buddy_connection.pk).update(webhooks_enabled=False,
                                                              budget_at=None)
@@ -305,3 +304,67 @@ def test_a_window_nearly_used_up_by_one_client_stops_the_next_before_a_429(
         client.get_run({"project": "web-shop", "pipeline": "1", "id": 1})
     assert len(buddy_sim.requests) == asked  # nothing was sent
     assert 25 < refused.value.retry_after <= 30
+
+
+# --- webhook reads: a reserve of their own, never behind the passes' debt ----------------
+
+def webhooks_on(connection, **fields) -> None:
+    connection.set_webhook_secret()
+    Connection.objects.filter(pk=connection.pk).update(
+        webhooks_enabled=True, last_webhook_accepted=True, **fields)
+
+
+def test_a_webhook_read_does_not_wait_behind_the_passes_budget_debt(buddy_connection):
+    now = timezone.now()
+    # The passes' clock ten minutes ahead (say, a first pass beyond its allowance).
+    webhooks_on(buddy_connection, last_pass_requests=10,
+                budget_at=now + timedelta(seconds=600),
+                next_poll_at=now + timedelta(seconds=600))
+    assert schedule.take(buddy_connection.pk, 1, now) == (1, 0.0)
+    # The read came out of the reads' own part: the passes still pay their debt, no
+    # sooner and no later.
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    assert conn.budget_at == conn.next_poll_at == now + timedelta(seconds=600)
+    # Conservative 600/hour at half, the reads' half of it, less the burst of 5.
+    assert conn.webhook_budget_at == now + timedelta(seconds=3600 / (150 - 5))
+
+
+def test_a_flood_of_announcements_cannot_exceed_the_reads_reserve(buddy_connection, settings):
+    settings.RUNBOARD_WEBHOOK_BURST = 5
+    now = timezone.now()
+    webhooks_on(buddy_connection, last_pass_requests=10,
+                budget_at=now + timedelta(hours=2))  # nothing left to borrow from passes
+    per = 3600 / (150 - 5)
+    assert schedule.take(buddy_connection.pk, 100, now) == (5, 0.0)  # the burst, at once
+    granted, wait = schedule.take(buddy_connection.pk, 100, now)
+    assert (granted, wait) == (0, pytest.approx(per))
+    # Asked for 100 every half interval for an hour: never more than the reads' part,
+    # 150 an hour (a quarter of the conservative 600), burst included.
+    total = 5 + sum(schedule.take(buddy_connection.pk, 100, now + timedelta(
+        seconds=k * per / 2))[0] for k in range(1, int(7200 / per)))
+    assert 140 <= total <= 150
+    assert Connection.objects.get(pk=buddy_connection.pk).budget_at == now + timedelta(hours=2)
+
+
+def test_beyond_their_reserve_reads_take_what_passes_leave_and_push_the_next_pass_back(
+        buddy_connection, settings):
+    settings.RUNBOARD_WEBHOOK_BURST = 5
+    now = timezone.now()
+    webhooks_on(buddy_connection, last_pass_requests=4, next_poll_at=now)
+    # 5 from the reserve, then 4 (a pass) + 5 ahead of the passes' clock, which runs at
+    # their half of the share less that allowance.
+    assert schedule.take(buddy_connection.pk, 20, now) == (14, 0.0)
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    per_pass = 3600 / (150 - 9)
+    assert conn.budget_at == conn.next_poll_at == now + timedelta(seconds=9 * per_pass)
+    assert schedule.take(buddy_connection.pk, 1, now)[0] == 0
+
+
+def test_with_webhooks_on_passes_spend_only_their_part_of_the_share(buddy_connection):
+    now = timezone.now()
+    webhooks_on(buddy_connection, last_pass_requests=7)
+    schedule.after_pass(buddy_connection.pk, requests=7, runs_written=0,
+                        rate_limit_seen=None, now=now)
+    # Half of the conservative 600/hour at half, less what reads may borrow (7 + 5).
+    assert Connection.objects.get(pk=buddy_connection.pk).budget_at == now + timedelta(
+        seconds=7 * 3600 / (150 - 12))

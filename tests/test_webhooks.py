@@ -251,17 +251,20 @@ def test_a_flood_of_deliveries_is_read_once_per_run_within_the_budget(
         client, buddy_sim, buddy_connection):
     """48 deliveries about 12 runs, queued before a worker is up: 12 reads, no more, spent
     no faster than the connection's budget allows, and every change lands. (The worker
-    runs with the default settings: half the budget, a burst of 5.)"""
+    runs with half the budget, the reads' half of it, a burst of 2.)"""
     import time
 
     from providers.simulators.buddy import BUILD_PLAN
     from tests.celery_worker import Worker, new_queue, use_queue
 
-    buddy_sim.rate_limit = 3600  # X-Rate-Limit-Limit: at half, one request every 2 s
+    # X-Rate-Limit-Limit: at half, 1800 an hour, 900 for passes and 900 for reads: with
+    # both clocks, one read every 2 s.
+    buddy_sim.rate_limit = 3600
     executions = [buddy_sim.add_execution("web-shop", 1, BUILD_PLAN) for _ in range(12)]
     sync.sync_connection(buddy_connection.pk)
     Connection.objects.filter(pk=buddy_connection.pk).update(
-        last_pass_requests=3, rate_limit_seen=3600)  # 3 + 5 reads may go ahead of the clock
+        # 2 (the burst) on the reads' clock, 3 (a pass) + 2 borrowed ahead of the passes'.
+        last_pass_requests=3, rate_limit_seen=3600)
     secret = enable_webhooks(buddy_connection)
     buddy_sim.advance(60)  # every execution is now SUCCESSFUL
     reads: list[float] = []
@@ -279,7 +282,7 @@ def test_a_flood_of_deliveries_is_read_once_per_run_within_the_budget(
                 response = post(client, buddy_connection,
                                 buddy_body(secret, run.data["id"], attempt=n))
                 assert response.status_code == 202
-        worker = Worker(queue, name="w", concurrency=2)
+        worker = Worker(queue, name="w", concurrency=2, env={"RUNBOARD_WEBHOOK_BURST": "2"})
         try:
             wait_for(lambda: Run.objects.filter(raw_status="SUCCESSFUL").count() == 12,
                      timeout=60, what="every change to land")
@@ -288,12 +291,13 @@ def test_a_flood_of_deliveries_is_read_once_per_run_within_the_budget(
         finally:
             worker.stop()
     assert len(reads) == 12  # one read per run, not per delivery
-    # The budget: 8 reads at once (a pass's cost and the burst), then one per 2 s. Its
-    # clock runs from when the worker granted the first reads, a little before the first
-    # reached the simulator: 0.3 s of slack for that (70 ms seen on a loaded machine),
-    # while a clock even 5% fast still fails by the 12th read (4 x 1.9 s < 8 s - 0.3).
+    # The budget: 7 reads at once (2 on the reads' clock, 5 ahead of the passes'), then
+    # one per 4 s on each clock: one per 2 s. The clocks run from when the worker granted
+    # the first reads, a little before the first reached the simulator: 0.3 s of slack
+    # for that (70 ms seen on a loaded machine), while clocks even 5% fast still fail by
+    # the 11th read (2 x 3.81 s < 8 s - 0.3).
     for k, at in enumerate(reads):
-        assert at - reads[0] >= max(0, k + 1 - 8) * 2.0 - 0.3, reads
+        assert at - reads[0] >= max(0, k + 1 - 7) * 2.0 - 0.3, reads
     assert WebhookDelivery.objects.filter(outcome=Outcome.ACCEPTED).count() == 48
 
 
@@ -321,3 +325,33 @@ def test_webhook_reads_have_their_own_queue_so_no_pass_holds_them_back(
         finally:
             worker.stop()
     assert WebhookDelivery.objects.get().processed_at is not None
+
+
+
+@pytest.mark.django_db
+def test_a_read_does_not_wait_for_a_pass_under_way_but_for_another_read(
+        client, hooked, buddy_sim, monkeypatch, django_capture_on_commit_callbacks):
+    """A pass holds the sync lease for as long as it reads (Northflank's: 30 requests and
+    more); a read takes a lease of its own, so it goes at once. Two reads of one
+    connection never run together: the second looks again in a moment."""
+    from dashboard import webhooks
+
+    connection, secret = hooked
+    queued = []
+    monkeypatch.setattr(webhooks, "queue_flush", lambda pk, countdown: queued.append(countdown))
+    [sim_run] = buddy_sim.runs.values()
+    held = Run.objects.get().raw_status
+    buddy_sim.advance(120)  # the deployment moved on at Buddy
+    assert sim_run.status != held
+    assert sync.acquire_lease(connection.pk, "a pass under way")
+    with django_capture_on_commit_callbacks():
+        assert post(client, connection, buddy_body(secret)).status_code == 202
+    assert webhooks.flush(connection.pk)["read"] == 1
+    assert Run.objects.get().raw_status == sim_run.status
+    assert not webhooks.pending(connection.pk).exists() and not queued
+    # Another read under way: this one waits for it, briefly.
+    with django_capture_on_commit_callbacks():
+        assert post(client, connection, buddy_body(secret, attempt=2)).status_code == 202
+    assert webhooks._acquire_read_lease(connection.pk) is not None
+    assert webhooks.flush(connection.pk)["busy"] and queued == [0.05]
+    assert webhooks.pending(connection.pk).exists()
