@@ -200,6 +200,7 @@ def upsert_runs(connection: Connection, runs: list[RunData], derive_now: bool = 
     at = db.ops.adapt_datetimefield_value  # timestamps as this database stores them
     now = at(timezone.now())
     if db.vendor == "postgresql":
+        now = now.isoformat()
         # One statement: a transaction of its own, or (inside the caller's) a savepoint
         # still, so that a failed page leaves the caller's transaction usable.
         with transaction.atomic() if db.in_atomic_block else contextlib.nullcontext():
@@ -235,30 +236,47 @@ def derive(connection_id: int) -> int:
                                [releases.LOCK_SPACE, connection_id])
                 cursor.execute(_DERIVED_RUNS, [connection_id])
                 rows = cursor.fetchall()
+            # (id, created_at, status, pipeline, project, environment) as releases reads
+            # them, and the steps that name an environment.
+            written = releases.touched(
+                ((row[0], row[8], row[5], row[4], row[9], row[10]) for row in rows),
+                {row[0]: _json(row[11]) for row in rows if row[11]})
         else:  # SQLite: one writer at a time anyway
             marks = DeriveBacklog.objects.filter(connection_id=connection_id)
             run_ids = set(marks.values_list("run_id", flat=True))
             marks.delete()
-            rows = list(Run.objects.filter(pk__in=run_ids).values_list(*_DERIVED_COLUMNS))
+            rows = list(Run.objects.filter(pk__in=run_ids).order_by("created_at", "id")
+                        .values_list(*_DERIVED_COLUMNS))
+            written = None
         if not rows:
             return 0
         ids = [row[0] for row in rows]  # a run deleted meanwhile has nothing to derive
-        releases.record(connection_id, ids)
-        rollup.record(rows)  # the trends rollup (dashboard/rollup.py)
+        releases.record(connection_id, ids, written)
+        rollup.record(row[:9] for row in rows)  # the trends rollup (dashboard/rollup.py)
         settle_unknown(ids)
         data_changed()
     return len(ids)
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value
 
 
 # What the rollup is told of each run (rollup.record's rows).
 _DERIVED_COLUMNS = ("id", "connection_id", "project_id", "environment_id", "pipeline_name",
                     "status", "started_at", "finished_at", "created_at")
 # The connection's marks, taken (deleted, back if this transaction rolls back), and their
-# runs as the rollup is told of them: one statement.
+# runs as the rollup and the releases cells read them, oldest first: one statement.
 _DERIVED_RUNS = (
     f"WITH taken AS (DELETE FROM {_BACKLOG} WHERE connection_id = %s RETURNING run_id)"  # noqa: S608
-    f" SELECT {', '.join(_DERIVED_COLUMNS)} FROM {Run._meta.db_table}"
-    " WHERE id IN (SELECT run_id FROM taken) ORDER BY id")
+    f" SELECT {', '.join('r.' + c for c in _DERIVED_COLUMNS)}, p.name, e.name,"
+    " (SELECT json_agg(json_build_array(je.name, j.status, j.\"order\", j.external_id))"
+    f"  FROM {Job._meta.db_table} j JOIN {Environment._meta.db_table} je"
+    "   ON je.id = j.environment_id WHERE j.run_id = r.id)"
+    f" FROM {Run._meta.db_table} r"
+    f" LEFT JOIN {Project._meta.db_table} p ON p.id = r.project_id"
+    f" LEFT JOIN {Environment._meta.db_table} e ON e.id = r.environment_id"
+    " WHERE r.id IN (SELECT run_id FROM taken) ORDER BY r.created_at, r.id")
 
 
 def derive_leftovers(older_than: timedelta = timedelta(minutes=1)) -> int:
@@ -276,7 +294,7 @@ def _job_rows(latest: dict[str, RunData], env_ids, at) -> list[tuple]:
         for job in r.jobs:
             rows[key, job.external_id[:200]] = (
                 key, job.external_id[:200], job.name[:300], job.order,
-                Status(job.status).value, job.raw_status[:64],
+                _STATUS[job.status], job.raw_status[:64],
                 env_ids.get(job.environment.external_id) if job.environment else None,
                 job.progress, at(job.started_at), at(job.finished_at), job.reviewed_by[:200],
                 at(job.reviewed_at), job.review_comment, job.review_conclusion[:32])
@@ -327,9 +345,8 @@ def _write_page_pg(connection, latest, projects, environments, at, now):
         [(conn_id, key, p.name[:200]) for key, p in projects.items()],
         [(conn_id, key, e.name[:200], e.project.external_id if e.project else None)
          for key, e in environments.items()],
-        [_run_row(conn_id, r, _EXTERNAL_IDS, _EXTERNAL_IDS, at, now)
-         for r in latest.values()],
-        _job_rows(latest, _EXTERNAL_IDS, at),
+        [_run_json(conn_id, r, now) for r in latest.values()],
+        _job_rows(latest, _EXTERNAL_IDS, _iso),
     ], conn_id)
     with _bound_cursor() as cursor:
         # Don't wait for this page to reach the disk. A crash may lose the last pages
@@ -384,6 +401,7 @@ class _Merge:
     every_id: bool = False  # answer the ids of held rows too, not only of written ones
     answered: bool = True
     marked: bool = False  # written rows go to the backlog (their connection: a parameter)
+    trailing: tuple[str, ...] = ()  # columns a row puts last, after its JSON columns
 
 
 _PAGE = (
@@ -394,7 +412,8 @@ _PAGE = (
     # A run is rewritten only if ours is not older and differs (its fingerprint).
     _Merge("r", Run, tuple(RUN_COLUMNS),
            changed="{t}.observed_at <= {s}.observed_at AND {t}.fingerprint <> {s}.fingerprint",
-           refs=(("project_id", "p"), ("environment_id", "e")), marked=True),
+           refs=(("project_id", "p"), ("environment_id", "e")), marked=True,
+           trailing=("fingerprint", "observed_at", "updated_at")),
     # Only jobs of runs written this time: their run_id joins the runs' answer.
     _Merge("j", Job, tuple(JOB_COLUMNS), refs=(("run_id", "r"), ("environment_id", "e")),
            answered=False),
@@ -407,20 +426,18 @@ def _merge_pg(parts: tuple[_Merge, ...], rows: list[list[tuple]],
     (`connection_id`: whose backlog a marked part's rows go to).
 
     The rows of a part travel as one JSON document (an array of arrays): one parameter,
-    quoted by libpq and parsed once by PostgreSQL. (Arrays, one a column, would be
-    escaped element by element in Python by the client-side binding Django uses:
-    slower than the write itself.) A row's JSON columns come last, spliced in as
-    the text the fingerprint hashed: nothing is encoded twice.
+    bound by the server and parsed once by PostgreSQL. A part's rows are tuples in the
+    order of its columns, timestamps as ISO text, encoded here in one go; or, for a
+    part with JSON columns (runs), each row already encoded in its layout (`_run_json`:
+    encoded once, and the fingerprint hashed from that text).
     """
     sql, layouts = _merge_sql(parts)
     params = []
     for part, (order, plain), part_rows in zip(parts, layouts, rows, strict=True):
-        encoded = []
-        for row in part_rows:
-            head = json.dumps([row[i] for i in order[:plain]], default=_json_value)
-            encoded.append(",".join([head[:-1], *(row[i] for i in order[plain:])]) + "]"
-                           if plain < len(order) else head)
-        params.append(f"[{','.join(encoded)}]")
+        if plain == len(order):
+            params.append(json.dumps([[row[i] for i in order] for row in part_rows]))
+        else:
+            params.append(f"[{','.join(part_rows)}]")
         if part.marked:
             params.append(connection_id)
     return sql, params
@@ -450,7 +467,8 @@ def _merge_sql(parts: tuple[_Merge, ...]) -> tuple[str, list[tuple[list[int], in
         key, values = cols[:2], cols[2:]
         json_columns = {c for c in part.columns
                         if fields[c].get_internal_type() == "JSONField"}
-        order = sorted(range(len(cols)), key=lambda i: part.columns[i] in json_columns)
+        order = sorted(range(len(cols)), key=lambda i: (
+            part.columns[i] in part.trailing, part.columns[i] in json_columns))
         layouts.append((order, len(order) - len(json_columns)))
         picked, joins = [], []
         for i, (c, q) in enumerate(zip(part.columns, cols, strict=True)):
@@ -502,37 +520,68 @@ def _merge_sql(parts: tuple[_Merge, ...]) -> tuple[str, list[tuple[list[int], in
     return f"WITH {', '.join(ctes)} {' UNION ALL '.join(answers)}", layouts
 
 
-def _json_value(value):
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not a column value")
+def _iso(value: datetime | None) -> str | None:
+    return value and value.isoformat()
 
 
-def _run_row(connection_id, r: RunData, project_ids, env_ids, at, now) -> tuple:
-    row = (
+# A status's stored value (a Status member hashes as its value; anything else fails).
+_STATUS = {status.value: status.value for status in Status}
+
+
+def _run_content(connection_id, r: RunData, project, environment) -> tuple:
+    """A run's columns up to the fingerprint (RUN_COLUMNS' order): its JSON columns as
+    Python values, its timestamps as datetimes."""
+    return (
         connection_id,
         r.external_id[:200],
-        json.dumps(r.locator),
-        project_ids.get(r.project.external_id) if r.project else None,
-        env_ids.get(r.environment.external_id) if r.environment else None,
+        r.locator,
+        project,
+        environment,
         r.pipeline_id[:200],
         r.pipeline_name[:200],
         r.name[:300],
-        Status(r.status).value,
+        _STATUS[r.status],
         r.raw_status[:64],
         r.version[:200],
         r.branch[:200],
         r.commit[:64],
         r.triggered_by[:200],
-        at(r.created_at or r.observed_at),
-        at(r.started_at),
-        at(r.finished_at),
+        r.created_at or r.observed_at,
+        r.started_at,
+        r.finished_at,
         r.cancelled_by[:200],
         r.cancel_comment,
         r.web_url if r.web_url.startswith(("https://", "http://")) else "",
-        json.dumps(r.raw),
+        r.raw,
     )
-    fingerprint = hashlib.blake2b(repr(row).encode(), digest_size=16).hexdigest()
+
+
+_LOCATOR, _CREATED, _RAW = (RUN_COLUMNS.index(c) for c in ("locator", "created_at", "raw"))
+_TIMES = range(_CREATED, _CREATED + 3)  # created_at, started_at, finished_at
+# The run part's layout up to the fingerprint: plain columns, then locator and raw.
+_RUN_LAYOUT = [*(i for i in range(_RAW) if i != _LOCATOR), _LOCATOR, _RAW]
+
+
+def _run_json(connection_id, r: RunData, now: str) -> str:
+    """A run as the page's statement reads it (`_PAGE`'s layout: plain columns, then
+    locator and raw, then fingerprint, observed_at, updated_at), encoded once; the
+    fingerprint hashes that text up to itself."""
+    row = _run_content(connection_id, r, r.project.external_id if r.project else None,
+                       r.environment.external_id if r.environment else None)
+    body = json.dumps([_iso(row[i]) if i in _TIMES else row[i] for i in _RUN_LAYOUT])
+    fingerprint = hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
+    return f'{body[:-1]},"{fingerprint}","{r.observed_at.isoformat()}","{now}"]'
+
+
+def _run_row(connection_id, r: RunData, project_ids, env_ids, at, now) -> tuple:
+    """A run's row for the staged write (SQLite)."""
+    row = list(_run_content(
+        connection_id, r, project_ids.get(r.project.external_id) if r.project else None,
+        env_ids.get(r.environment.external_id) if r.environment else None))
+    row[_LOCATOR], row[_RAW] = json.dumps(row[_LOCATOR]), json.dumps(row[_RAW])
+    for i in range(_CREATED, _CREATED + 3):
+        row[i] = at(row[i])
+    fingerprint = hashlib.blake2b(repr(tuple(row)).encode(), digest_size=16).hexdigest()
     return (*row, fingerprint, at(r.observed_at), now)
 
 
