@@ -6,12 +6,12 @@ workflow run's per-environment jobs), so a run that deploys to Development, Stag
 and Production fills three cells. Columns follow the platform's step order where steps
 give one; environments only runs name (no order from the platform) come after, by name.
 
-The cells are a table of their own (`ReleaseCell`), kept by the sync's write path: every
-page of runs written folds its runs into the cells they touch (`record`), so the page
-reads a few rows however many runs there are. A cell whose run stopped touching it (it
-moved environment, or its success was taken back) is worked out again from the runs
-(`recompute`); `rebuild` does every cell from scratch (the migration that adds the table,
-or runs loaded without the sync).
+The cells are a table of their own (`ReleaseCell`), kept by the sync's write path: the
+runs written (a batch of pages, `sync.derive`) are folded into the cells they touch
+(`record`), so the page reads a few rows however many runs there are. A cell whose run
+stopped touching it (it moved environment, or its success was taken back) is worked out
+again from the runs (`recompute`); `rebuild` does every cell from scratch (the migration
+that adds the table, or runs loaded without the sync).
 """
 
 from __future__ import annotations

@@ -234,6 +234,7 @@ def derive(connection_id: int) -> int:
             with db.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)",
                                [releases.LOCK_SPACE, connection_id])
+                rollup.plain_timestamps(cursor)  # (Django's loader is Python)
                 cursor.execute(_DERIVED_RUNS, [connection_id])
                 rows = cursor.fetchall()
             # (id, created_at, status, pipeline, project, environment) as releases reads
