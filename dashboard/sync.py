@@ -369,18 +369,25 @@ class _ExternalIds:
 _EXTERNAL_IDS = _ExternalIds()
 
 
+@functools.cache
+def _prepared_cursor_class():
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    class Prepared(ServerBindingCursor):
+        """Prepares every statement it runs (once per session: psycopg keeps them)."""
+
+        def execute(self, query, params=None, **kwargs):
+            return super().execute(query, params, prepare=True)
+
+    return Prepared
+
+
 @contextlib.contextmanager
 def _bound_cursor():
     """A cursor of Django's connection (its transaction, its query log) whose parameters
     PostgreSQL binds, and whose statements are prepared once per session."""
-    from django.db.backends.postgresql.base import ServerBindingCursor
-
-    class Prepared(ServerBindingCursor):
-        def execute(self, query, params=None, **kwargs):
-            return super().execute(query, params, prepare=True)
-
     db.ensure_connection()
-    cursor = Prepared(db.connection)
+    cursor = _prepared_cursor_class()(db.connection)
     wrapped = db.make_debug_cursor(cursor) if db.queries_logged else db.make_cursor(cursor)
     try:
         yield wrapped
