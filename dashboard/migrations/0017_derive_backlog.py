@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dashboard', '0015_cockpit_speed'),
+        ('dashboard', '0016_webhook_read_budget'),
     ]
 
     operations = [

@@ -21,7 +21,7 @@ def compression(method):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("dashboard", "0016_derive_backlog"),
+        ("dashboard", "0017_derive_backlog"),
     ]
 
     operations = [
