@@ -252,10 +252,17 @@ def settle_unknown(run_ids) -> int:
     now answers. A run that moved into the action's effect says it was carried out; a run
     that finished some other way says it was not. Each settlement is a record of its own
     (the unknown one is frozen), one per unknown record. Returns how many were settled."""
+    # Unsettled unknown outcomes are rare (the partial index holds unknown ones only):
+    # find them all, then keep those on these runs, rather than look up every run written.
+    run_ids = set(run_ids)
+    pks = [pk for pk, run_id in ActionRecord.objects.filter(
+        state=State.UNKNOWN, settled_by__isnull=True).values_list("pk", "run_id")
+        if run_id in run_ids]
+    if not pks:
+        return 0
     settled = 0
-    for record in (ActionRecord.objects.filter(run_id__in=list(run_ids), state=State.UNKNOWN,
-                                               settled_by__isnull=True)
-                   .select_related("run", "run__connection")):
+    for record in ActionRecord.objects.filter(pk__in=pks).select_related("run",
+                                                                         "run__connection"):
         run = record.run
         if run.updated_at <= record.finished_at or run.status == record.status_before:
             continue  # nothing new to judge by

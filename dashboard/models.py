@@ -754,6 +754,22 @@ class TrendBucket(models.Model):
         return f"{self.group_id} {self.day} {self.bucket}"
 
 
+class DeriveBacklog(models.Model):
+    """A run written whose derived rows (its releases cells, its trends rollup, the
+    settlement of unknown action outcomes on it) are not brought up to date yet. The
+    statement that writes runs marks them here, in their transaction; `sync.derive`
+    folds a connection's marks in a batch and deletes them in its own transaction.
+    So a worker that dies in between loses nothing: the marks wait for the next one.
+    Plain integers, no foreign keys: no trigger per row written."""
+
+    connection_id = models.BigIntegerField(db_index=True)
+    run_id = models.BigIntegerField()
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+
+    def __str__(self):
+        return f"run {self.run_id} of connection {self.connection_id}"
+
+
 # Notification channels live in their own module; imported here so Django sees them.
 from dashboard.channels import Channel, Delivery, SlackInteraction  # noqa: E402, F401
 

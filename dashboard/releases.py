@@ -6,12 +6,12 @@ workflow run's per-environment jobs), so a run that deploys to Development, Stag
 and Production fills three cells. Columns follow the platform's step order where steps
 give one; environments only runs name (no order from the platform) come after, by name.
 
-The cells are a table of their own (`ReleaseCell`), kept by the sync's write path: every
-page of runs written folds its runs into the cells they touch (`record`), so the page
-reads a few rows however many runs there are. A cell whose run stopped touching it (it
-moved environment, or its success was taken back) is worked out again from the runs
-(`recompute`); `rebuild` does every cell from scratch (the migration that adds the table,
-or runs loaded without the sync).
+The cells are a table of their own (`ReleaseCell`), kept by the sync's write path: the
+runs written (a batch of pages, `sync.derive`) are folded into the cells they touch
+(`record`), so the page reads a few rows however many runs there are. A cell whose run
+stopped touching it (it moved environment, or its success was taken back) is worked out
+again from the runs (`recompute`); `rebuild` does every cell from scratch (the migration
+that adds the table, or runs loaded without the sync).
 """
 
 from __future__ import annotations
@@ -112,10 +112,11 @@ FIELDS = ["name", "position", "latest_run", "latest_step", "latest_at", "deploye
           "deployed_at"]
 
 
-def record(connection_id: int, run_ids: list[int]) -> None:
-    """Fold runs just written into the cells, in the transaction that wrote them, as
-    the database now holds them (their steps included). A constant number of queries
-    per page written, plus `recompute` for a cell a run left."""
+def record(connection_id: int, run_ids: list[int], written=None) -> None:
+    """Fold runs written into the cells as the database now holds them (their steps
+    included): `written`, if the caller read them already, as `_marks` gives them. A
+    constant number of queries however many runs, plus `recompute` for a cell a run
+    left. (`sync.derive` calls this for a batch of pages.)"""
     if not run_ids:
         return
     # One writer of a connection's cells at a time (its sync, an action's or a webhook's
@@ -125,8 +126,9 @@ def record(connection_id: int, run_ids: list[int]) -> None:
     if db.vendor == "postgresql":
         with db.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_SPACE, connection_id])
-    written = _marks(Job, Run.objects.filter(pk__in=run_ids).order_by("created_at", "id")
-                     .values_list(*RUN_COLUMNS))
+    if written is None:
+        written = _marks(Job, Run.objects.filter(pk__in=run_ids).order_by("created_at", "id")
+                         .values_list(*RUN_COLUMNS))
     by_run = {run_id: (at or NEVER, marks) for run_id, at, marks in written}
     cells = {(c.project_name, c.pipeline_name, c.column): c
              for c in ReleaseCell.objects.filter(connection_id=connection_id)}
@@ -168,6 +170,13 @@ def _marks(job_model, runs) -> list[tuple[int, datetime, list[Touch]]]:
                           .values_list("run_id", "environment__name", "status", "order",
                                        "external_id")):
         steps.setdefault(run_id, []).append(tuple(mark))
+    return touched(runs, steps)
+
+
+def touched(runs, steps: dict) -> list[tuple[int, datetime, list[Touch]]]:
+    """(run id, created_at, touches) of `runs` (rows of RUN_COLUMNS), in order, given
+    run id -> its steps that name an environment (environment name, status, order,
+    external id)."""
     return [(pk, at, touches(project or "", pipeline or "", environment, status,
                              steps.get(pk)))
             for pk, at, status, pipeline, project, environment in runs]

@@ -18,13 +18,13 @@ keeps those rows right:
   its own deployments without an index on the runs table (which would slow every sync
   write). It also tells us where a run *was* counted, when it changes (a run that
   finishes later, a retried one that is running again).
-- `record()` runs in `sync.upsert_runs`' transaction, for the runs it wrote: it
-  replaces their deployments and recomputes the days they left or entered, plus the
-  days up to the next success after them (that success's time to restore depends on
-  them). About a dozen small queries per written page, however many runs and groups
-  it holds and whatever the history's size; the
-  rollup is never behind the runs (no task, no debounce: the page is exact as soon as
-  the run list is).
+- `record()` runs in `sync.derive`'s transaction, for a batch of runs written (the
+  backlog the sync's page statements mark): it replaces their deployments and
+  recomputes the days they left or entered, plus the days up to the next success after
+  them (that success's time to restore depends on them). About a dozen small queries
+  per batch, however many runs and groups it holds and whatever the history's size.
+  The rollup lags the run list by at most about `sync.DERIVE_EVERY` during a pass, and
+  is exact when the pass ends (a single write derives at once).
 - `rebuild()` recomputes everything from the runs: the `trends_rollup` command, the
   migration that creates these tables, and benchmarks that load runs behind the sync.
 
@@ -101,23 +101,33 @@ def record(rows) -> None:
     if not rows:
         return
     ids = [row[0] for row in rows]
-    # Where these runs counted until now: those days change too.
+    # Where these runs counted until now (those days change too), no longer counted there.
     touched: dict[int, list[datetime]] = defaultdict(list)
-    counted = []
-    for run_id, group_id, at in TrendDeployment.objects.filter(run_id__in=ids).values_list(
-            "run_id", "group_id", "at"):
-        counted.append(run_id)
+    for group_id, at in _take_deployments(ids):
         touched[group_id].append(at)
     deployed = [row for row in rows if row[5] in DEPLOYED]
     groups = _groups({group_key(*row[1:5]): row[1:5] for row in deployed})
     facts = [_deployment(row, groups[group_key(*row[1:5])]) for row in deployed]
-    if counted:
-        TrendDeployment.objects.filter(run_id__in=counted).delete()
     _insert_deployments(facts)
     for fact in facts:
         touched[fact[1]].append(fact[2])
     if touched:
         recompute(touched)
+
+
+def _take_deployments(run_ids: list[int]) -> list[tuple[int, datetime]]:
+    """Delete these runs' deployments; return (group, at) of each. On PostgreSQL one
+    statement, the ids as one array (an IN list of a batch's thousands of ids took
+    Django longer to build than the database to run)."""
+    if db.vendor != "postgresql":
+        found = TrendDeployment.objects.filter(run_id__in=run_ids)
+        taken = list(found.values_list("group_id", "at"))
+        found.delete()
+        return taken
+    with db.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {TrendDeployment._meta.db_table}"  # noqa: S608
+                       " WHERE run_id = ANY(%s) RETURNING group_id, at", [run_ids])
+        return cursor.fetchall()
 
 
 def _groups(keys: dict[str, tuple], group_model=TrendGroup) -> dict[str, int]:
@@ -172,6 +182,29 @@ def recompute(touched: dict[int, list[datetime]]) -> None:
               for group, (first, last) in spans.items()})
 
 
+def _plainly(rows) -> list[tuple]:
+    """The rows of a values_list query, on PostgreSQL with timestamps read by psycopg's
+    own loader (compiled) rather than Django's (Python: most of reading a batch's
+    deployments back). The same aware datetimes: Django keeps the session in UTC."""
+    if db.vendor != "postgresql":
+        return list(rows)
+    sql, params = rows.query.sql_with_params()
+    with db.cursor() as cursor:
+        plain_timestamps(cursor)
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def plain_timestamps(cursor) -> None:
+    """Let this cursor (Django's, on PostgreSQL) read timestamptz with psycopg's own
+    loader instead of the one Django registers."""
+    import psycopg
+
+    oid = psycopg.postgres.types["timestamptz"].oid
+    cursor.cursor.adapters.register_loader(
+        oid, psycopg.adapters.get_loader(oid, psycopg.pq.Format.TEXT))
+
+
 def _any(conditions) -> Q:
     return reduce(operator.or_, conditions)
 
@@ -188,11 +221,12 @@ def _rewrite(spans: dict[int, tuple[date, date]], models=None) -> None:
     failing = dict(day_model.objects.filter(_any(Q(group_id=group, day=day)
                                                  for group, day in before.items()))
                    .values_list("group_id", "failing_since")) if before else {}
-    deployments = (deployment_model.objects
-                   .filter(_any(Q(group_id=group, at__gte=day_start(first), at__lt=day_start(end))
-                                for group, (first, end) in spans.items()))
-                   .order_by("group_id", "at", "run_id")
-                   .values_list("group_id", "at", "ok", "seconds"))
+    deployments = _plainly(deployment_model.objects
+                           .filter(_any(Q(group_id=group, at__gte=day_start(first),
+                                          at__lt=day_start(end))
+                                        for group, (first, end) in spans.items()))
+                           .order_by("group_id", "at", "run_id")
+                           .values_list("group_id", "at", "ok", "seconds"))
     rows: dict[tuple[int, date], TrendDay] = {}
     buckets: dict[tuple[int, date, bool, int], int] = defaultdict(int)
     for group, at, ok, seconds in deployments:

@@ -13,6 +13,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -35,6 +36,7 @@ from dashboard import notifications, releases, rollup
 from dashboard.models import (
     GONE_FROM_PROVIDER,
     Connection,
+    DeriveBacklog,
     Environment,
     Job,
     Project,
@@ -60,6 +62,11 @@ logger = logging.getLogger(__name__)
 # provider's ordering, and clock skew between us and the provider.
 OVERLAP = timedelta(minutes=10)
 
+# A pass derives what its pages wrote (`derive`) once this many seconds have passed
+# since it last did, and as it ends: the releases cells and trends lag the run list by
+# about this much during a long pass, and each derivation folds many pages at once.
+DERIVE_EVERY = 1.0
+
 # Columns the sync writes; everything else on a row (id, ...) is Runboard's own.
 RUN_COLUMNS = [
     "connection_id", "external_id", "locator", "project_id", "environment_id", "pipeline_id",
@@ -67,6 +74,7 @@ RUN_COLUMNS = [
     "triggered_by", "created_at", "started_at", "finished_at", "cancelled_by",
     "cancel_comment", "web_url", "raw", "fingerprint", "observed_at", "updated_at",
 ]
+_BACKLOG = DeriveBacklog._meta.db_table
 JOB_COLUMNS = [
     "run_id", "external_id", "name", "order", "status", "raw_status", "environment_id",
     "progress", "started_at", "finished_at", "reviewed_by", "reviewed_at", "review_comment",
@@ -83,6 +91,7 @@ class SyncResult:
     rate_limit_seen: int | None = None  # the provider's rate-limit header, for the scheduler
     rate_limit: RateLimitInfo | None = None  # what is left of the provider's window
     client: Provider | None = None  # the pass's client, whose request counts /metrics adds up
+    derive_seconds: float = 0.0  # of the pass, spent deriving cells and rollup (`derive`)
 
 
 # --- the lease ---------------------------------------------------------------------
@@ -150,10 +159,15 @@ def _upsert_keyed(model, items: dict[str, object], update=("name",)) -> dict[str
     return {obj.external_id: obj.pk for obj in objs}
 
 
-def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
+def upsert_runs(connection: Connection, runs: list[RunData], derive_now: bool = True) -> int:
     """Write one page of runs (and their projects, environments, jobs); return how
     many runs were written. Runs we hold a newer observation of, or hold unchanged,
-    are left alone."""
+    are left alone.
+
+    The runs written are marked in the backlog in the same statement, and their derived
+    rows (releases cells, trends rollup, settled action outcomes) are brought up to date
+    by `derive`: at once after this commits with `derive_now` (an action's answer, a
+    webhook's read), or by the pass for all its pages at a time (see `_sync_pass`)."""
     latest: dict[str, RunData] = {}
     for run in runs:  # a page may repeat a run; keep its newest observation
         key = run.external_id[:200]  # as stored
@@ -183,33 +197,95 @@ def upsert_runs(connection: Connection, runs: list[RunData]) -> int:
         if run.project:
             projects[run.project.external_id] = run.project
 
-    with transaction.atomic():
-        at = db.ops.adapt_datetimefield_value  # timestamps as this database stores them
-        now = at(timezone.now())
-        with db.cursor() as cursor:
-            if db.vendor == "postgresql":
-                run_ids, project_ids, env_ids = _write_page_pg(
-                    cursor, connection, latest, projects, environments, at, now)
-            else:
-                run_ids, project_ids, env_ids = _write_page_staged(
-                    cursor, connection, latest, projects, environments, at, now)
-        if not run_ids:
-            return 0
-        data_changed()
-        releases.record(connection.pk, list(run_ids.values()))
-        # The trends rollup follows in the same transaction (dashboard/rollup.py).
-        rollup.record(
-            (pk, connection.pk, project_ids.get(r.project.external_id) if r.project else None,
-             env_ids.get(r.environment.external_id) if r.environment else None,
-             r.pipeline_name[:200], Status(r.status).value, r.started_at, r.finished_at,
-             r.created_at or r.observed_at)
-            for key, pk in run_ids.items() for r in [latest[key]])
-        # Tell channels about state changes once this commits (dashboard/notifications.py).
-        notifications.runs_written({pk: latest[key].status for key, pk in run_ids.items()})
-        from dashboard.actions import settle_unknown  # actions acts through this module
-
-        settle_unknown(run_ids.values())
+    at = db.ops.adapt_datetimefield_value  # timestamps as this database stores them
+    now = at(timezone.now())
+    if db.vendor == "postgresql":
+        now = now.isoformat()
+        # One statement: a transaction of its own, or (inside the caller's) a savepoint
+        # still, so that a failed page leaves the caller's transaction usable.
+        with transaction.atomic() if db.in_atomic_block else contextlib.nullcontext():
+            run_ids = _write_page_pg(connection, latest, projects, environments, at, now)
+    else:
+        with transaction.atomic(), db.cursor() as cursor:
+            run_ids = _write_page_staged(
+                cursor, connection, latest, projects, environments, at, now)
+    if not run_ids:
+        return 0
+    data_changed()
+    # Tell channels about state changes once this commits (dashboard/notifications.py).
+    notifications.runs_written({pk: latest[key].status for key, pk in run_ids.items()})
+    if derive_now:
+        derive(connection.pk)
     return len(run_ids)
+
+
+def derive(connection_id: int) -> int:
+    """Bring the derived rows of a connection's backlog of written runs up to date, in
+    one transaction that also clears those marks; return how many runs it folded.
+
+    Cells and rollup are worked out from the runs as the database holds them, so a
+    batch of pages folds as the pages would one by one. One writer per connection at a
+    time (an advisory lock, the releases cells'): the second waits, then finds the
+    marks the first left, if any."""
+    from dashboard.actions import settle_unknown  # actions acts through this module
+
+    with transaction.atomic():
+        if db.vendor == "postgresql":
+            with db.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                               [releases.LOCK_SPACE, connection_id])
+                rollup.plain_timestamps(cursor)  # (Django's loader is Python)
+                cursor.execute(_DERIVED_RUNS, [connection_id])
+                rows = cursor.fetchall()
+            # (id, created_at, status, pipeline, project, environment) as releases reads
+            # them, and the steps that name an environment.
+            written = releases.touched(
+                ((row[0], row[8], row[5], row[4], row[9], row[10]) for row in rows),
+                {row[0]: _json(row[11]) for row in rows if row[11]})
+        else:  # SQLite: one writer at a time anyway
+            marks = DeriveBacklog.objects.filter(connection_id=connection_id)
+            run_ids = set(marks.values_list("run_id", flat=True))
+            marks.delete()
+            rows = list(Run.objects.filter(pk__in=run_ids).order_by("created_at", "id")
+                        .values_list(*_DERIVED_COLUMNS))
+            written = None
+        if not rows:
+            return 0
+        ids = [row[0] for row in rows]  # a run deleted meanwhile has nothing to derive
+        releases.record(connection_id, ids, written)
+        rollup.record(row[:9] for row in rows)  # the trends rollup (dashboard/rollup.py)
+        settle_unknown(ids)
+        data_changed()
+    return len(ids)
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+# What the rollup is told of each run (rollup.record's rows).
+_DERIVED_COLUMNS = ("id", "connection_id", "project_id", "environment_id", "pipeline_name",
+                    "status", "started_at", "finished_at", "created_at")
+# The connection's marks, taken (deleted, back if this transaction rolls back), and their
+# runs as the rollup and the releases cells read them, oldest first: one statement.
+_DERIVED_RUNS = (
+    f"WITH taken AS (DELETE FROM {_BACKLOG} WHERE connection_id = %s RETURNING run_id)"  # noqa: S608
+    f" SELECT {', '.join('r.' + c for c in _DERIVED_COLUMNS)}, p.name, e.name,"
+    " (SELECT json_agg(json_build_array(je.name, j.status, j.\"order\", j.external_id))"
+    f"  FROM {Job._meta.db_table} j JOIN {Environment._meta.db_table} je"
+    "   ON je.id = j.environment_id WHERE j.run_id = r.id)"
+    f" FROM {Run._meta.db_table} r"
+    f" LEFT JOIN {Project._meta.db_table} p ON p.id = r.project_id"
+    f" LEFT JOIN {Environment._meta.db_table} e ON e.id = r.environment_id"
+    " WHERE r.id IN (SELECT run_id FROM taken) ORDER BY r.created_at, r.id")
+
+
+def derive_leftovers(older_than: timedelta = timedelta(minutes=1)) -> int:
+    """Derive the marks a pass left behind (its worker died, or its connection was
+    disabled since) once they are `older_than`: a pass derives its own much sooner."""
+    connection_ids = (DeriveBacklog.objects.filter(created_at__lt=timezone.now() - older_than)
+                      .values_list("connection_id", flat=True).distinct())
+    return sum(derive(connection_id) for connection_id in list(connection_ids))
 
 
 def _job_rows(latest: dict[str, RunData], env_ids, at) -> list[tuple]:
@@ -219,7 +295,7 @@ def _job_rows(latest: dict[str, RunData], env_ids, at) -> list[tuple]:
         for job in r.jobs:
             rows[key, job.external_id[:200]] = (
                 key, job.external_id[:200], job.name[:300], job.order,
-                Status(job.status).value, job.raw_status[:64],
+                _STATUS[job.status], job.raw_status[:64],
                 env_ids.get(job.environment.external_id) if job.environment else None,
                 job.progress, at(job.started_at), at(job.finished_at), job.reviewed_by[:200],
                 at(job.reviewed_at), job.review_comment, job.review_conclusion[:32])
@@ -248,36 +324,75 @@ def _write_page_staged(cursor, connection, latest, projects, environments, at, n
             (run_ids[row[0]], *row[1:]) for row in _job_rows(latest, env_ids, at)
             if row[0] in run_ids
         ])
-    return run_ids, project_ids, env_ids
+        DeriveBacklog.objects.bulk_create(
+            DeriveBacklog(connection_id=connection.pk, run_id=pk) for pk in run_ids.values())
+    return run_ids
 
 
-def _write_page_pg(cursor, connection, latest, projects, environments, at, now):
-    """The page's writes on PostgreSQL: two statements whatever the page's size.
+def _write_page_pg(connection, latest, projects, environments, at, now):
+    """The page's writes on PostgreSQL: one statement whatever the page's size, so a
+    transaction of its own (no BEGIN, no COMMIT to wait for) unless the caller's.
 
-    The first merges its projects and environments, the second its runs and their
-    jobs (see _merge_sql). There is no staging table to create, fill and empty per
-    page: that cost more than the merge itself.
+    It merges the page's projects, environments, runs and their jobs in order, a part
+    taking the ids of those before it by their external ids (see _merge_sql), and marks
+    the runs written in the backlog of derived work. There is no staging table to
+    create, fill and empty per page: that cost more than the merge itself. The
+    parameters are bound by the server, and the statement prepared once per database
+    session: client-side binding escaped the page's JSON (most of a megabyte) in Python,
+    and the server lexed it back, which together took longer than the merge.
     """
-    # Don't wait for this page to reach the disk. A crash may lose the last pages
-    # written, never a page alone: the pass's cursor is committed after them
-    # (synchronously), so a pass whose pages were lost is read again.
-    cursor.execute("SET LOCAL synchronous_commit TO OFF")
     conn_id = connection.pk
-    project_ids, env_ids = {}, {}
-    if projects or environments:
-        cursor.execute(*_merge_pg(_KEYED, [
-            [(conn_id, key, p.name[:200]) for key, p in projects.items()],
-            [(conn_id, key, e.name[:200], e.project.external_id if e.project else None)
-             for key, e in environments.items()],
-        ]))
-        for part, pk, external_id in cursor.fetchall():
-            (project_ids if part == "p" else env_ids)[external_id] = pk
-    cursor.execute(*_merge_pg(_RUNS, [
-        [_run_row(conn_id, r, project_ids, env_ids, at, now) for r in latest.values()],
-        _job_rows(latest, env_ids, at),
-    ]))
-    return ({external_id: pk for _, pk, external_id in cursor.fetchall()}, project_ids,
-            env_ids)
+    sql, params = _merge_pg(_PAGE, [
+        [(conn_id, key, p.name[:200]) for key, p in projects.items()],
+        [(conn_id, key, e.name[:200], e.project.external_id if e.project else None)
+         for key, e in environments.items()],
+        [_run_json(conn_id, r, now) for r in latest.values()],
+        _job_rows(latest, _EXTERNAL_IDS, _iso),
+    ], conn_id)
+    with _bound_cursor() as cursor:
+        # Don't wait for this page to reach the disk. A crash may lose the last pages
+        # written, never a page alone: the pass's cursor is committed after them
+        # (synchronously), so a pass whose pages were lost is read again.
+        cursor.execute(f"{sql} UNION ALL SELECT 's', NULL,"
+                       " set_config('synchronous_commit', 'off', true)", params)
+        return {external_id: pk for part, pk, external_id in cursor.fetchall() if part == "r"}
+
+
+class _ExternalIds:
+    """In place of an external id -> id map: the statement itself maps them."""
+
+    @staticmethod
+    def get(external_id):
+        return external_id
+
+
+_EXTERNAL_IDS = _ExternalIds()
+
+
+@functools.cache
+def _prepared_cursor_class():
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    class Prepared(ServerBindingCursor):
+        """Prepares every statement it runs (once per session: psycopg keeps them)."""
+
+        def execute(self, query, params=None, **kwargs):
+            return super().execute(query, params, prepare=True)
+
+    return Prepared
+
+
+@contextlib.contextmanager
+def _bound_cursor():
+    """A cursor of Django's connection (its transaction, its query log) whose parameters
+    PostgreSQL binds, and whose statements are prepared once per session."""
+    db.ensure_connection()
+    cursor = _prepared_cursor_class()(db.connection)
+    wrapped = db.make_debug_cursor(cursor) if db.queries_logged else db.make_cursor(cursor)
+    try:
+        yield wrapped
+    finally:
+        cursor.close()
 
 
 @dataclass(frozen=True)
@@ -293,40 +408,46 @@ class _Merge:
     refs: tuple[tuple[str, str], ...] = ()
     every_id: bool = False  # answer the ids of held rows too, not only of written ones
     answered: bool = True
+    marked: bool = False  # written rows go to the backlog (their connection: a parameter)
+    trailing: tuple[str, ...] = ()  # columns a row puts last, after its JSON columns
 
 
-_KEYED = (
-    _Merge("p", Project, ("connection_id", "external_id", "name"), every_id=True),
+_PAGE = (
+    _Merge("p", Project, ("connection_id", "external_id", "name"), every_id=True,
+           answered=False),
     _Merge("e", Environment, ("connection_id", "external_id", "name", "project_id"),
-           refs=(("project_id", "p"),), every_id=True),
-)
-_RUNS = (
+           refs=(("project_id", "p"),), every_id=True, answered=False),
     # A run is rewritten only if ours is not older and differs (its fingerprint).
     _Merge("r", Run, tuple(RUN_COLUMNS),
-           changed="{t}.observed_at <= {s}.observed_at AND {t}.fingerprint <> {s}.fingerprint"),
+           changed="{t}.observed_at <= {s}.observed_at AND {t}.fingerprint <> {s}.fingerprint",
+           refs=(("project_id", "p"), ("environment_id", "e")), marked=True,
+           trailing=("fingerprint", "observed_at", "updated_at")),
     # Only jobs of runs written this time: their run_id joins the runs' answer.
-    _Merge("j", Job, tuple(JOB_COLUMNS), refs=(("run_id", "r"),), answered=False),
+    _Merge("j", Job, tuple(JOB_COLUMNS), refs=(("run_id", "r"), ("environment_id", "e")),
+           answered=False),
 )
 
 
-def _merge_pg(parts: tuple[_Merge, ...], rows: list[list[tuple]]) -> tuple[str, list[str]]:
-    """The statement merging `rows` (a list of rows per part) and its parameters.
+def _merge_pg(parts: tuple[_Merge, ...], rows: list[list[tuple]],
+              connection_id: int | None = None) -> tuple[str, list]:
+    """The statement merging `rows` (a list of rows per part) and its parameters
+    (`connection_id`: whose backlog a marked part's rows go to).
 
     The rows of a part travel as one JSON document (an array of arrays): one parameter,
-    quoted by libpq and parsed once by PostgreSQL. (Arrays, one a column, would be
-    escaped element by element in Python by the client-side binding Django uses:
-    slower than the write itself.) A row's JSON columns come last, spliced in as
-    the text the fingerprint hashed: nothing is encoded twice.
+    bound by the server and parsed once by PostgreSQL. A part's rows are tuples in the
+    order of its columns, timestamps as ISO text, encoded here in one go; or, for a
+    part with JSON columns (runs), each row already encoded in its layout (`_run_json`:
+    encoded once, and the fingerprint hashed from that text).
     """
     sql, layouts = _merge_sql(parts)
     params = []
-    for (order, plain), part_rows in zip(layouts, rows, strict=True):
-        encoded = []
-        for row in part_rows:
-            head = json.dumps([row[i] for i in order[:plain]], default=_json_value)
-            encoded.append(",".join([head[:-1], *(row[i] for i in order[plain:])]) + "]"
-                           if plain < len(order) else head)
-        params.append(f"[{','.join(encoded)}]")
+    for part, (order, plain), part_rows in zip(parts, layouts, rows, strict=True):
+        if plain == len(order):
+            params.append(json.dumps([[row[i] for i in order] for row in part_rows]))
+        else:
+            params.append(f"[{','.join(part_rows)}]")
+        if part.marked:
+            params.append(connection_id)
     return sql, params
 
 
@@ -354,7 +475,8 @@ def _merge_sql(parts: tuple[_Merge, ...]) -> tuple[str, list[tuple[list[int], in
         key, values = cols[:2], cols[2:]
         json_columns = {c for c in part.columns
                         if fields[c].get_internal_type() == "JSONField"}
-        order = sorted(range(len(cols)), key=lambda i: part.columns[i] in json_columns)
+        order = sorted(range(len(cols)), key=lambda i: (
+            part.columns[i] in part.trailing, part.columns[i] in json_columns))
         layouts.append((order, len(order) - len(json_columns)))
         picked, joins = [], []
         for i, (c, q) in enumerate(zip(part.columns, cols, strict=True)):
@@ -400,40 +522,74 @@ def _merge_sql(parts: tuple[_Merge, ...]) -> tuple[str, list[tuple[list[int], in
         ]
         if part.answered:
             answers.append(f"SELECT '{n}', id, external_id FROM {n}_ids")  # noqa: S608
+        if part.marked:  # in the backlog of derived work, in the rows' own transaction
+            ctes.append(f"{n}_mark AS (INSERT INTO {_BACKLOG} (connection_id, run_id)"  # noqa: S608
+                        f" SELECT %s, id FROM {n}_ids)")
     return f"WITH {', '.join(ctes)} {' UNION ALL '.join(answers)}", layouts
 
 
-def _json_value(value):
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not a column value")
+def _iso(value: datetime | None) -> str | None:
+    return value and value.isoformat()
 
 
-def _run_row(connection_id, r: RunData, project_ids, env_ids, at, now) -> tuple:
-    row = (
+# A status's stored value (a Status member hashes as its value; anything else fails).
+_STATUS = {status.value: status.value for status in Status}
+
+
+def _run_content(connection_id, r: RunData, project, environment) -> tuple:
+    """A run's columns up to the fingerprint (RUN_COLUMNS' order): its JSON columns as
+    Python values, its timestamps as datetimes."""
+    return (
         connection_id,
         r.external_id[:200],
-        json.dumps(r.locator),
-        project_ids.get(r.project.external_id) if r.project else None,
-        env_ids.get(r.environment.external_id) if r.environment else None,
+        r.locator,
+        project,
+        environment,
         r.pipeline_id[:200],
         r.pipeline_name[:200],
         r.name[:300],
-        Status(r.status).value,
+        _STATUS[r.status],
         r.raw_status[:64],
         r.version[:200],
         r.branch[:200],
         r.commit[:64],
         r.triggered_by[:200],
-        at(r.created_at or r.observed_at),
-        at(r.started_at),
-        at(r.finished_at),
+        r.created_at or r.observed_at,
+        r.started_at,
+        r.finished_at,
         r.cancelled_by[:200],
         r.cancel_comment,
         r.web_url if r.web_url.startswith(("https://", "http://")) else "",
-        json.dumps(r.raw),
+        r.raw,
     )
-    fingerprint = hashlib.blake2b(repr(row).encode(), digest_size=16).hexdigest()
+
+
+_LOCATOR, _CREATED, _RAW = (RUN_COLUMNS.index(c) for c in ("locator", "created_at", "raw"))
+_TIMES = range(_CREATED, _CREATED + 3)  # created_at, started_at, finished_at
+# The run part's layout up to the fingerprint: plain columns, then locator and raw.
+_RUN_LAYOUT = [*(i for i in range(_RAW) if i != _LOCATOR), _LOCATOR, _RAW]
+
+
+def _run_json(connection_id, r: RunData, now: str) -> str:
+    """A run as the page's statement reads it (`_PAGE`'s layout: plain columns, then
+    locator and raw, then fingerprint, observed_at, updated_at), encoded once; the
+    fingerprint hashes that text up to itself."""
+    row = _run_content(connection_id, r, r.project.external_id if r.project else None,
+                       r.environment.external_id if r.environment else None)
+    body = json.dumps([_iso(row[i]) if i in _TIMES else row[i] for i in _RUN_LAYOUT])
+    fingerprint = hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
+    return f'{body[:-1]},"{fingerprint}","{r.observed_at.isoformat()}","{now}"]'
+
+
+def _run_row(connection_id, r: RunData, project_ids, env_ids, at, now) -> tuple:
+    """A run's row for the staged write (SQLite)."""
+    row = list(_run_content(
+        connection_id, r, project_ids.get(r.project.external_id) if r.project else None,
+        env_ids.get(r.environment.external_id) if r.environment else None))
+    row[_LOCATOR], row[_RAW] = json.dumps(row[_LOCATOR]), json.dumps(row[_RAW])
+    for i in range(_CREATED, _CREATED + 3):
+        row[i] = at(row[i])
+    fingerprint = hashlib.blake2b(repr(tuple(row)).encode(), digest_size=16).hexdigest()
     return (*row, fingerprint, at(r.observed_at), now)
 
 
@@ -620,33 +776,48 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
         if since:
             client.known_runs = dict(connection.runs.filter(created_at__gte=since)
                                      .values_list("external_id", "raw_status"))
+        derived_at = time.monotonic()
+
+        def derive_written() -> None:
+            nonlocal derived_at
+            derived_at = time.monotonic()
+            derive(connection.pk)
+            result.derive_seconds += time.monotonic() - derived_at
+
         for pages in read_ahead(client.list_runs(since=since), idle=keep_lease):
             runs = [run for page in pages for run in page]
             result.pages += len(pages)
-            result.runs_written += upsert_runs(connection, runs)
+            result.runs_written += upsert_runs(connection, runs, derive_now=False)
             seen.update(r.external_id for r in runs)
             created = [r.created_at for r in runs if r.created_at]
             if created and (newest is None or max(created) > newest):
                 newest = max(created)
+            if time.monotonic() - derived_at >= DERIVE_EVERY:
+                derive_written()
             keep_lease()
         # Fast path: runs still active that fell outside the incremental window are
         # fetched one by one, so a long-running deployment never goes stale.
-        refresh = connection.runs.to_refresh().values_list("external_id", "locator")
-        for external_id, locator in refresh:
+        refresh = connection.runs.to_refresh().values_list("id", "external_id", "locator")
+        for run_id, external_id, locator in refresh:
             if external_id in seen:
                 continue
             keep_lease()
             try:
-                result.runs_written += upsert_runs(connection, [client.get_run(locator)])
+                result.runs_written += upsert_runs(connection, [client.get_run(locator)],
+                                                   derive_now=False)
             except NotFound:
                 # Deleted at the provider: say so rather than show it running forever.
                 logger.info("%s: run %s no longer exists at the provider", connection,
                             external_id)
                 # No fingerprint: a listing that shows the run again rewrites it.
-                connection.runs.filter(external_id=external_id).update(
-                    status=Status.UNKNOWN, raw_status=GONE_FROM_PROVIDER, fingerprint="",
-                    updated_at=timezone.now())
+                with transaction.atomic():
+                    connection.runs.filter(external_id=external_id).update(
+                        status=Status.UNKNOWN, raw_status=GONE_FROM_PROVIDER, fingerprint="",
+                        updated_at=timezone.now())
+                    DeriveBacklog.objects.create(connection_id=connection.pk, run_id=run_id)
                 data_changed()
+        # Whatever this pass wrote (and a dead pass left) is derived before it ends.
+        derive_written()
         result.requests = client.requests_made
         result.rate_limit_seen = client.rate_limit.limit
         result.rate_limit = client.rate_limit

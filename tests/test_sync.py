@@ -469,3 +469,102 @@ def test_an_environment_moved_to_another_project_and_a_renamed_project_are_writt
     sync.upsert_runs(buddy_connection, renamed)
     assert Project.objects.get(external_id="shop").name == "Shop (renamed)"
     assert Environment.objects.get().project.external_id == "shop"
+
+
+# --- derived rows: releases cells, trends rollup, settlement (sync.derive) -----------
+
+
+def _derived() -> tuple[set, set, set]:
+    """The releases cells and the trends rollup (days and buckets, by group key), as the
+    write path kept them."""
+    from dashboard.models import ReleaseCell, TrendBucket, TrendDay
+
+    return (set(ReleaseCell.objects.values_list(
+                "connection_id", "project_name", "pipeline_name", "column", "name",
+                "position", "latest_run_id", "latest_step", "deployed_run_id")),
+            set(TrendDay.objects.values_list("group__key", "day", "successes", "failures",
+                                             "failing_since")),
+            set(TrendBucket.objects.values_list("group__key", "day", "restore", "bucket",
+                                                "count")))
+
+
+def _rebuilt() -> tuple[set, set, set]:
+    """What the cells and the rollup are when worked out from every run."""
+    from dashboard import releases, rollup
+
+    releases.rebuild()
+    rollup.rebuild()
+    return _derived()
+
+
+@pytest.fixture
+def workflows(clock):
+    from providers.simulators.workflows import WorkflowsSimulator
+
+    with WorkflowsSimulator(token="wf-token", clock=clock) as sim:
+        connection = Connection.objects.create(
+            provider="workflows", name="Rules", base_url=sim.url, token=sim.token,
+            scope={"project": sim.project_id, "project_name": sim.project_name})
+        for age in range(30, 30 * 60, 30):  # finished, deploying, waiting for review
+            sim.add_workflow_run(age=age)
+        yield sim, connection
+
+
+def test_a_pass_derives_what_it_wrote_before_it_ends(workflows, clock):
+    _, connection = workflows
+    result = sync.sync_connection(connection.pk)
+    assert result.runs_written == 59
+    kept = _derived()
+    assert all(kept) and kept == _rebuilt()
+    assert not sync.DeriveBacklog.objects.exists()
+    clock.advance(600)  # some finish: the next pass derives what they changed
+    sync.sync_connection(connection.pk)
+    kept = _derived()
+    assert kept == _rebuilt()
+
+
+def test_a_pass_derives_during_the_pass_once_DERIVE_EVERY_has_passed(workflows, monkeypatch):
+    """The cells and trends lag the run list by DERIVE_EVERY during a pass: with none,
+    every batch of pages written finds the batches before it derived."""
+    _, connection = workflows
+    monkeypatch.setattr(sync, "DERIVE_EVERY", 0)
+    # A batch a page (fetching ahead may hand both pages over at once).
+    monkeypatch.setattr(sync, "read_ahead", lambda pages, **kwargs: ([p] for p in pages))
+    write, backlogs = sync.upsert_runs, []
+
+    def watched(*args, **kwargs):
+        backlogs.append(sync.DeriveBacklog.objects.count())
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(sync, "upsert_runs", watched)
+    sync.sync_connection(connection.pk)
+    assert len(backlogs) > 1 and set(backlogs) == {0}
+
+
+def test_a_worker_dying_before_it_derives_loses_nothing(workflows, monkeypatch):
+    """The runs are committed with their marks; the derivation never happened. Whoever
+    derives next (the next pass, or sync_all for marks left a minute) makes it right."""
+    _, connection = workflows
+
+    def dies(connection_id):
+        raise SystemExit("the worker died")
+
+    monkeypatch.setattr(sync, "derive", dies)
+    with pytest.raises(SystemExit):
+        sync.sync_connection(connection.pk)
+    monkeypatch.undo()
+    assert Run.objects.count() == 59 and sync.DeriveBacklog.objects.count() == 59
+    assert _derived() == (set(), set(), set())
+    assert sync.derive_leftovers(older_than=timedelta(hours=1)) == 0  # too recent yet
+    assert sync.derive_leftovers(older_than=timedelta(0)) == 59
+    kept = _derived()
+    assert all(kept) and kept == _rebuilt()
+    assert not sync.DeriveBacklog.objects.exists()
+
+
+def test_the_page_statement_and_the_run_encoding_agree_on_the_layout():
+    """_run_json encodes a run in the order the page's statement reads it."""
+    layout = sync._merge_sql(sync._PAGE)[1][2][0]
+    assert [sync.RUN_COLUMNS[i] for i in layout] == [
+        *(sync.RUN_COLUMNS[i] for i in sync._RUN_LAYOUT),
+        "fingerprint", "observed_at", "updated_at"]
