@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections import namedtuple
+from datetime import datetime
 from html import escape
 
 from django.db import connection as db
@@ -30,21 +31,119 @@ STATUS_LABELS = {value: str(label) for value, label in Status.choices}
 Row = namedtuple("Row", ROW_FIELDS)
 
 
+# What the poller shows of each connection (is_stale, its warning) and what
+# schedule.watching_read asks (watched_until).
+POLLER_FIELDS = ("name", "enabled", "last_success_at", "last_error", "last_error_at",
+                 "next_attempt_at", "next_poll_at", "watched_until")
+TIMES = frozenset(("created_at", "started_at", "finished_at", "updated_at", "last_success_at",
+                   "last_error_at", "next_attempt_at", "next_poll_at", "watched_until"))
+
+
+class PollerConnection:
+    """A connection as the run list reads it (POLLER_FIELDS and pk), not a model:
+    building one cost more than reading its row."""
+
+    __slots__ = ("pk", *POLLER_FIELDS)
+
+    def __init__(self, pk, *values):
+        self.pk = pk
+        for name, value in zip(POLLER_FIELDS, values, strict=True):
+            setattr(self, name, value)
+
+    is_stale = property(lambda self: _is_stale(self))
+
+
+def _is_stale(connection) -> bool:
+    from dashboard.models import Connection
+
+    return Connection.is_stale.fget(connection)
+
+
 @functools.cache
-def _first_page_sql(size: int) -> tuple[str, tuple]:
-    """The unfiltered list's first page (and one row more), compiled once per process:
-    what most viewers ask, where building the query through django-filter and the ORM
-    cost more than running it."""
-    from dashboard.models import Run
+def _list_sql(size: int | None, choices: bool) -> tuple[str, str, tuple]:
+    """The run list's read in one statement, compiled once per process: the unfiltered
+    first page's rows (and one more) unless `size` is None, every connection (for the
+    poller and the filter) and, with `choices`, the filter's projects and environments,
+    each as JSON. Building these through django-filter and the ORM, and planning them
+    (three queries), cost more than running them; a statement prepared once per
+    database connection (see attention.execute_prepared) is planned once. Returns the
+    statement's name, its SQL and parameters."""
+    from dashboard.models import Connection, Environment, Project, Run
 
-    return Run.objects.values_list(*ROW_FIELDS)[:size + 1].query.sql_with_params()
+    def compiled(queryset, fields, order):
+        sql, params = queryset.values_list(*fields).query.sql_with_params()
+        columns = ", ".join(f'r."{name}"' for name in fields)
+        return (f"(SELECT json_agg(json_build_array({columns}) ORDER BY {order})"  # noqa: S608
+                f" FROM ({sql}) AS r)"), tuple(params)
+
+    parts = []
+    if size is not None:
+        parts.append(compiled(Run.objects.all()[:size + 1], ROW_FIELDS,
+                              'r."created_at" DESC, r."pk" DESC'))
+    parts.append(compiled(Connection.objects.all(), ("pk", *POLLER_FIELDS),
+                          'r."name", r."pk"'))
+    if choices:
+        union = [model.objects.order_by().annotate(kind=Value(name))
+                 for name, model in (("project", Project), ("environment", Environment))]
+        parts.append(compiled(union[0].values_list("kind", "pk", "name").union(
+            union[1].values_list("kind", "pk", "name"), all=True),
+            ("kind", "pk", "name"), 'r."name", r."pk"'))
+    name = f"runboard_list_{'r' if size is not None else ''}c{'f' if choices else ''}"
+    return (name, "SELECT " + ", ".join(sql for sql, _ in parts),
+            tuple(p for _, params in parts for p in params))
 
 
-def first_page(size: int) -> list[Row]:
-    """The rows of the unfiltered list's first page, plus one if there is a next."""
+def _load(rows, fields, make):
+    """JSON arrays as read by `_list_sql` -> `make(*values)`, times as datetimes."""
+    times = [n for n, name in enumerate(fields) if name in TIMES]
+    parse = datetime.fromisoformat
+    loaded = []
+    for row in rows or ():
+        for n in times:
+            if row[n] is not None:
+                row[n] = parse(row[n])
+        loaded.append(make(*row))
+    return loaded
+
+
+def read(size: int | None = None, choices: bool = False):
+    """(rows, connections, choices) in one query: the unfiltered list's first page
+    (`size` rows and one more if there is a next; None when `size` is None), every
+    connection as `PollerConnection`s ordered by name, and with `choices` the filter's
+    model choices ({field: [(pk, name)]}, else None)."""
+    from dashboard.attention import execute_prepared
+
+    if db.vendor != "postgresql":
+        return _read_plainly(size, choices)
+    name, sql, params = _list_sql(size, choices)
     with db.cursor() as cursor:
-        cursor.execute(*_first_page_sql(size))
-        return [Row(*row) for row in cursor.fetchall()]
+        execute_prepared(cursor, name, sql, params)
+        found = list(cursor.fetchone())
+    rows = _load(found.pop(0), ROW_FIELDS, Row) if size is not None else None
+    connections = _load(found.pop(0), ("pk", *POLLER_FIELDS), PollerConnection)
+    models = None
+    if choices:
+        models = {"connection": [(c.pk, c.name) for c in connections], "project": [],
+                  "environment": []}
+        for kind, pk, label in found.pop(0) or ():
+            models[kind].append((pk, label))
+    return rows, connections, models
+
+
+def _read_plainly(size, choices):
+    """`read` where there is no json_agg (SQLite): the same through the ORM."""
+    from dashboard.models import Connection, Environment, Project, Run
+
+    rows = ([Row(*row) for row in Run.objects.values_list(*ROW_FIELDS)[:size + 1]]
+            if size is not None else None)
+    connections = [PollerConnection(*row) for row in Connection.objects.order_by(
+        "name", "pk").values_list("pk", *POLLER_FIELDS)]
+    models = None
+    if choices:
+        models = {"connection": [(c.pk, c.name) for c in connections]}
+        for name, model in (("project", Project), ("environment", Environment)):
+            models[name] = list(model.objects.order_by("name", "pk").values_list("pk", "name"))
+    return rows, connections, models
 
 
 def _e(value) -> str:
@@ -56,8 +155,13 @@ def time_html(value, tz=None) -> str:
     if value is None:
         return ""
     value = value.astimezone(tz or get_current_timezone())
-    return (f'<time datetime="{value.isoformat()}" title="{value:%Y-%m-%d %H:%M:%S} UTC" '
-            f'data-relative>{value:%Y-%m-%d %H:%M} UTC</time>')
+    iso = value.isoformat()
+    if value.year < 1000:  # isoformat pads the year to four digits, strftime does not
+        return (f'<time datetime="{iso}" title="{value:%Y-%m-%d %H:%M:%S} UTC" '
+                f'data-relative>{value:%Y-%m-%d %H:%M} UTC</time>')
+    # The same text as strftime's, cut from the ISO form (strftime twice cost more).
+    return (f'<time datetime="{iso}" title="{iso[:10]} {iso[11:19]} UTC" '
+            f'data-relative>{iso[:10]} {iso[11:16]} UTC</time>')
 
 
 def status_html(status: str, raw: str = "") -> str:
@@ -72,47 +176,74 @@ def run_url_prefix() -> str:
     return reverse("run-detail", args=[1])[:-2]
 
 
-def row_html(run, prefix: str, oob: bool = False, tz=None) -> str:
-    """One <tr> of the run list from a `ROW_FIELDS` row."""
-    tz = tz or get_current_timezone()
-    title = _e(run.name or run.external_id)
-    branch = _e(run.branch)
-    project = _e(run.project__name)
-    pipeline = _e(run.pipeline_name)
+def _texts(run) -> tuple:
+    """A row's text, in the order `_row` takes it escaped."""
+    return (run.status, run.raw_status or run.status, STATUS_LABELS.get(run.status, run.status),
+            run.name or run.external_id, run.branch, run.connection__name, run.project__name,
+            run.pipeline_name, run.environment__name, run.version, run.triggered_by)
+
+
+TEXTS = 11  # len(_texts(run))
+
+
+def _escaped(runs) -> list[str]:
+    """Every row's text (`_texts`) escaped, in one call to escape(), not ~500: the
+    values joined by NUL, which PostgreSQL text never holds (should a value hold one,
+    each is escaped on its own)."""
+    values = [str(value) if value else "" for run in runs for value in _texts(run)]
+    escaped = escape("\0".join(values), quote=True).split("\0")
+    if len(escaped) != len(values):
+        escaped = [escape(value, quote=True) for value in values]
+    return escaped
+
+
+def _row(run, texts, prefix: str, oob: bool, tz) -> str:
+    """One <tr> of the run list from a `ROW_FIELDS` row and its escaped `_texts`."""
+    (status, raw, label, title, branch, connection, project, pipeline, environment, version,
+     by) = texts
     if pipeline:
         project = f"{project} / {pipeline}" if run.project_id else f"{project}{pipeline}"
-    started = run.started_at.astimezone(tz).isoformat() if run.started_at else ""
-    finished = run.finished_at.astimezone(tz).isoformat() if run.finished_at else ""
-    return "".join((
-        f'<tr id="run-{run.pk}" data-status="{_e(run.status)}"',
-        ' hx-swap-oob="true">' if oob else ">",
-        f"\n  <td>{status_html(run.status, run.raw_status)}</td>",
-        f'\n  <td class="name"><a href="{prefix}{run.pk}/" class="clip" title="{title}',
-        f' · {branch}' if branch else "",
-        f'">{title}</a>',
-        f' <span class="muted clip branch">{branch}</span>' if branch else "",
-        "</td>",
-        f'\n  <td data-label="Connection"><span class="clip">{_e(run.connection__name)}'
-        "</span></td>",
-        f'\n  <td data-label="Project / pipeline"><span class="clip">{project}</span></td>',
-        f'\n  <td data-label="Environment"><span class="clip">{_e(run.environment__name)}'
-        "</span></td>",
-        '\n  <td data-label="Version">',
-        f'<code class="clip">{_e(run.version)}</code>' if run.version else "",
-        "</td>",
-        f'\n  <td data-label="By"><span class="clip">{_e(run.triggered_by)}</span></td>',
-        f'\n  <td data-label="Created">{time_html(run.created_at, tz)}</td>',
-        '\n  <td data-label="Duration">',
-        (f'<span data-duration-from="{started}"'
-         + (f' data-duration-to="{finished}"' if finished else "") + "></span>")
-        if started else "",
-        "</td>\n</tr>\n",
-    ))
+    if branch:
+        title_attr = f"{title} · {branch}"
+        branch = f' <span class="muted clip branch">{branch}</span>'
+    else:
+        title_attr = title
+    if version:
+        version = f'<code class="clip">{version}</code>'
+    duration = ""
+    if run.started_at:
+        duration = f'<span data-duration-from="{run.started_at.astimezone(tz).isoformat()}"'
+        if run.finished_at:
+            duration += f' data-duration-to="{run.finished_at.astimezone(tz).isoformat()}"'
+        duration += "></span>"
+    return (
+        f'<tr id="run-{run.pk}" data-status="{status}"'
+        + (' hx-swap-oob="true">' if oob else ">")
+        + f'\n  <td><span class="badge status-{status}" title="{raw}">{label}</span></td>'
+        f'\n  <td class="name"><a href="{prefix}{run.pk}/" class="clip" title="{title_attr}">'
+        f"{title}</a>{branch}</td>"
+        f'\n  <td data-label="Connection"><span class="clip">{connection}</span></td>'
+        f'\n  <td data-label="Project / pipeline"><span class="clip">{project}</span></td>'
+        f'\n  <td data-label="Environment"><span class="clip">{environment}</span></td>'
+        f'\n  <td data-label="Version">{version}</td>'
+        f'\n  <td data-label="By"><span class="clip">{by}</span></td>'
+        f'\n  <td data-label="Created">{time_html(run.created_at, tz)}</td>'
+        f'\n  <td data-label="Duration">{duration}</td>\n</tr>\n'
+    )
+
+
+def row_list(runs, oob: bool = False) -> list[str]:
+    """Each <tr> of the run list from `ROW_FIELDS` rows (the markup the row partial
+    wrote); with `oob`, to be swapped in out of band."""
+    runs = list(runs)
+    prefix, tz = run_url_prefix(), get_current_timezone()
+    escaped = _escaped(runs)
+    return [_row(run, escaped[n * TEXTS:(n + 1) * TEXTS], prefix, oob, tz)
+            for n, run in enumerate(runs)]
 
 
 def rows_html(runs, oob: bool = False) -> str:
-    prefix, tz = run_url_prefix(), get_current_timezone()
-    return "".join(row_html(run, prefix, oob, tz) for run in runs)
+    return "".join(row_list(runs, oob))
 
 
 # --- the environment board ----------------------------------------------------------
@@ -149,28 +280,6 @@ def board_rows_html(rows) -> str:
 
 # --- the filter form ---------------------------------------------------------------
 
-@functools.cache
-def _choices_sql() -> tuple[str, tuple]:
-    """The projects and environments, in one query compiled once per process."""
-    from dashboard.models import Environment, Project
-
-    parts = [model.objects.order_by().annotate(kind=Value(name)).values_list("kind", "pk", "name")
-             for name, model in (("project", Project), ("environment", Environment))]
-    return parts[0].union(parts[1], all=True).order_by("name", "pk").query.sql_with_params()
-
-
-def model_choices(connections) -> dict[str, list[tuple[int, str]]]:
-    """The filter's model choices: `connections` (as the view read them) and the
-    projects and environments in one query (not a server-side cursor each)."""
-    found: dict[str, list[tuple[int, str]]] = {
-        "connection": [(c.pk, c.name) for c in connections], "project": [], "environment": []}
-    with db.cursor() as cursor:
-        cursor.execute(*_choices_sql())
-        for kind, pk, name in cursor.fetchall():
-            found[kind].append((pk, name))
-    return found
-
-
 def _field_html(field, choices) -> str:
     """A bound field of the filter form as Django's widgets render it."""
     value = field.form.data.get(field.name) or ""
@@ -190,11 +299,10 @@ def _field_html(field, choices) -> str:
     ))
 
 
-def filter_fields_html(form, connections, shown_apart=("q", "status")) -> str:
+def filter_fields_html(form, choices, shown_apart=("q", "status")) -> str:
     """The form's fields in <label>s, but those the page shows elsewhere (the search)
-    or not at all (the exact status, for links and the API). `connections`: all of
-    them, ordered by name."""
-    choices = model_choices(connections)
+    or not at all (the exact status, for links and the API). `choices`: the model
+    choices as `read` gives them."""
     return "".join(
         f"<label>{_e(field.label)} {_field_html(field, choices)}</label>"
         for field in form if field.name not in shown_apart)

@@ -54,11 +54,15 @@ def test_the_run_list_afresh_makes_few_queries_whatever_the_number_of_runs(
     few = _afresh(manager_client, "/runs/")
     _runs(buddy_connection, 3, 120)  # more than two pages
     many = _afresh(manager_client, "/runs/")
-    assert len(few) == len(many) <= 6, many
+    # The session, the user, the data version (with the strip's counts) and the list's
+    # rows, connections and filter choices in one.
+    assert len(few) == len(many) <= 4, many
     # The page counts nothing over the runs but with a LIMIT (no COUNT(*) of a table).
     for sql in many:
         if "COUNT(" in sql.upper() and "dashboard_run" in sql:
             assert "LIMIT" in sql.upper(), sql
+    # A filtered page: its rows through the filter, the rest in one query.
+    assert len(_afresh(manager_client, "/runs/?group=finished&page=2")) <= 5
 
 
 def test_the_other_pages_afresh_make_few_queries(manager_client, buddy_connection):
@@ -265,3 +269,20 @@ def test_the_unfiltered_list_reuses_one_filter_form_that_a_filtered_one_never_to
     html = again.content.decode()
     assert '<option value="" selected>Any status</option>' in html
     assert 'value="Deploy"' not in html and "No runs match" not in html
+
+
+def test_the_run_lists_poller_warns_of_a_stale_connection_with_its_error_escaped(
+        manager_client, buddy_connection):
+    _runs(buddy_connection, 0, 1)
+    now = timezone.now()
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        last_success_at=now - timedelta(days=2), last_error='<b>"x"</b>', last_error_at=now,
+        next_attempt_at=now + timedelta(minutes=5))
+    data_changed()
+    for headers in ({}, {"HX-Request": "true"}):
+        cache.clear()
+        body = manager_client.get("/runs/", headers=headers).content.decode()
+        poller = body[body.index('<div id="runs-poller"'):body.index('<table class="runs">')]
+        assert "<strong>Buddy</strong> is not syncing: &lt;b&gt;&quot;x&quot;&lt;/b&gt;." in poller
+        assert "<b>" not in poller
+        assert poller.count("<time ") == 3  # last success, next attempt, last sync
