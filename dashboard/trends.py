@@ -87,32 +87,48 @@ def _chart(slots, titles, days) -> str:
     """Bars for each day, as SVG: succeeded up from the middle line, failed down from it.
     `days`: [index in the window, succeeded, failed, _] in day order. Written here rather
     than by a template loop (60 bars a row cost a template milliseconds); it holds
-    numbers and dates only, nothing to escape. A bar's height is worked out once per
-    count in the row (most days repeat one)."""
+    numbers and dates only, nothing to escape."""
     peak = max(max(ok, bad) for _, ok, bad, _ in days) or 1
-    scale = HALF / peak
-    heights: dict[int, tuple[str, str]] = {}  # count -> its height, an ok bar's y (as text)
+    heights = _heights(peak) if peak <= MAX_TABLE else _Heights(HALF / peak)
     parts = [CHART_START]
     window = len(slots)
     for index, ok, bad, _ in days:
         if index >= window:  # a deployment dated after today (a clock ahead of ours)
             continue
         if ok:
-            found = heights.get(ok) or _height(heights, scale, ok)
-            parts.append(f'<rect class="ok" {slots[index]} y="{found[1]}" height="{found[0]}">'
+            height, y = heights[ok]
+            parts.append(f'<rect class="ok" {slots[index]} y="{y}" height="{height}">'
                          f"<title>{titles[index]}: {ok} succeeded</title></rect>")
         if bad:
-            found = heights.get(bad) or _height(heights, scale, bad)
-            parts.append(f'<rect class="bad" {slots[index]} y="{HALF}" height="{found[0]}">'
+            parts.append(f'<rect class="bad" {slots[index]} y="{HALF}" height="{heights[bad][0]}">'
                          f"<title>{titles[index]}: {bad} failed</title></rect>")
     parts.append("</svg>")
     return mark_safe("".join(parts))  # noqa: S308 (numbers and dates of ours)
 
 
-def _height(heights: dict, scale: float, count: int) -> tuple[str, str]:
-    height = round(scale * count, 1)
-    found = heights[count] = (str(height), str(round(HALF - height, 1)))
-    return found
+MAX_TABLE = 1000  # the highest bar a table of heights is made for
+
+
+class _Heights(dict):
+    """count -> (its bar's height, an ok bar's y) as text, at `scale` per count."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def __missing__(self, count: int) -> tuple[str, str]:
+        height = round(self.scale * count, 1)
+        found = self[count] = (str(height), str(round(HALF - height, 1)))
+        return found
+
+
+@functools.lru_cache(maxsize=256)
+def _heights(peak: int) -> tuple[tuple[str, str], ...]:
+    """The bars' heights and y for each count up to `peak`, a row's highest bar: pure
+    arithmetic on small numbers, worked out once per peak (working out and formatting
+    each bar's two numbers was most of drawing a chart)."""
+    heights = _Heights(HALF / peak)
+    return tuple(heights[count] for count in range(peak + 1))
 
 
 def build(days: int) -> list[dict]:
