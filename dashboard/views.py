@@ -149,7 +149,9 @@ def rendered_once(template: str, request, version: str, context) -> str:
     ).hexdigest()
     html = cache.get(key)
     if html is None:
-        html = render_to_string(template, context(), request)
+        # Without the request: nothing per user goes in, and the context processors
+        # (a fifth of rendering the run list's table) are not run for it.
+        html = render_to_string(template, context())
         cache.set(key, html, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
     return mark_safe(html)  # noqa: S308 (our own template's output)
 
