@@ -35,8 +35,10 @@ Row = namedtuple("Row", ROW_FIELDS)
 # schedule.watching_read asks (watched_until).
 POLLER_FIELDS = ("name", "enabled", "last_success_at", "last_error", "last_error_at",
                  "next_attempt_at", "next_poll_at", "watched_until")
-TIMES = frozenset(("created_at", "started_at", "finished_at", "updated_at", "last_success_at",
-                   "last_error_at", "next_attempt_at", "next_poll_at", "watched_until"))
+# Times read as datetimes; the rows' other times stay PostgreSQL's text until written
+# out (see `_iso`).
+TIMES = frozenset(("updated_at", "last_success_at", "last_error_at", "next_attempt_at",
+                   "next_poll_at", "watched_until"))
 
 
 class PollerConnection:
@@ -108,7 +110,8 @@ def _load(rows, fields, make):
 
 def read(size: int | None = None, choices: bool = False):
     """(rows, connections, choices) in one query: the unfiltered list's first page
-    (`size` rows and one more if there is a next; None when `size` is None), every
+    (`size` rows and one more if there is a next, their created, started and finished
+    times as PostgreSQL's text of them; None when `size` is None), every
     connection as `PollerConnection`s ordered by name, and with `choices` the filter's
     model choices ({field: [(pk, name)]}, else None)."""
     from dashboard.attention import execute_prepared
@@ -197,7 +200,28 @@ def _escaped(runs) -> list[str]:
     return escaped
 
 
-def _row(run, texts, prefix: str, oob: bool, tz) -> str:
+def _iso(value, tz, utc: bool) -> str:
+    """A time as datetime.isoformat() writes it in `tz`: from a datetime, or from the
+    text PostgreSQL's JSON gives (`read`), which in UTC is the same but for the
+    fraction's trailing zeros: padded here, not parsed and converted (three times a row,
+    that was a fifth of writing the rows). Any other text is parsed."""
+    if type(value) is str:
+        if utc and value[4:5] == "-" and value[:1] != "0" and value.endswith("+00:00"):
+            return value if len(value) == 25 else value[:-6].ljust(26, "0") + "+00:00"
+        value = datetime.fromisoformat(value)
+    return value.astimezone(tz).isoformat()
+
+
+def _time_html(value, tz, utc: bool) -> str:
+    """time_html of a datetime or of PostgreSQL's text of one (see `_iso`)."""
+    iso = _iso(value, tz, utc)
+    if iso[:1] == "0":  # a year before 1000: strftime does not pad it as isoformat does
+        return time_html(datetime.fromisoformat(iso), tz)
+    return (f'<time datetime="{iso}" title="{iso[:10]} {iso[11:19]} UTC" '
+            f'data-relative>{iso[:10]} {iso[11:16]} UTC</time>')
+
+
+def _row(run, texts, prefix: str, oob: bool, tz, utc: bool) -> str:
     """One <tr> of the run list from a `ROW_FIELDS` row and its escaped `_texts`."""
     (status, raw, label, title, branch, connection, project, pipeline, environment, version,
      by) = texts
@@ -212,9 +236,9 @@ def _row(run, texts, prefix: str, oob: bool, tz) -> str:
         version = f'<code class="clip">{version}</code>'
     duration = ""
     if run.started_at:
-        duration = f'<span data-duration-from="{run.started_at.astimezone(tz).isoformat()}"'
+        duration = f'<span data-duration-from="{_iso(run.started_at, tz, utc)}"'
         if run.finished_at:
-            duration += f' data-duration-to="{run.finished_at.astimezone(tz).isoformat()}"'
+            duration += f' data-duration-to="{_iso(run.finished_at, tz, utc)}"'
         duration += "></span>"
     return (
         f'<tr id="run-{run.pk}" data-status="{status}"'
@@ -227,7 +251,7 @@ def _row(run, texts, prefix: str, oob: bool, tz) -> str:
         f'\n  <td data-label="Environment"><span class="clip">{environment}</span></td>'
         f'\n  <td data-label="Version">{version}</td>'
         f'\n  <td data-label="By"><span class="clip">{by}</span></td>'
-        f'\n  <td data-label="Created">{time_html(run.created_at, tz)}</td>'
+        f'\n  <td data-label="Created">{_time_html(run.created_at, tz, utc)}</td>'
         f'\n  <td data-label="Duration">{duration}</td>\n</tr>\n'
     )
 
@@ -237,8 +261,9 @@ def row_list(runs, oob: bool = False) -> list[str]:
     wrote); with `oob`, to be swapped in out of band."""
     runs = list(runs)
     prefix, tz = run_url_prefix(), get_current_timezone()
+    utc = str(tz) == "UTC"
     escaped = _escaped(runs)
-    return [_row(run, escaped[n * TEXTS:(n + 1) * TEXTS], prefix, oob, tz)
+    return [_row(run, escaped[n * TEXTS:(n + 1) * TEXTS], prefix, oob, tz, utc)
             for n, run in enumerate(runs)]
 
 

@@ -286,3 +286,24 @@ def test_the_run_lists_poller_warns_of_a_stale_connection_with_its_error_escaped
         assert "<strong>Buddy</strong> is not syncing: &lt;b&gt;&quot;x&quot;&lt;/b&gt;." in poller
         assert "<b>" not in poller
         assert poller.count("<time ") == 3  # last success, next attempt, last sync
+
+
+def test_the_lists_times_are_isoformats_whatever_their_fraction(manager_client,
+                                                                buddy_connection):
+    """The first page's times come as PostgreSQL's text (trailing zeros of the fraction
+    dropped, none for whole seconds): written out, they are datetime.isoformat()'s."""
+    base = timezone.now().replace(microsecond=0) - timedelta(hours=1)
+    for n, micro in enumerate((0, 120000, 1)):
+        _runs(buddy_connection, n, 1)
+        moment = base + timedelta(minutes=n, microseconds=micro)
+        Run.objects.filter(external_id=f"r{n}").update(
+            created_at=moment, started_at=moment, finished_at=moment + timedelta(seconds=90))
+    data_changed()
+    cache.clear()
+    body = manager_client.get("/runs/").content.decode()
+    for run in Run.objects.all():
+        created, finished = run.created_at.isoformat(), run.finished_at.isoformat()
+        assert (f'<time datetime="{created}" title="{run.created_at:%Y-%m-%d %H:%M:%S} UTC" '
+                f'data-relative>{run.created_at:%Y-%m-%d %H:%M} UTC</time>') in body
+        assert (f'<span data-duration-from="{created}" data-duration-to="{finished}">'
+                in body)
