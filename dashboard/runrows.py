@@ -333,5 +333,17 @@ def filter_fields_html(form, choices, shown_apart=("q", "status")) -> str:
         for field in form if field.name not in shown_apart)
 
 
+def unfiltered_fields_html(form, choices) -> str:
+    """`filter_fields_html` of the unfiltered list's form (made once per process, see
+    views._unfiltered): the same for the same model choices, so kept per choices (the
+    key is the choices themselves: a renamed or new project shows at once)."""
+    return _unfiltered_fields(form, tuple((name, tuple(found)) for name, found in choices.items()))
+
+
+@functools.lru_cache(maxsize=8)
+def _unfiltered_fields(form, choices: tuple) -> str:
+    return filter_fields_html(form, dict(choices))
+
+
 def search_html(form) -> str:
     return _field_html(form["q"], {})

@@ -115,9 +115,11 @@ def _run_list_context(request, version: str, full: bool = False) -> dict:
     ).hexdigest()
     extra = {}
     if full:
+        fields = (runrows.unfiltered_fields_html if run_filter is _unfiltered()
+                  else runrows.filter_fields_html)
         extra = {"search_field": mark_safe(runrows.search_html(run_filter.form)),  # noqa: S308
                  "filter_fields": mark_safe(  # noqa: S308 (escaped by runrows)
-                     runrows.filter_fields_html(run_filter.form, choices))}
+                     fields(run_filter.form, choices))}
     return {
         **extra,
         "filter": run_filter,

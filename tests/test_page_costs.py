@@ -307,3 +307,22 @@ def test_the_lists_times_are_isoformats_whatever_their_fraction(manager_client,
                 f'data-relative>{run.created_at:%Y-%m-%d %H:%M} UTC</time>') in body
         assert (f'<span data-duration-from="{created}" data-duration-to="{finished}">'
                 in body)
+
+
+def test_the_unfiltered_filter_form_shows_a_renamed_or_new_choice_at_once(manager_client,
+                                                                         buddy_connection):
+    """Its fields are kept per model choices (runrows.unfiltered_fields_html): a change
+    of the choices is a new key, not a stale form."""
+    _runs(buddy_connection, 0, 1)
+    run = Run.objects.get()
+    assert '>Shop</option>' in manager_client.get("/runs/").content.decode()
+    run.project.name = 'Shop <b>"2"</b>'
+    run.project.save()
+    buddy_connection.name = "Buddy EU"
+    buddy_connection.save()
+    cache.clear()
+    body = manager_client.get("/runs/").content.decode()
+    renamed = "Shop &lt;b&gt;&quot;2&quot;&lt;/b&gt;"
+    assert f'<option value="{run.project.pk}">{renamed}</option>' in body
+    assert f'<option value="{buddy_connection.pk}">Buddy EU</option>' in body
+    assert ">Shop</option>" not in body
