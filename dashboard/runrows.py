@@ -271,6 +271,35 @@ def rows_html(runs, oob: bool = False) -> str:
     return "".join(row_list(runs, oob))
 
 
+def poller_html(query: str, version: str, page_key: str, connections, last_sync) -> str:
+    """The list's live poller (what runs/_poller.html wrote): it asks for the list
+    again every half second with the version and page it shows, and says which of the
+    enabled `connections` are not syncing. Names and errors escaped."""
+    from dashboard.templatetags.runboard import route
+
+    tz = get_current_timezone()
+    parts = [f'<div id="runs-poller" hx-get="{escape(route("run-list"))}?{escape(query)}'
+             f'{"&amp;" if query else ""}v={escape(version)}&amp;p={escape(page_key)}"\n'
+             '     hx-trigger="every 500ms" hx-swap="outerHTML" aria-live="polite">\n  ']
+    for connection in connections:
+        if connection.is_stale:
+            error = connection.last_error
+            parts.append(
+                f'\n    <p class="warning" role="alert"><strong>{_e(connection.name)}</strong>'
+                f" is not syncing{f': {escape(error)}' if error else ''}.\n      "
+                + (f"Last success {time_html(connection.last_success_at, tz)}."
+                   if connection.last_success_at else "It has never synced.")
+                + "\n      "
+                + (f"Next attempt {time_html(connection.next_attempt_at, tz)}."
+                   if connection.next_attempt_at else "")
+                + "</p>\n  ")
+    parts.append('\n  <p class="muted small live-line"><span class="live-label" data-online="Live">'
+                 "Live</span>"
+                 + (f" · last synced {time_html(last_sync, tz)}" if last_sync else "")
+                 + "</p>\n</div>\n")
+    return "".join(parts)
+
+
 # --- the environment board ----------------------------------------------------------
 
 

@@ -113,6 +113,7 @@ def _run_list_context(request, version: str, full: bool = False) -> dict:
     page_key = hashlib.blake2s(
         ",".join(str(r.pk) for r in page["rows"]).encode(), digest_size=6
     ).hexdigest()
+    query = query_without(request, "v", "p")
     extra = {}
     if full:
         fields = (runrows.unfiltered_fields_html if run_filter is _unfiltered()
@@ -129,11 +130,13 @@ def _run_list_context(request, version: str, full: bool = False) -> dict:
         "rows_html": lambda: mark_safe(runrows.rows_html(page["rows"])),  # noqa: S308
         "version": version,
         "page_key": page_key,
-        "query": query_without(request, "v", "p"),
+        "query": query,
         "page_query": query_without(request, "v", "p", "page"),
         "connections": connections,
-        "last_sync": max((c.last_success_at for c in connections if c.last_success_at),
-                         default=None),
+        # Written by runrows (the template's loop over the connections cost more).
+        "poller": lambda: mark_safe(runrows.poller_html(  # noqa: S308 (escaped by runrows)
+            query, version, page_key, connections,
+            max((c.last_success_at for c in connections if c.last_success_at), default=None))),
     }
 
 
