@@ -226,14 +226,17 @@ def _rewrite(spans: dict[int, tuple[date, date]], models=None) -> None:
 
 
 WINDOW_SQL = """
-    SELECT g.id, c.name, p.name, e.name, g.pipeline_name, d.days, h.buckets
+    SELECT g.id, c.name, p.name, e.name, g.pipeline_name, d.days, d.ok, d.bad, d.peak,
+      h.buckets
     FROM dashboard_trendgroup g
     JOIN dashboard_connection c ON c.id = g.connection_id
     LEFT JOIN dashboard_project p ON p.id = g.project_id
     LEFT JOIN dashboard_environment e ON e.id = g.environment_id
     CROSS JOIN LATERAL (
       SELECT array_agg(ARRAY[t.day - %s, t.successes, t.failures,
-                             (t.failing_since IS NOT NULL)::int] ORDER BY t.day) AS days
+                             (t.failing_since IS NOT NULL)::int] ORDER BY t.day) AS days,
+        SUM(t.successes)::int AS ok, SUM(t.failures)::int AS bad,
+        MAX(GREATEST(t.successes, t.failures)) AS peak
       FROM dashboard_trendday t WHERE t.group_id = g.id AND t.day >= %s) AS d
     CROSS JOIN LATERAL (
       SELECT array_agg(ARRAY[b.restore::int, b.bucket, b.n]) AS buckets
@@ -246,23 +249,26 @@ WINDOW_SQL = """
 def window(first: date) -> list[tuple]:
     """What the trends page reads for the days from `first` on, in one query whatever
     the number of runs, for each group with days in the window: (group id, connection,
-    project, environment, pipeline, days, histograms). `days`: [day - first, successes,
-    failures, failing (0 or 1)] in day order; `histograms`: {restore: {bucket: count}}
-    summed over the window. Each group's days and buckets come as integer arrays off the
-    (group, day) indexes, from a statement prepared once per database connection:
-    three queries and their ORM building, then one of JSON with dates to parse, were
-    most of the page rendered afresh."""
+    project, environment, pipeline, days, successes, failures, peak, histograms).
+    `days`: [day - first, successes, failures, failing (0 or 1)] in day order; the
+    window's successes and failures, and `peak` its most of either on a day (a chart's
+    scale); `histograms`: {restore: {bucket: count}} summed over the window. Each
+    group's days and buckets come as integer arrays off the (group, day) indexes, from a
+    statement prepared once per database connection: three queries and their ORM
+    building, then one of JSON with dates to parse, were most of the page rendered
+    afresh."""
+
     from dashboard.attention import execute_prepared
 
     with db.cursor() as cursor:
         execute_prepared(cursor, "runboard_trends", WINDOW_SQL, [first, first, first])
         found = cursor.fetchall()
     groups = []
-    for group, connection, project, environment, pipeline, days, buckets in found:
+    for *group, buckets in found:
         histograms: dict[bool, dict[int, int]] = {False: {}, True: {}}
         for restore, index, count in buckets or ():
             histograms[bool(restore)][index] = count
-        groups.append((group, connection, project, environment, pipeline, days, histograms))
+        groups.append((*group, histograms))
     return groups
 
 
