@@ -300,6 +300,70 @@ def poller_html(query: str, version: str, page_key: str, connections, last_sync)
     return "".join(parts)
 
 
+TABLE_HEAD = (
+    '  <table class="runs">\n    <thead><tr><th>Status</th><th>Run</th><th>Connection</th>'
+    "<th>Project / pipeline</th><th>Environment</th><th>Version</th><th>By</th>"
+    "<th>Created</th><th>Duration</th></tr></thead>\n    <tbody>\n    ")
+
+
+def table_html(context) -> str:
+    """The list's table with its poller and pager (what runs/_table.html wrote with
+    includes and a dozen lookups), from `views._run_list_context`'s context."""
+    from dashboard.templatetags.runboard import route
+
+    page = context["page"]
+    if page["rows"]:
+        rows = context["rows_html"]()
+    elif context["filter"].form.changed_data:
+        rows = ('\n      <tr><td colspan="9" class="empty">No runs match these filters. '
+                f'<a href="{escape(route("run-list"))}">Clear filters</a></td></tr>\n    ')
+    elif context["connections"]:
+        rows = ('\n      <tr><td colspan="9" class="empty">No runs yet: the first sync has not'
+                " finished.</td></tr>\n    ")
+    else:
+        rows = ('\n      <tr><td colspan="9" class="empty">No runs: no provider connection is'
+                " set up yet (add one in the admin or with <code>manage.py add_connection"
+                "</code>).</td></tr>\n    ")
+    return "".join((
+        '<div id="runs">\n  ', context["poller"](), "\n", TABLE_HEAD, rows,
+        "\n    </tbody>\n  </table>\n  ", pager_html(page, context["page_query"]), "\n</div>\n"))
+
+
+def pager_html(page, query: str) -> str:
+    """partials/pager.html."""
+    if not (page["has_previous"] or page["has_next"]):
+        return "\n"
+    query = f"{escape(query)}&amp;" if query else ""
+    number = page["number"]
+    newer = (f'<a href="?{query}page={number - 1}" rel="prev">\u2190 Newer</a>'
+             if page["has_previous"] else "")
+    older = (f'<a href="?{query}page={number + 1}" rel="next">Older \u2192</a>'
+             if page["has_next"] else "")
+    return (f'\n<nav class="pager" aria-label="Pages">\n  {newer}\n  <span>Page {number}</span>'
+            f"\n  {older}\n</nav>\n\n")
+
+
+def page_html(context) -> str:
+    """The whole list: the filter form and the table (what runs/_page.html wrote)."""
+    from dashboard.templatetags.runboard import route
+
+    url = escape(route("run-list"))
+    active = context["active_filters"]
+    return "".join((
+        f'<form class="filters list-head" method="get" action="{url}" hx-get="{url}" '
+        'hx-target="#runs" hx-swap="outerHTML"\n      hx-trigger="change, keyup changed '
+        "delay:300ms from:input[name=q], keyup changed delay:300ms from:input[name=by], keyup"
+        ' changed delay:300ms from:input[name=pipeline]" hx-push-url="true">\n  <h1>Runs</h1>'
+        f'\n  <label class="search">{_e(context["filter"].form["q"].label)} '
+        f'{context["search_field"]}</label>\n  <details class="more-filters"'
+        f'{" open" if active else ""}>\n    <summary>Filters'
+        f'{f" ({len(active)} on)" if active else ""}</summary>\n    <div class="filter-fields">'
+        f'\n    {context["filter_fields"]}\n    <button type="submit">Filter</button>\n    '
+        f'<a href="{url}" class="muted">Clear</a>\n    </div>\n  </details>\n  <span class="muted'
+        ' small keys-hint">Press <kbd>?</kbd> for keys</span>\n</form>\n',
+        table_html(context), "\n"))
+
+
 # --- the environment board ----------------------------------------------------------
 
 

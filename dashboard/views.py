@@ -121,7 +121,7 @@ def _run_list_context(request, version: str, full: bool = False) -> dict:
         extra = {"search_field": mark_safe(runrows.search_html(run_filter.form)),  # noqa: S308
                  "filter_fields": mark_safe(  # noqa: S308 (escaped by runrows)
                      fields(run_filter.form, choices))}
-    return {
+    context = {
         **extra,
         "filter": run_filter,
         "active_filters": [f for f in run_filter.form.changed_data if f != "q"],
@@ -138,6 +138,10 @@ def _run_list_context(request, version: str, full: bool = False) -> dict:
             query, version, page_key, connections,
             max((c.last_success_at for c in connections if c.last_success_at), default=None))),
     }
+    # The page and its table, written by runrows (shown by runs/_page.html, _table.html).
+    context["table_html"] = lambda: mark_safe(runrows.table_html(context))  # noqa: S308
+    context["page_html"] = lambda: mark_safe(runrows.page_html(context))  # noqa: S308
+    return context
 
 
 def rendered_once(template: str, request, version: str, context) -> str:
