@@ -326,3 +326,23 @@ def test_the_unfiltered_filter_form_shows_a_renamed_or_new_choice_at_once(manage
     assert f'<option value="{run.project.pk}">{renamed}</option>' in body
     assert f'<option value="{buddy_connection.pk}">Buddy EU</option>' in body
     assert ">Shop</option>" not in body
+
+
+def test_the_list_written_in_python_escapes_what_the_url_and_providers_send(
+        manager_client, buddy_connection):
+    """runrows.page_html, table_html and pager_html: the search, the filters and the
+    pager's links carry what the URL asked, escaped; so are the rows and the poller."""
+    evil = '<b>"x"</b>'
+    _runs(buddy_connection, 0, 3, branch=evil, triggered_by=evil)
+    cache.clear()
+    for path in ("/runs/?q=%3Cb%3E%22x%22%3C%2Fb%3E&by=%3Cb%3E&page=2",
+                 "/runs/?pipeline=%22%3E%3Cb%3E&page=2", "/runs/"):
+        for headers in ({}, {"HX-Request": "true"}):
+            body = manager_client.get(path, headers=headers).content.decode()
+            assert "<b>" not in body, (path, headers)
+            if "page=2" in path:
+                assert 'rel="prev">' in body and "&amp;page=1" in body
+    body = manager_client.get("/runs/?q=%3Cb%3E%22x%22%3C%2Fb%3E").content.decode()
+    assert 'value="&lt;b&gt;&quot;x&quot;&lt;/b&gt;"' in body
+    assert body.count('<tr id="run-') == 3  # their branch matches
+    assert manager_client.get("/runs/").content.decode().count("&lt;b&gt;&quot;x&quot;") >= 6
