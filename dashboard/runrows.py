@@ -1,14 +1,16 @@
-"""The run list's rows and filter fields as HTML, written in Python.
+"""The run list as HTML, written in Python: its rows, filter fields, poller, table and
+page; and its read, one query.
 
 The list is rendered afresh for the first viewer after every change (a sync writes
 every few seconds), and Django's template engine spent most of that render here: an
 include, a dozen variable lookups and date filters per row for 50 rows, and a template
-per <option> in the filter form. Written out in Python the same markup costs a fraction
-of a millisecond. The rows are read as tuples (`ROW_FIELDS`), not models: building four
-model instances per row cost more than the query. The markup is what the row partial
-was (tests/test_pages.py checks it, escaping included).
+per <option> in the filter form; then the includes around them. Written out in Python
+the same markup costs a fraction of a millisecond. What most viewers ask (no filter,
+page 1) is read by one prepared statement (`read`): the rows as tuples (`ROW_FIELDS`),
+not models (building four model instances per row cost more than the query), the
+connections and the filter's choices, as JSON. The markup is what the templates wrote
+(tests/test_page_costs.py checks it, escaping included).
 """
-
 from __future__ import annotations
 
 import functools
