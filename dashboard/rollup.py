@@ -7,10 +7,10 @@ restore per pipeline and environment. Computed from the runs, a request reads ev
 of the window (tens of thousands at a run every two minutes) whatever the cache: far
 over the page budget (3 x a trivial view, a few milliseconds). Computed in SQL with
 window functions it still reads them all, and differently on PostgreSQL and SQLite.
-So the page reads, in three queries whatever the number of runs: one row per group and
-day (`TrendDay`: counts, for the totals and the bars; at most groups x 30), the
-duration and restore buckets summed over the window by the database (`TrendBucket`:
-groups x 2 x the buckets in use, ~340 at most), and the groups' names. This module
+So the page reads, in one query whatever the number of runs, per group: its days
+(`TrendDay`: counts, for the totals and the bars; at most 30), its duration and restore
+buckets summed over the window by the database (`TrendBucket`: 2 x the buckets in use,
+~340 at most), and its names. This module
 keeps those rows right:
 
 - `TrendDeployment` holds each finished deployment (run id, group, finish time, ok,
@@ -259,39 +259,51 @@ def _rewrite(spans: dict[int, tuple[date, date]], models=None) -> None:
 # --- the read path --------------------------------------------------------------------
 
 
-def window(first: date) -> tuple[list, dict, list]:
-    """What the trends page reads for the days from `first` on, in one query (three
-    queries and their ORM building were most of the page rendered afresh): the days
-    [(group id, day, successes, failures, failing)] by group and day, the histograms
-    ((group id, restore) -> bucket -> count, summed over the window), and the names
-    [(group id, connection, project, environment, pipeline)] of the groups with days
-    in the window."""
+WINDOW_SQL = """
+    SELECT g.id, c.name, p.name, e.name, g.pipeline_name, d.days, d.ok, d.bad, d.peak,
+      h.buckets
+    FROM dashboard_trendgroup g
+    JOIN dashboard_connection c ON c.id = g.connection_id
+    LEFT JOIN dashboard_project p ON p.id = g.project_id
+    LEFT JOIN dashboard_environment e ON e.id = g.environment_id
+    CROSS JOIN LATERAL (
+      SELECT array_agg(ARRAY[t.day - %s, t.successes, t.failures,
+                             (t.failing_since IS NOT NULL)::int] ORDER BY t.day) AS days,
+        SUM(t.successes)::int AS ok, SUM(t.failures)::int AS bad,
+        MAX(GREATEST(t.successes, t.failures)) AS peak
+      FROM dashboard_trendday t WHERE t.group_id = g.id AND t.day >= %s) AS d
+    CROSS JOIN LATERAL (
+      SELECT array_agg(ARRAY[b.restore::int, b.bucket, b.n]) AS buckets
+      FROM (SELECT restore, bucket, SUM(count)::int AS n FROM dashboard_trendbucket
+            WHERE group_id = g.id AND day >= %s GROUP BY 1, 2) AS b) AS h
+    WHERE d.days IS NOT NULL
+"""
+
+
+def window(first: date) -> list[tuple]:
+    """What the trends page reads for the days from `first` on, in one query whatever
+    the number of runs, for each group with days in the window: (group id, connection,
+    project, environment, pipeline, days, successes, failures, peak, histograms).
+    `days`: [day - first, successes, failures, failing (0 or 1)] in day order; the
+    window's successes and failures, and `peak` its most of either on a day (a chart's
+    scale); `histograms`: {restore: {bucket: count}} summed over the window. Each
+    group's days and buckets come as integer arrays off the (group, day) indexes, from a
+    statement prepared once per database connection: three queries and their ORM
+    building, then one of JSON with dates to parse, were most of the page rendered
+    afresh."""
+
+    from dashboard.attention import execute_prepared
+
     with db.cursor() as cursor:
-        cursor.execute("""
-            SELECT
-              (SELECT json_agg(json_build_array(group_id, day, successes, failures,
-                                                failing_since IS NOT NULL)
-                               ORDER BY group_id, day)
-               FROM dashboard_trendday WHERE day >= %(first)s),
-              (SELECT json_agg(json_build_array(group_id, restore, bucket, n))
-               FROM (SELECT group_id, restore, bucket, SUM(count) AS n
-                     FROM dashboard_trendbucket WHERE day >= %(first)s
-                     GROUP BY 1, 2, 3) AS b),
-              (SELECT json_agg(json_build_array(g.id, c.name, p.name, e.name,
-                                                g.pipeline_name))
-               FROM dashboard_trendgroup g
-               JOIN dashboard_connection c ON c.id = g.connection_id
-               LEFT JOIN dashboard_project p ON p.id = g.project_id
-               LEFT JOIN dashboard_environment e ON e.id = g.environment_id
-               WHERE g.id IN (SELECT group_id FROM dashboard_trendday
-                              WHERE day >= %(first)s))
-        """, {"first": first})
-        days, buckets, names = cursor.fetchone()
-    histograms: dict[tuple[int, bool], dict[int, int]] = defaultdict(dict)
-    for group, restore, index, count in buckets or []:
-        histograms[group, restore][index] = count
-    return ([(group, date.fromisoformat(day), ok, bad, failing)
-             for group, day, ok, bad, failing in days or []], histograms, names or [])
+        execute_prepared(cursor, "runboard_trends", WINDOW_SQL, [first, first, first])
+        found = cursor.fetchall()
+    groups = []
+    for *group, buckets in found:
+        histograms: dict[bool, dict[int, int]] = {False: {}, True: {}}
+        for restore, index, count in buckets or ():
+            histograms[bool(restore)][index] = count
+        groups.append((*group, histograms))
+    return groups
 
 
 # --- from scratch ------------------------------------------------------------------

@@ -18,6 +18,7 @@ version and window, and kept in the cache.
 
 from __future__ import annotations
 
+import functools
 from datetime import date, timedelta
 from html import escape
 
@@ -65,12 +66,14 @@ def _median_p90(histogram: dict[int, int]) -> tuple[timedelta | None, timedelta 
     return timedelta(seconds=sum(middles) / len(middles)), timedelta(seconds=last)
 
 
-def _slots(days: int, today: date) -> dict[date, str]:
-    """Each day of the window -> the x and width of its bars, the same on every row."""
+@functools.lru_cache(maxsize=4)
+def _slots(days: int, first: date) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Each day of the window from `first` (by its index) -> the x and width of its
+    bars, the same on every row, and the day as the bars' titles write it."""
     step = CHART_WIDTH / days
-    return {today - timedelta(days=days - 1 - index):
-            f'x="{round(index * step + step * 0.1, 1)}" width="{round(step * 0.8, 1)}"'
-            for index in range(days)}
+    return (tuple(f'x="{round(index * step + step * 0.1, 1)}" width="{round(step * 0.8, 1)}"'
+                  for index in range(days)),
+            tuple(str(first + timedelta(days=index)) for index in range(days)))
 
 
 HALF = CHART_HEIGHT / 2
@@ -80,59 +83,73 @@ CHART_START = (f'<svg class="spark" width="{CHART_WIDTH}" height="{CHART_HEIGHT}
                f'x2="{CHART_WIDTH}" y1="{HALF}" y2="{HALF}"/>')
 
 
-def _chart(slots: dict[date, str], daily: dict[date, tuple[int, int]]) -> str:
+def _chart(slots, titles, days, peak: int) -> str:
     """Bars for each day, as SVG: succeeded up from the middle line, failed down from it.
-    Written here rather than by a template loop (60 bars a row cost a template
-    milliseconds); it holds numbers and dates only, nothing to escape."""
-    peak = max([max(ok, bad) for ok, bad in daily.values()] or [1]) or 1
-    scale = HALF / peak
+    `days`: [index in the window, succeeded, failed, _] in day order; `peak`: the most
+    of either on a day. Written here rather than by a template loop (60 bars a row cost
+    a template milliseconds); it holds numbers and dates only, nothing to escape."""
+    peak = peak or 1
+    heights = _heights(peak) if peak <= MAX_TABLE else _Heights(HALF / peak)
     parts = [CHART_START]
-    for day, (ok, bad) in daily.items():
-        slot = slots.get(day)
-        if slot is None:  # a deployment dated after today (a clock ahead of ours)
+    window = len(slots)
+    for index, ok, bad, _ in days:
+        if index >= window:  # a deployment dated after today (a clock ahead of ours)
             continue
         if ok:
-            height = round(scale * ok, 1)
-            parts.append(f'<rect class="ok" {slot} y="{round(HALF - height, 1)}" '
-                         f'height="{height}"><title>{day}: {ok} succeeded</title></rect>')
+            height, y = heights[ok]
+            parts.append(f'<rect class="ok" {slots[index]} y="{y}" height="{height}">'
+                         f"<title>{titles[index]}: {ok} succeeded</title></rect>")
         if bad:
-            parts.append(f'<rect class="bad" {slot} y="{HALF}" height="{round(scale * bad, 1)}">'
-                         f"<title>{day}: {bad} failed</title></rect>")
+            parts.append(f'<rect class="bad" {slots[index]} y="{HALF}" height="{heights[bad][0]}">'
+                         f"<title>{titles[index]}: {bad} failed</title></rect>")
     parts.append("</svg>")
     return mark_safe("".join(parts))  # noqa: S308 (numbers and dates of ours)
+
+
+MAX_TABLE = 1000  # the highest bar a table of heights is made for
+
+
+class _Heights(dict):
+    """count -> (its bar's height, an ok bar's y) as text, at `scale` per count."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def __missing__(self, count: int) -> tuple[str, str]:
+        height = round(self.scale * count, 1)
+        found = self[count] = (str(height), str(round(HALF - height, 1)))
+        return found
+
+
+@functools.lru_cache(maxsize=256)
+def _heights(peak: int) -> tuple[tuple[str, str], ...]:
+    """The bars' heights and y for each count up to `peak`, a row's highest bar: pure
+    arithmetic on small numbers, worked out once per peak (working out and formatting
+    each bar's two numbers was most of drawing a chart)."""
+    heights = _Heights(HALF / peak)
+    return tuple(heights[count] for count in range(peak + 1))
 
 
 def build(days: int) -> list[dict]:
     today = rollup.day_of(timezone.now())
     first = today - timedelta(days=days - 1)
-    days_read, histograms, names = rollup.window(first)
-    groups: dict[int, dict] = {}
-    for group_id, day, ok, bad, failing in days_read:
-        group = groups.get(group_id)
-        if group is None:
-            group = groups[group_id] = {"ok": 0, "bad": 0, "daily": {}}
-        group["ok"] += ok
-        group["bad"] += bad
-        group["failing"] = failing  # day by day: the last one's wins
-        group["daily"][day] = (ok, bad)
-    if not groups:
-        return []
-    slots = _slots(days, today)
+    slots, titles = _slots(days, first)
     result = []
-    for group_id, connection, project, environment, pipeline in names:
-        group = groups[group_id]
-        total = group["ok"] + group["bad"]
-        median, p90 = _median_p90(histograms.get((group_id, False), {}))
+    for (_, connection, project, environment, pipeline, daily, ok, bad, peak,
+         histograms) in rollup.window(first):
+        total = ok + bad
+        median, p90 = _median_p90(histograms[False])
         result.append({
             "project": project or connection, "pipeline": pipeline,
             "environment": environment or "", "connection": connection,
             "deployments": total,
-            "success_rate": round(100 * group["ok"] / total),
-            "change_failure_rate": round(100 * group["bad"] / total),
+            "success_rate": round(100 * ok / total),
+            "change_failure_rate": round(100 * bad / total),
             "median": median, "p90": p90,
-            "restore": _median_p90(histograms.get((group_id, True), {}))[0],
-            "unrestored": group["failing"],
-            "chart": _chart(slots, group["daily"]),
+            "restore": _median_p90(histograms[True])[0],
+            "unrestored": bool(daily[-1][3]),  # the group's last day says
+            "chart": _chart(slots, titles, daily, peak),
         })
     result.sort(key=lambda r: (r["project"], r["pipeline"], r["environment"],
                                r["connection"]))

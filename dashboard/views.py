@@ -35,9 +35,7 @@ from providers.base import Action, Status
 
 PAGE_SIZE = 50
 RUN_FILTERS = frozenset(RunFilter.base_filters)
-# What the run list's poller shows of each connection (is_stale, its warning).
-POLLER_FIELDS = ("name", "enabled", "last_success_at", "last_error", "last_error_at",
-                 "next_attempt_at", "next_poll_at", "watched_until")
+POLLER_FIELDS = runrows.POLLER_FIELDS
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -94,31 +92,36 @@ def _run_list_context(request, version: str, full: bool = False) -> dict:
     # Rows as tuples, written out by runrows: the afresh render's cost was per row.
     if request.GET.get("page", "1") == "1" and not RUN_FILTERS.intersection(request.GET):
         run_filter = _unfiltered()  # its form is shown; it filters nothing here
-        rows = runrows.first_page(PAGE_SIZE)  # what most viewers ask: no filter, page 1
+        # What most viewers ask (no filter, page 1): the rows, the connections and the
+        # filter's choices in one query.
+        rows, everyone, choices = runrows.read(PAGE_SIZE, choices=full)
         page = {"rows": rows[:PAGE_SIZE], "number": 1, "has_next": len(rows) > PAGE_SIZE,
                 "has_previous": False}
     else:
         run_filter = RunFilter(request.GET, queryset=Run.objects.all())
         page = page_of(run_filter.qs.values_list(*runrows.ROW_FIELDS, named=True),
                        request.GET.get("page"))
+        _, everyone, choices = runrows.read(choices=full)
     # Every connection, read once: the filter's choices, the poller's warnings about the
     # enabled ones and the attention strip's stale count (see attention.context).
-    everyone = Connection.objects.only(*POLLER_FIELDS)
     if full and not attention.known():
-        # With the strip's counts: the same row carries them (no query of their own).
-        everyone = attention.with_counts(everyone)
-    everyone = list(everyone)
+        # The strip's counts expired before the data version: read them with the
+        # connections (no query of their own), as a model with them.
+        everyone = list(attention.with_counts(Connection.objects.only(*POLLER_FIELDS)))
     connections = request.runboard_connections = [c for c in everyone if c.enabled]
     schedule.watching_read(connections, every=True)  # no query while they are fresh
     page_key = hashlib.blake2s(
         ",".join(str(r.pk) for r in page["rows"]).encode(), digest_size=6
     ).hexdigest()
+    query = query_without(request, "v", "p")
     extra = {}
     if full:
+        fields = (runrows.unfiltered_fields_html if run_filter is _unfiltered()
+                  else runrows.filter_fields_html)
         extra = {"search_field": mark_safe(runrows.search_html(run_filter.form)),  # noqa: S308
                  "filter_fields": mark_safe(  # noqa: S308 (escaped by runrows)
-                     runrows.filter_fields_html(run_filter.form, everyone))}
-    return {
+                     fields(run_filter.form, choices))}
+    context = {
         **extra,
         "filter": run_filter,
         "active_filters": [f for f in run_filter.form.changed_data if f != "q"],
@@ -127,12 +130,18 @@ def _run_list_context(request, version: str, full: bool = False) -> dict:
         "rows_html": lambda: mark_safe(runrows.rows_html(page["rows"])),  # noqa: S308
         "version": version,
         "page_key": page_key,
-        "query": query_without(request, "v", "p"),
+        "query": query,
         "page_query": query_without(request, "v", "p", "page"),
         "connections": connections,
-        "last_sync": max((c.last_success_at for c in connections if c.last_success_at),
-                         default=None),
+        # Written by runrows (the template's loop over the connections cost more).
+        "poller": lambda: mark_safe(runrows.poller_html(  # noqa: S308 (escaped by runrows)
+            query, version, page_key, connections,
+            max((c.last_success_at for c in connections if c.last_success_at), default=None))),
     }
+    # The page and its table, written by runrows (shown by runs/_page.html, _table.html).
+    context["table_html"] = lambda: mark_safe(runrows.table_html(context))  # noqa: S308
+    context["page_html"] = lambda: mark_safe(runrows.page_html(context))  # noqa: S308
+    return context
 
 
 def rendered_once(template: str, request, version: str, context) -> str:
@@ -149,7 +158,9 @@ def rendered_once(template: str, request, version: str, context) -> str:
     ).hexdigest()
     html = cache.get(key)
     if html is None:
-        html = render_to_string(template, context(), request)
+        # Without the request: nothing per user goes in, and the context processors
+        # (a fifth of rendering the run list's table) are not run for it.
+        html = render_to_string(template, context())
         cache.set(key, html, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
     return mark_safe(html)  # noqa: S308 (our own template's output)
 
@@ -222,9 +233,8 @@ def _run_list(request):
             context["changed"] = [r for r in context["page"]["rows"]
                                   if r.updated_at.timestamp() > since]
             context["changed_html"] = mark_safe(  # noqa: S308 (escaped by runrows)
-                "".join(f"<template>{html}</template>" for html in (
-                    runrows.row_html(r, runrows.run_url_prefix(), oob=True)
-                    for r in context["changed"])))
+                "".join(f"<template>{html}</template>"
+                        for html in runrows.row_list(context["changed"], oob=True)))
             return render(request, "runs/_changed.html", context)
         response = render(request, "runs/_table.html", context)
         return reswap(retarget(response, "#runs"), "outerHTML")

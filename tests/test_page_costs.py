@@ -54,11 +54,15 @@ def test_the_run_list_afresh_makes_few_queries_whatever_the_number_of_runs(
     few = _afresh(manager_client, "/runs/")
     _runs(buddy_connection, 3, 120)  # more than two pages
     many = _afresh(manager_client, "/runs/")
-    assert len(few) == len(many) <= 6, many
+    # The session, the user, the data version (with the strip's counts) and the list's
+    # rows, connections and filter choices in one.
+    assert len(few) == len(many) <= 4, many
     # The page counts nothing over the runs but with a LIMIT (no COUNT(*) of a table).
     for sql in many:
         if "COUNT(" in sql.upper() and "dashboard_run" in sql:
             assert "LIMIT" in sql.upper(), sql
+    # A filtered page: its rows through the filter, the rest in one query.
+    assert len(_afresh(manager_client, "/runs/?group=finished&page=2")) <= 5
 
 
 def test_the_other_pages_afresh_make_few_queries(manager_client, buddy_connection):
@@ -265,3 +269,80 @@ def test_the_unfiltered_list_reuses_one_filter_form_that_a_filtered_one_never_to
     html = again.content.decode()
     assert '<option value="" selected>Any status</option>' in html
     assert 'value="Deploy"' not in html and "No runs match" not in html
+
+
+def test_the_run_lists_poller_warns_of_a_stale_connection_with_its_error_escaped(
+        manager_client, buddy_connection):
+    _runs(buddy_connection, 0, 1)
+    now = timezone.now()
+    Connection.objects.filter(pk=buddy_connection.pk).update(
+        last_success_at=now - timedelta(days=2), last_error='<b>"x"</b>', last_error_at=now,
+        next_attempt_at=now + timedelta(minutes=5))
+    data_changed()
+    for headers in ({}, {"HX-Request": "true"}):
+        cache.clear()
+        body = manager_client.get("/runs/", headers=headers).content.decode()
+        poller = body[body.index('<div id="runs-poller"'):body.index('<table class="runs">')]
+        assert "<strong>Buddy</strong> is not syncing: &lt;b&gt;&quot;x&quot;&lt;/b&gt;." in poller
+        assert "<b>" not in poller
+        assert poller.count("<time ") == 3  # last success, next attempt, last sync
+
+
+def test_the_lists_times_are_isoformats_whatever_their_fraction(manager_client,
+                                                                buddy_connection):
+    """The first page's times come as PostgreSQL's text (trailing zeros of the fraction
+    dropped, none for whole seconds): written out, they are datetime.isoformat()'s."""
+    base = timezone.now().replace(microsecond=0) - timedelta(hours=1)
+    for n, micro in enumerate((0, 120000, 1)):
+        _runs(buddy_connection, n, 1)
+        moment = base + timedelta(minutes=n, microseconds=micro)
+        Run.objects.filter(external_id=f"r{n}").update(
+            created_at=moment, started_at=moment, finished_at=moment + timedelta(seconds=90))
+    data_changed()
+    cache.clear()
+    body = manager_client.get("/runs/").content.decode()
+    for run in Run.objects.all():
+        created, finished = run.created_at.isoformat(), run.finished_at.isoformat()
+        assert (f'<time datetime="{created}" title="{run.created_at:%Y-%m-%d %H:%M:%S} UTC" '
+                f'data-relative>{run.created_at:%Y-%m-%d %H:%M} UTC</time>') in body
+        assert (f'<span data-duration-from="{created}" data-duration-to="{finished}">'
+                in body)
+
+
+def test_the_unfiltered_filter_form_shows_a_renamed_or_new_choice_at_once(manager_client,
+                                                                         buddy_connection):
+    """Its fields are kept per model choices (runrows.unfiltered_fields_html): a change
+    of the choices is a new key, not a stale form."""
+    _runs(buddy_connection, 0, 1)
+    run = Run.objects.get()
+    assert '>Shop</option>' in manager_client.get("/runs/").content.decode()
+    run.project.name = 'Shop <b>"2"</b>'
+    run.project.save()
+    buddy_connection.name = "Buddy EU"
+    buddy_connection.save()
+    cache.clear()
+    body = manager_client.get("/runs/").content.decode()
+    renamed = "Shop &lt;b&gt;&quot;2&quot;&lt;/b&gt;"
+    assert f'<option value="{run.project.pk}">{renamed}</option>' in body
+    assert f'<option value="{buddy_connection.pk}">Buddy EU</option>' in body
+    assert ">Shop</option>" not in body
+
+
+def test_the_list_written_in_python_escapes_what_the_url_and_providers_send(
+        manager_client, buddy_connection):
+    """runrows.page_html, table_html and pager_html: the search, the filters and the
+    pager's links carry what the URL asked, escaped; so are the rows and the poller."""
+    evil = '<b>"x"</b>'
+    _runs(buddy_connection, 0, 3, branch=evil, triggered_by=evil)
+    cache.clear()
+    for path in ("/runs/?q=%3Cb%3E%22x%22%3C%2Fb%3E&by=%3Cb%3E&page=2",
+                 "/runs/?pipeline=%22%3E%3Cb%3E&page=2", "/runs/"):
+        for headers in ({}, {"HX-Request": "true"}):
+            body = manager_client.get(path, headers=headers).content.decode()
+            assert "<b>" not in body, (path, headers)
+            if "page=2" in path:
+                assert 'rel="prev">' in body and "&amp;page=1" in body
+    body = manager_client.get("/runs/?q=%3Cb%3E%22x%22%3C%2Fb%3E").content.decode()
+    assert 'value="&lt;b&gt;&quot;x&quot;&lt;/b&gt;"' in body
+    assert body.count('<tr id="run-') == 3  # their branch matches
+    assert manager_client.get("/runs/").content.decode().count("&lt;b&gt;&quot;x&quot;") >= 6
