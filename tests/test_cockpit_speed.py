@@ -273,7 +273,9 @@ def _said(run, user) -> tuple:
     return (run.pk, str(run), run.connection.pk, run.connection.name, run.connection.provider,
             run.connection.token_readable, run.raw_status, run.pipeline_name, run.web_url,
             run.triggered_by, *where, row["step"], row["since"], row["release"],
-            row["refusal"], row["reject_kind"], run.superseded, run.variables)
+            row["refusal"], row["reject_kind"], run.variables,
+            # Asked (by refusal) only where the provider acts on environments.
+            run.superseded if run.connection.provider_class.acts_on_environment else None)
 
 
 def test_the_inbox_query_says_what_the_orm_and_prepare_say(buddy_connection, manager,
@@ -307,7 +309,10 @@ def test_the_inbox_query_says_what_the_orm_and_prepare_say(buddy_connection, man
                       JobData("3", "second gate", Status.WAITING, "w", order=3),
                       JobData("2", "approve", Status.WAITING, "w", order=2,
                               started_at=now - timedelta(seconds=800))]),
-        waiting("mine", 850, triggered_by="mike benson", version="2.0"),
+        RunData(external_id="later", status=Status.RUNNING, raw_status="RUNNING", locator={},
+                environment=production, created_at=now - timedelta(seconds=880),
+                started_at=now - timedelta(seconds=880)),  # replaces "steps", which Buddy
+        waiting("mine", 850, triggered_by="mike benson", version="2.0"),  # may approve
         waiting("vars", 800, raw_status=asks, version="2.0", raw={"status": asks, "variables": [
             {"key": "NOTES", "value": "<x>", "description": "why", "settable": True}]}),
         waiting("vt", 750, raw_status="WAITING_FOR_VT_SESSION", commit="c0ffee"),
@@ -321,6 +326,8 @@ def test_the_inbox_query_says_what_the_orm_and_prepare_say(buddy_connection, man
                 environment=production, created_at=now - timedelta(seconds=60),
                 started_at=now - timedelta(seconds=60)),
         waiting("queued", 30, environment=production),  # not started: replaces nothing
+        waiting("alone", 500, environment=EnvironmentData("staging", "staging", project),
+                started_at=now - timedelta(seconds=500)),  # its environment's newest
     ])
     sync.upsert_runs(connect("northflank", "Northflank"), [waiting("nf", 650)])
     old_key = connect("buddy", "Buddy old key")
@@ -341,7 +348,8 @@ def test_the_inbox_query_says_what_the_orm_and_prepare_say(buddy_connection, man
         {"key": "NOTES", "value": "<x>", "description": "why"}]
     assert "visual-test session" in said["vt"]["refusal"]
     assert said["nowhen"]["since"] is None and list(said)[-1] == "nowhen"
-    assert [said[key]["run"].superseded for key in ("replaced", "queued")] == [True, False]
+    assert [said[key]["run"].superseded for key in ("replaced", "queued", "alone")] == [
+        True, False, False]
     assert "does not support approve" in said["nf"]["refusal"]
     assert "Token unreadable" in said["unreadable"]["refusal"]
     # A later page (not a prepared statement) likewise.
