@@ -9,7 +9,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.cache import cache
-from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpResponse, QueryDict, StreamingHttpResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,7 +18,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import reswap, retarget
 
-from dashboard import actions, attention, runrows, schedule
+from dashboard import actions, attention, runpage, runrows, schedule
 from dashboard import audit_export as audit_export_formats
 from dashboard.filters import ActionFilter, RunFilter
 from dashboard.forms import ApproveForm, CancelForm, CommentForm, TokenForm
@@ -236,14 +235,13 @@ def _run_list(request):
     return render(request, "runs/list.html", {"content": html})
 
 
-def _blocked(run, user) -> dict | None:
+def _blocked(run, user, newer=None) -> dict | None:
     """Why the platform cannot do what this run seems to wait for, in one line: a
-    waiting run Runboard cannot approve, or a run a newer one replaced."""
+    waiting run Runboard cannot approve, or a run a newer one replaced (`newer`: the
+    environment's newest run, read with `run.superseded` by runpage.details)."""
     provider = run.connection.provider_class
-    if provider.acts_on_environment:
-        newer = run.newest_in_environment()  # and whether it supersedes this run: one query
-        if run.superseded:
-            return {"reason": actions.refusal(run, Action.CANCEL), "newer": newer}
+    if provider.acts_on_environment and run.superseded:
+        return {"reason": actions.refusal(run, Action.CANCEL), "newer": newer}
     if run.status == Status.WAITING:
         reason = actions.refusal(run, Action.APPROVE, user)
         if reason:
@@ -269,12 +267,13 @@ def _new_runs(run, history) -> list[dict]:
 
 
 def _detail_context(request, run, **extra):
-    history = list(run.actions.select_related("user")[:50])
+    # The steps, audit records and the environment's newest run: one statement.
+    jobs, history, newer = runpage.details(run)
     return {
         "run": run,
-        "jobs": run.jobs.select_related("environment"),
+        "jobs": jobs,
         "history": history,
-        "blocked": _blocked(run, request.user),
+        "blocked": _blocked(run, request.user, newer),
         "new_runs": _new_runs(run, history),
         # Credit a cancel to the Runboard user who sent it, not the provider account.
         "runboard_cancel": next((r for r in history if r.kind == Action.CANCEL
@@ -284,8 +283,8 @@ def _detail_context(request, run, **extra):
         "version": f"{run.updated_at.timestamp():.6f}",
         "can_act": shows_actions(request),
         "provider": run.connection.provider_class,
-        "cancel_form": CancelForm(),
-        "approve_form": approve_form(run),
+        # Made only where the template shows it (building a form copies its fields).
+        "approve_form": lambda: approve_form(run),
         "permalink": request.build_absolute_uri(run.get_absolute_url()),
         **extra,
     }
@@ -300,10 +299,9 @@ def approve_form(run, data=None):
 
 @login_required
 def run_detail(request, pk):
-    last_action = ActionRecord.objects.filter(run=OuterRef("pk")).order_by("-id")
-    run = get_object_or_404(
-        Run.objects.for_page().annotate(last_action=Subquery(last_action.values("id")[:1])),
-        pk=pk)
+    run = runpage.run(pk)  # as for_page() loads it, with its newest audit record's id
+    if run is None:
+        raise Http404("No such run")
     schedule.watching_read([run.connection])
     if unchanged(request, f"{run.updated_at.timestamp():.6f}"):
         return HttpResponse(status=204)

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from dashboard import schedule, sync
-from dashboard.models import Connection, Run, data_changed
+from dashboard.models import ActionRecord, Connection, Job, Run, data_changed, mark_superseded
 from providers.base import EnvironmentData, JobData, ProjectData, RunData, Status
 
 pytestmark = pytest.mark.django_db
@@ -66,7 +66,7 @@ def test_the_other_pages_afresh_make_few_queries(manager_client, buddy_connectio
     run = Run.objects.order_by("-created_at").first()
     # The data version and the attention strip's counts are one query (every page).
     assert len(_afresh(manager_client, "/environments/")) <= 4
-    assert len(_afresh(manager_client, f"/runs/{run.pk}/")) <= 7
+    assert len(_afresh(manager_client, f"/runs/{run.pk}/")) <= 6
     assert len(_afresh(manager_client, "/attention/", **{"HX-Request": "true"})) <= 3
     assert len(_afresh(manager_client, "/releases/")) <= 4
     assert len(_afresh(manager_client, "/trends/?days=30")) <= 4
@@ -175,10 +175,70 @@ def test_a_superseded_run_page_names_the_current_run_in_few_queries(manager_clie
     queries = _afresh(manager_client, f"/runs/{old.pk}/")
     body = manager_client.get(f"/runs/{old.pk}/").content.decode()
     assert f'<a href="/runs/{current.pk}/">Go to the current run</a>' in body
-    assert len(queries) <= 8, queries
+    assert len(queries) <= 6, queries
     # The newest run is nobody's replacement: no such line on its page.
     newest = manager_client.get(f"/runs/{current.pk}/").content.decode()
     assert "Go to the current run" not in newest
+
+
+def test_the_run_page_reads_the_run_and_what_it_shows_in_two_prepared_statements(
+        manager_client, manager, buddy_connection):
+    _runs(buddy_connection, 0, 2)
+    bare, busy = Run.objects.get(external_id="r0"), Run.objects.get(external_id="r1")
+    Job.objects.bulk_create(Job(run=busy, external_id=f"x{n}", name=f"step {n}", order=n + 1)
+                            for n in range(5))
+    now = timezone.now()
+    ActionRecord.objects.bulk_create(
+        ActionRecord(run=busy, user=manager, kind="retry", comment=f"c{n}", state="failed",
+                     created_at=now - timedelta(minutes=n)) for n in range(60))
+    few, many = (_afresh(manager_client, f"/runs/{run.pk}/") for run in (bare, busy))
+    assert len(few) == len(many) <= 6, many
+    assert [sql.split("(")[0] for sql in many if sql.startswith("EXECUTE runboard_run")] == [
+        "EXECUTE runboard_run_page", "EXECUTE runboard_run_details"]
+    body = manager_client.get(f"/runs/{busy.pk}/").content.decode()
+    # Its steps in order, and its newest 50 audit records, newest first, with who sent them.
+    steps = [body.index(name) for name in ("build", *(f"step {n}" for n in range(5)))]
+    assert steps == sorted(steps)
+    assert body.count(f'<td data-label="Who">{manager.username}</td>') == 50
+    assert body.index('wide">c0</td>') < body.index('wide">c49</td>')
+    assert 'wide">c50</td>' not in body
+
+
+def test_the_run_page_reads_the_same_models_the_orm_would(buddy_connection, manager):
+    from dashboard import runpage
+
+    def values(obj, skip=()):
+        return obj and {f.attname: getattr(obj, f.attname) for f in obj._meta.concrete_fields
+                        if f.name not in skip}
+
+    _runs(buddy_connection, 0, 2, status=Status.WAITING)  # r0 the newest of its environment
+    bare = Run.objects.create(connection=buddy_connection, external_id="bare",
+                              raw={"variables": [1]}, locator={"id": 3})
+    ActionRecord.objects.create(run=bare, user=manager, kind="approve", options={"x": [1]},
+                                response='{"status": "ok"}', state="failed")
+    Job.objects.create(run=bare, external_id="j", name="deploy", order=2,
+                       environment=Run.objects.get(external_id="r0").environment,
+                       started_at=timezone.now(), progress=40)
+    for pk in Run.objects.values_list("pk", flat=True):
+        ours, orm = runpage.run(pk), Run.objects.for_page().get(pk=pk)
+        assert values(ours) == values(orm)
+        assert values(ours.connection, {"cursor"}) == values(orm.connection, {"cursor"})
+        assert ours.connection.token == "buddy-test-token"  # decrypted, as the ORM reads it
+        assert values(ours.project) == values(orm.project)
+        assert values(ours.environment) == values(orm.environment)
+        assert ours.last_action == (orm.actions.order_by("-id").values_list("id", flat=True)
+                                    .first())
+        jobs, history, newest = runpage.details(ours)
+        assert [values(j) for j in jobs] == [values(j) for j in orm.jobs.all()]
+        assert [j.environment and j.environment.name for j in jobs] == [
+            j.environment and j.environment.name for j in orm.jobs.all()]
+        assert [values(r) for r in history] == [values(r) for r in orm.actions.all()[:50]]
+        assert [str(r.user) for r in history] == [str(r.user) for r in orm.actions.all()]
+        there = orm.environment_id and Run.objects.filter(environment=orm.environment_id)
+        assert (newest and newest.pk) == (there and there.order_by("-created_at", "-id")[0].pk)
+        mark_superseded([orm])
+        assert ours.superseded == orm.superseded
+    assert runpage.run(10**20) is None and runpage.run(0) is None
 
 
 def test_the_releases_matrix_environment_board_and_trends_escape_what_providers_send(
