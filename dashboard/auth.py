@@ -28,6 +28,7 @@ from django.http import Http404
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
 
+from dashboard.attention import execute_prepared
 from dashboard.models import release_managers_group
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ class LocalBackend(ModelBackend):
         if not hasattr(user_obj, "_perm_cache"):
             sql, params = _permissions_sql(user_obj.is_superuser)
             with connection.cursor() as cursor:
-                cursor.execute(sql, [user_obj.pk if p == ANY_USER else p for p in params])
+                # Prepared once per connection: planning it took 8 times as long as running it.
+                execute_prepared(cursor, f"runboard_permissions_{int(user_obj.is_superuser)}",
+                                 sql, [user_obj.pk if p == ANY_USER else p for p in params])
                 user_obj._perm_cache = {f"{app}.{codename}" for app, codename in cursor}
         return user_obj._perm_cache
 

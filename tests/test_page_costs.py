@@ -167,6 +167,17 @@ def test_permissions_are_read_with_one_query(manager, viewer):
     assert User.objects.get(pk=viewer.pk).has_perm("dashboard.act_on_run")
 
 
+def test_permissions_are_a_statement_planned_once_per_connection(manager):
+    def read():
+        with CaptureQueriesContext(connection) as captured:
+            assert User.objects.get(pk=manager.pk).has_perm("dashboard.act_on_run")
+        return [q["sql"].split()[0] for q in captured.captured_queries[1:]]  # after the user
+
+    first, again = read(), read()
+    assert again == ["EXECUTE"], again
+    assert first in (["PREPARE", "EXECUTE"], ["EXECUTE"])  # another test may have prepared it
+
+
 def test_a_superseded_run_page_names_the_current_run_in_few_queries(manager_client):
     qovery = Connection.objects.create(provider="qovery", name="Qovery", token="x", scope={},
                                        base_url="http://127.0.0.1:9")
