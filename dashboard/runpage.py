@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
+from html import escape
 
 from django.contrib.auth import get_user_model
 from django.db import connection as db
 from django.db.models import DateTimeField
+from django.utils.timezone import get_current_timezone
 
 from dashboard.attention import execute_prepared
 from dashboard.models import ActionRecord, Connection, Environment, Job, Project, Run
+from dashboard.runrows import status_html, time_html
+from dashboard.templatetags.runboard import answer, duration
 
 HISTORY = 50  # audit records shown
 BIGGEST_ID = 2**63 - 1  # a bigint: a larger id in the statement would be an error, not a miss
@@ -181,3 +185,122 @@ def details(found: Run) -> tuple[list[Job], list[ActionRecord], Run | None]:
                           [newest_id, newest_external_id, newest_name])
               if newest_id is not None else None)
     return steps, history, newest
+
+
+# --- what the live part shows, written in Python ---------------------------------------
+# The run's facts, steps and audit records, as the template wrote them (same markup, line
+# breaks included, every value escaped): Django's template engine spent more on their
+# two dozen lookups and conditions than the page spent reading them.
+
+
+def _e(value) -> str:
+    """A value as the template engine writes it: escaped, None as "None"."""
+    return escape(str(value), quote=True)
+
+
+def _display(value, choices) -> str:
+    """`get_FOO_display` for a value read as text."""
+    return _e(choices.get(value, value))
+
+
+def _iso(value) -> str:
+    """The `date:'c'` filter: ISO 8601 in the current time zone."""
+    return value.astimezone(get_current_timezone()).isoformat()
+
+
+def _forced(options) -> bool:
+    """`options.force_cancel` as the template looked it up (False unless a dict says so)."""
+    return isinstance(options, dict) and bool(options.get("force_cancel"))
+
+
+def header_html(run: Run, provider, runboard_cancel=None) -> str:
+    """The run's name, status and facts: the live part's <header>."""
+    title = _e(run.name or run.external_id)
+    label = _e(provider.label)
+    facts = [f"<dt>Provider</dt><dd>{label} · {_e(run.connection.name)}</dd>"]
+    for shown, name, value in (
+            (run.project, "Project", run.project and run.project.name),
+            (run.pipeline_name, "Pipeline", run.pipeline_name),
+            (run.environment, "Environment", run.environment and run.environment.name)):
+        facts.append(f"<dt>{name}</dt><dd>{_e(value)}</dd>" if shown else "")
+    facts.append(f"<dt>Version</dt><dd><code>{_e(run.version)}</code></dd>"
+                 if run.version else "")
+    facts.append(f"<dt>Branch</dt><dd>{_e(run.branch)}</dd>" if run.branch else "")
+    facts.append(f"<dt>Triggered by</dt><dd>{_e(run.triggered_by)}</dd>"
+                 if run.triggered_by else "")
+    for name, value in (("Created", run.created_at), ("Started", run.started_at),
+                        ("Finished", run.finished_at)):
+        facts.append(f"<dt>{name}</dt><dd>{time_html(value)}</dd>" if value else "")
+    took = ""
+    if run.started_at:
+        took = _e(duration(run.duration))
+        if not run.finished_at:
+            took = f'<span data-duration-from="{_iso(run.started_at)}">{took}</span> so far'
+        took = f'<dt>Duration</dt><dd class="run-duration">{took}</dd>'
+    facts.append(took)
+    facts.append(f"<dt>Provider status</dt><dd><code>{_e(run.raw_status)}</code></dd>")
+    cancelled = ""
+    if runboard_cancel and run.status in ("cancelling", "cancelled"):
+        cancelled = (f'<dt>Cancelled</dt><dd class="cancelled-by">{_e(runboard_cancel.user)}'
+                     " from Runboard"
+                     + (" (forced)" if _forced(runboard_cancel.options) else "")
+                     + (f": {_e(runboard_cancel.comment)}" if runboard_cancel.comment else "")
+                     + "</dd>\n      ")
+    elif run.cancel_comment or run.cancelled_by:
+        cancelled = (f"<dt>Cancelled</dt><dd>{_e(run.cancelled_by)}"
+                     + (f": {_e(run.cancel_comment)}" if run.cancel_comment else "") + "</dd>")
+    facts.append(cancelled)
+    facts.append(f'<dt>Link</dt><dd><a href="{_e(run.web_url)}" rel="noopener noreferrer" '
+                 f'target="_blank">Open in {label}</a></dd>' if run.web_url else "")
+    return (f'<header class="run-header">\n    <h1>{title}\n      '
+            f"{status_html(run.status, run.raw_status)}</h1>\n"
+            '    <dl class="facts">\n      ' + "\n      ".join(facts)
+            + "\n    </dl>\n  </header>")
+
+
+def steps_html(jobs) -> str:
+    """The steps' list items (or the line that says there are none)."""
+    if not jobs:
+        return '<li class="muted empty">The provider reported no steps.</li>'
+    out = []
+    for job in jobs:
+        where = f" · {_e(job.environment.name)}" if job.environment else ""
+        took = ""
+        if job.started_at:
+            took = (_e(duration(job.finished_at - job.started_at)) if job.finished_at
+                    else f'<span data-duration-from="{_iso(job.started_at)}"></span> so far')
+            took = f'<span class="muted step-time">{took}</span>'
+        progress = (f'<progress max="100" value="{_e(job.progress)}"></progress>'
+                    if job.progress is not None and job.status == "running" else "")
+        review = ""
+        if job.review_conclusion:
+            review = (f'<span class="muted">— {_e(job.review_conclusion)} by '
+                      f"{_e(job.reviewed_by)}"
+                      + (f" {time_html(job.reviewed_at)}" if job.reviewed_at else "")
+                      + (f": “{_e(job.review_comment)}”" if job.review_comment else "")
+                      + "</span>")
+        out.append(f"\n      <li>{status_html(job.status, job.raw_status)}\n        "
+                   f"{_e(job.name)}{where}\n        {took}\n        {progress}\n        "
+                   f"{review}\n      </li>\n    ")
+    return "".join(out)
+
+
+KINDS = dict(ActionRecord._meta.get_field("kind").flatchoices)
+STATES = dict(ActionRecord._meta.get_field("state").flatchoices)
+
+
+def history_html(history) -> str:
+    """The audit records' table rows (or the row that says there are none)."""
+    if not history:
+        return ('<tr><td colspan="6" class="muted wide">No one has acted on this run from '
+                "Runboard.</td></tr>")
+    return "".join(
+        f'\n      <tr><td data-label="When">{time_html(record.created_at)}</td>'
+        f'<td data-label="Who">{_e(record.user)}</td>\n        <td data-label="Action">'
+        f'{_display(record.kind, KINDS)}{" (force)" if _forced(record.options) else ""}</td>'
+        f'<td data-label="Comment" class="wide">{_e(record.comment)}</td>\n        '
+        f'<td data-label="Result" class="state-{_e(record.state)}">'
+        f"{_display(record.state, STATES)}</td>"
+        f'<td data-label="Provider\'s answer" class="muted wide">{_e(answer(record.response))}'
+        "</td></tr>\n    "
+        for record in history)

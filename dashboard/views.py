@@ -269,20 +269,23 @@ def _new_runs(run, history) -> list[dict]:
 def _detail_context(request, run, **extra):
     # The steps, audit records and the environment's newest run: one statement.
     jobs, history, newer = runpage.details(run)
+    provider = run.connection.provider_class
+    # Credit a cancel to the Runboard user who sent it, not the provider account.
+    runboard_cancel = next((r for r in history if r.kind == Action.CANCEL
+                            and r.state == ActionRecord.State.SUCCEEDED), None)
     return {
         "run": run,
-        "jobs": jobs,
-        "history": history,
+        # Written by runpage (escaped there): the template's lookups cost more than the reads.
+        "header_html": mark_safe(runpage.header_html(run, provider, runboard_cancel)),  # noqa: S308
+        "steps_html": mark_safe(runpage.steps_html(jobs)),  # noqa: S308
+        "history_html": mark_safe(runpage.history_html(history)),  # noqa: S308
         "blocked": _blocked(run, request.user, newer),
         "new_runs": _new_runs(run, history),
-        # Credit a cancel to the Runboard user who sent it, not the provider account.
-        "runboard_cancel": next((r for r in history if r.kind == Action.CANCEL
-                                 and r.state == ActionRecord.State.SUCCEEDED), None),
         # The latest attempt got no answer: say so before offering the buttons again.
         "unanswered": history[0] if history and history[0].state == "unknown" else None,
         "version": f"{run.updated_at.timestamp():.6f}",
         "can_act": shows_actions(request),
-        "provider": run.connection.provider_class,
+        "provider": provider,
         # Made only where the template shows it (building a form copies its fields).
         "approve_form": lambda: approve_form(run),
         "permalink": request.build_absolute_uri(run.get_absolute_url()),

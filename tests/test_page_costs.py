@@ -252,6 +252,89 @@ def test_the_run_page_reads_the_same_models_the_orm_would(buddy_connection, mana
     assert runpage.run(10**20) is None and runpage.run(0) is None
 
 
+def test_the_run_page_is_written_as_its_template_wrote_it_and_escapes_what_providers_send(
+        manager_client, manager, buddy_connection):
+    from datetime import UTC, datetime
+
+    from dashboard.models import Environment, Project
+
+    evil, e = '<b>"x"</b>', "&lt;b&gt;&quot;x&quot;&lt;/b&gt;"
+    t = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
+    project = Project.objects.create(connection=buddy_connection, external_id="p",
+                                     name=f"Shop {evil}")
+    env = Environment.objects.create(connection=buddy_connection, external_id="e",
+                                     name=f"prod {evil}")
+    run = Run.objects.create(
+        connection=buddy_connection, external_id="r1", status="cancelled",
+        raw_status=f"STOPPED {evil}", name=f"Deploy {evil}", project=project, environment=env,
+        pipeline_name=f"Deploy {evil}", version=f"1.2 {evil}", branch=f"main {evil}",
+        triggered_by=f"Ana {evil}", created_at=t, started_at=t, finished_at=t.replace(minute=3),
+        web_url=f"https://ci.example/{evil}", cancelled_by="buddy-bot")
+    Job.objects.create(run=run, external_id="j1", name=f"build {evil}", order=1,
+                       status="succeeded", raw_status="OK", started_at=t,
+                       finished_at=t.replace(minute=1))
+    Job.objects.create(run=run, external_id="j2", name=f"deploy {evil}", order=2,
+                       status="running", raw_status="RUN", environment=env, started_at=t,
+                       progress=40, review_conclusion=f"approved {evil}",
+                       reviewed_by=f"Kim {evil}", reviewed_at=t, review_comment=f"go {evil}")
+    ActionRecord.objects.create(
+        run=run, user=manager, kind="cancel", state="succeeded", comment=f"stop {evil}",
+        options={"force_cancel": True}, created_at=t,
+        response='{"status": "STOPPED", "normalized": "cancelled"}')
+    body = manager_client.get(f"/runs/{run.pk}/").content.decode()
+    assert "<b>" not in body
+    when = ('<time datetime="2026-03-01T12:00:05+00:00" title="2026-03-01 12:00:05 UTC" '
+            "data-relative>2026-03-01 12:00 UTC</time>")
+    # What templates/runs/_live.html wrote with its lookups, line breaks and all.
+    header = f"""  <header class="run-header">
+    <h1>Deploy {e}
+      <span class="badge status-cancelled" title="STOPPED {e}">Cancelled</span></h1>
+    <dl class="facts">
+      <dt>Provider</dt><dd>Buddy.works · Buddy</dd>
+      <dt>Project</dt><dd>Shop {e}</dd>
+      <dt>Pipeline</dt><dd>Deploy {e}</dd>
+      <dt>Environment</dt><dd>prod {e}</dd>
+      <dt>Version</dt><dd><code>1.2 {e}</code></dd>
+      <dt>Branch</dt><dd>main {e}</dd>
+      <dt>Triggered by</dt><dd>Ana {e}</dd>
+      <dt>Created</dt><dd>{when}</dd>
+      <dt>Started</dt><dd>{when}</dd>
+      <dt>Finished</dt><dd>{when.replace("12:00", "12:03")}</dd>
+      <dt>Duration</dt><dd class="run-duration">3m 0s</dd>
+      <dt>Provider status</dt><dd><code>STOPPED {e}</code></dd>
+      <dt>Cancelled</dt><dd class="cancelled-by">manager from Runboard (forced): stop {e}</dd>
+      \n      <dt>Link</dt><dd><a href="https://ci.example/{e}" rel="noopener noreferrer" \
+target="_blank">Open in Buddy.works</a></dd>
+    </dl>
+  </header>
+"""
+    steps = f"""  <ol class="jobs">
+    \n      <li><span class="badge status-succeeded" title="OK">Succeeded</span>
+        build {e}
+        <span class="muted step-time">1m 0s</span>
+        \n        \n      </li>
+    \n      <li><span class="badge status-running" title="RUN">Running</span>
+        deploy {e} · prod {e}
+        <span class="muted step-time"><span data-duration-from="2026-03-01T12:00:05+00:00">\
+</span> so far</span>
+        <progress max="100" value="40"></progress>
+        <span class="muted">— approved {e} by Kim {e} {when}: “go {e}”</span>
+      </li>
+    \n  </ol>
+"""
+    history = f"""    <tbody>
+    \n      <tr><td data-label="When">{when}</td><td data-label="Who">manager</td>
+        <td data-label="Action">Cancel (force)</td><td data-label="Comment" class="wide">\
+stop {e}</td>
+        <td data-label="Result" class="state-succeeded">Succeeded</td><td \
+data-label="Provider's answer" class="muted wide">Run is now cancelled (provider status \
+STOPPED)</td></tr>
+    \n    </tbody>
+"""
+    for part in (header, steps, history):
+        assert part in body, part
+
+
 def test_the_releases_matrix_environment_board_and_trends_escape_what_providers_send(
         manager_client, buddy_connection):
     evil = '<b>"x"</b>'
