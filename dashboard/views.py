@@ -266,7 +266,16 @@ def _new_runs(run, history) -> list[dict]:
     return [{"run": r, "via": started[r.external_id]} for r in found]
 
 
-def _detail_context(request, run, **extra):
+def _run_names(request, run, provider) -> dict:
+    """What the page and its live part call the run (a dozen lookups in the templates)."""
+    url = run.get_absolute_url()
+    facts = " · ".join([provider.label, *([run.environment.name] if run.environment else []),
+                        *([run.version] if run.version else [])])
+    return {"run_title": run.name or run.external_id, "run_status": run.get_status_display(),
+            "run_facts": facts, "run_url": url, "permalink": request.build_absolute_uri(url)}
+
+
+def _detail_context(request, run, names=None, **extra):
     # The steps, audit records and the environment's newest run: one statement.
     jobs, history, newer = runpage.details(run)
     provider = run.connection.provider_class
@@ -288,7 +297,7 @@ def _detail_context(request, run, **extra):
         "provider": provider,
         # Made only where the template shows it (building a form copies its fields).
         "approve_form": lambda: approve_form(run),
-        "permalink": request.build_absolute_uri(run.get_absolute_url()),
+        **(names or _run_names(request, run, provider)),
         **extra,
     }
 
@@ -308,17 +317,16 @@ def run_detail(request, pk):
     schedule.watching_read([run.connection])
     if unchanged(request, f"{run.updated_at.timestamp():.6f}"):
         return HttpResponse(status=204)
+    names = _run_names(request, run, run.connection.provider_class)
     # The live part depends on the run, the audit records of it, other runs (superseded
     # or not: the data version) and the user's rights.
     live = rendered_for(request, "runs/_live.html",
                         (run.pk, data_version(), run.updated_at.timestamp(), run.last_action,
                          *personal_key(request)),
-                        lambda: _detail_context(request, run))
+                        lambda: _detail_context(request, run, names))
     if request.htmx:
         return HttpResponse(live)
-    return render(request, "runs/detail.html", {
-        "run": run, "live": live, "provider": run.connection.provider_class,
-        "permalink": request.build_absolute_uri(run.get_absolute_url())})
+    return render(request, "runs/detail.html", {"run": run, "live": live, **names})
 
 
 @login_required
