@@ -311,7 +311,9 @@ def approve_form(run, data=None):
 
 @login_required
 def run_detail(request, pk):
-    run = runpage.run(pk)  # as for_page() loads it, with its newest audit record's id
+    # As for_page() loads it, with its newest audit record's id; for the page (not its
+    # poll, which mostly hears nothing changed) with what the live part shows.
+    run = runpage.run(pk, with_details="v" not in request.GET)
     if run is None:
         raise Http404("No such run")
     schedule.watching_read([run.connection])
