@@ -257,14 +257,6 @@ class RunQuerySet(models.QuerySet):
             "raw", "connection__token", "connection__cursor"
         )
 
-    def for_page(self):
-        # A run's own page needs what the list leaves out: the payload (the variables a
-        # waiting run asks for) and whether the token can be read (why it cannot be
-        # acted on). Loaded with the run, not by a query each when first touched.
-        # The page itself reads the same columns by a statement of its own (runpage.run).
-        return self.select_related("connection", "project", "environment").defer(
-            "connection__cursor")
-
     def active(self):
         return self.exclude(status__in=FINISHED)
 

@@ -1,14 +1,16 @@
-"""The run page's reads: two statements, each written once per process and prepared once
-per database connection (building them through the ORM on every request took longer
-than the database took to run them, and planning them about as long again).
+"""The run page's reads, each a statement written once per process and prepared once per
+database connection (building them through the ORM on every request took longer than
+the database took to run them, and planning them about as long again).
 
 `run(pk)` is what every request for the page reads, the live part's polls included:
-the run with its connection, project and environment (as `Run.objects.for_page()`
-loads them) and the id of its newest audit record. `details(run)` is what the live
-part shows when it must be rendered: the run's steps, its last 50 audit records with
-their users, and its environment's newest run (whether one supersedes it), in one
-round trip as JSON. Both build the same models the ORM would (fields converted as the
-ORM converts them), so the page, `actions.refusal` and the templates read them as before.
+the run (its payload too: the variables a waiting run asks for) with its project, its
+environment and what the page reads of its connection, and the id of its newest audit
+record. `details(run)` is what the live part shows when it must be rendered: the run's
+steps, its last 50 audit records with their users, and its environment's newest run
+(whether one supersedes it), as JSON; the page itself reads them with the run (one
+round trip), its poll only when the run changed. Both build the models the ORM would
+(fields converted as it converts them), so the page, `actions.refusal` and the
+templates read them as before; the facts, steps and records are then written here.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ HISTORY = 50  # audit records shown
 BIGGEST_ID = 2**63 - 1  # a bigint: a larger id in the statement would be an error, not a miss
 
 
-def _fields(model, skip=()) -> list:
-    return [f for f in model._meta.concrete_fields if f.name not in skip]
+def _fields(model, only=None) -> list:
+    return [f for f in model._meta.concrete_fields if only is None or f.name in only]
 
 
 def _columns(alias: str, fields) -> str:
@@ -51,9 +53,12 @@ def _converters(fields) -> list[tuple[int, list]]:
     return found
 
 
-# The run and what `for_page` selects with it: the connection without its sync cursor.
-RELATED = (("connection", Connection, ("cursor",)), ("project", Project, ()),
-           ("environment", Environment, ()))
+# What the page reads with the run: its project and environment, and of its connection
+# its name and provider, whether the token can be read and when it was last watched
+# (its thirty columns of sync state cost more to read and convert than the run's row).
+RELATED = (("connection", Connection, ("id", "provider", "name", "token", "enabled",
+                                       "watched_until")),
+           ("project", Project, None), ("environment", Environment, None))
 
 
 JOB_FIELDS = _fields(Job)
@@ -102,7 +107,7 @@ def _run_statement(with_details: bool) -> tuple[str, list]:
     FK name, fields, converters) for the run, then each related model, in the order of
     their columns."""
     parts = [(Run, None, _fields(Run))]
-    parts += [(model, name, _fields(model, skip)) for name, model, skip in RELATED]
+    parts += [(model, name, _fields(model, only)) for name, model, only in RELATED]
     columns = [_columns("r", parts[0][2])]
     joins = []
     for n, (model, name, fields) in enumerate(parts[1:]):
@@ -130,8 +135,9 @@ def _convert(values: list, converters) -> list:
 
 
 def run(pk: int, with_details: bool = False) -> Run | None:
-    """The run `pk` as `Run.objects.for_page()` loads it, with `last_action` (the id of
-    its newest audit record, or None); None if there is no such run. `with_details`:
+    """The run `pk` with its project, environment and connection (`RELATED`), and
+    `last_action` (the id of its newest audit record, or None); None if there is no
+    such run. `with_details`:
     what `details` reads comes in the same statement (for a page that will likely show
     it: a round trip fewer), read only if `details` is asked."""
     if not 0 < pk <= BIGGEST_ID:

@@ -311,7 +311,7 @@ def approve_form(run, data=None):
 
 @login_required
 def run_detail(request, pk):
-    # As for_page() loads it, with its newest audit record's id; for the page (not its
+    # With its connection and its newest audit record's id; for the page (not its
     # poll, which mostly hears nothing changed) with what the live part shows.
     run = runpage.run(pk, with_details="v" not in request.GET)
     if run is None:
