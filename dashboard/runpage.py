@@ -171,9 +171,10 @@ def run(pk: int, with_details: bool = False) -> Run | None:
 
 @functools.cache
 def _details_statement() -> str:
-    select, newest = _details_sql("p.run_id", "p.environment_id")
-    given = "SELECT %s::bigint AS run_id, %s::bigint AS environment_id"
-    return f"SELECT {select} FROM ({given}) p {newest}"  # noqa: S608 (ours)
+    # The environment from the run's row, not a parameter: given one, PostgreSQL planned
+    # the statement for each value (its plan then depends on the value) on every call.
+    select, newest = _details_sql("r.id", "r.environment_id")
+    return f"SELECT {select} FROM dashboard_run r {newest} WHERE r.id = %s"  # noqa: S608 (ours)
 
 
 def _from_json(model, fields, row: dict):
@@ -196,9 +197,8 @@ def details(found: Run) -> tuple[list[Job], list[ActionRecord], Run | None]:
     read = found.__dict__.pop("_details", None)
     if read is None:
         with db.cursor() as cursor:
-            execute_prepared(cursor, "runboard_run_details", _details_statement(),
-                             [found.pk, found.environment_id])
-            read = cursor.fetchone()
+            execute_prepared(cursor, "runboard_run_details", _details_statement(), [found.pk])
+            read = cursor.fetchone() or (None, None, None, None, None, None)  # run deleted
     jobs, records, newest_id, newest_external_id, newest_name, there = read
     environment = Job._meta.get_field("environment")
     steps = []

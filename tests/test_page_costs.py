@@ -292,8 +292,8 @@ def test_the_run_page_reads_an_environment_and_a_run_off_their_own_indexes(
         cursor.execute("ANALYZE dashboard_run")
     if with_run:  # the page's statement, the environment a column of the run
         sql, params = runpage._run_statement(True)[0], [run.pk]
-    else:  # the poll's, the environment a parameter
-        sql, params = runpage._details_statement(), [run.pk, run.environment_id]
+    else:  # the poll's
+        sql, params = runpage._details_statement(), [run.pk]
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         *parts, last = sql.split("%s")
