@@ -192,7 +192,7 @@ def test_a_superseded_run_page_names_the_current_run_in_few_queries(manager_clie
     assert "Go to the current run" not in newest
 
 
-def test_the_run_page_reads_the_run_and_what_it_shows_in_two_prepared_statements(
+def test_the_run_page_reads_the_run_and_what_it_shows_in_one_prepared_statement(
         manager_client, manager, buddy_connection):
     _runs(buddy_connection, 0, 2)
     bare, busy = Run.objects.get(external_id="r0"), Run.objects.get(external_id="r1")
@@ -290,9 +290,9 @@ def test_the_run_page_reads_an_environment_and_a_run_off_their_own_indexes(
               now() + g * interval '1 second', now(), '', '', '', '{}', '', now(), now()
             FROM generate_series(1, 5000) g""", [buddy_connection.pk, other.pk])
         cursor.execute("ANALYZE dashboard_run")
-    if with_run:  # the page's statement, the environment a column of the run
+    if with_run:  # the page's statement
         sql, params = runpage._run_statement(True)[0], [run.pk]
-    else:  # the poll's
+    else:  # what the poll reads after a change
         sql, params = runpage._details_statement(), [run.pk]
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
