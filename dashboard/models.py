@@ -266,13 +266,6 @@ class RunQuerySet(models.QuerySet):
             "raw", "connection__token", "connection__cursor"
         )
 
-    def for_page(self):
-        # A run's own page needs what the list leaves out: the payload (the variables a
-        # waiting run asks for) and whether the token can be read (why it cannot be
-        # acted on). Loaded with the run, not by a query each when first touched.
-        return self.select_related("connection", "project", "environment").defer(
-            "connection__cursor")
-
     def active(self):
         return self.exclude(status__in=FINISHED)
 
@@ -385,29 +378,6 @@ class Run(models.Model):
     def refresh_from_db(self, *args, **kwargs):
         self.__dict__.pop("superseded", None)  # derived from other runs: look again
         super().refresh_from_db(*args, **kwargs)
-
-    def newest_in_environment(self):
-        """The newest run in this run's environment (None without one), and with it,
-        from the same query, whether this run is superseded (`is_superseded`)."""
-        if not self.environment_id:
-            self.superseded = False
-            return None
-        # SQL of our own (the ORM took longer to build this than the database to run
-        # it), both off the (environment, -created_at) index.
-        with db.cursor() as cursor:
-            cursor.execute("""
-                SELECT r.id, r.external_id, r.name,
-                  (SELECT s.created_at FROM dashboard_run s
-                   WHERE s.environment_id = %s AND s.started_at IS NOT NULL
-                   ORDER BY s.created_at DESC LIMIT 1) AS newest_started
-                FROM dashboard_run r WHERE r.environment_id = %s
-                ORDER BY r.created_at DESC, r.id DESC LIMIT 1
-            """, [self.environment_id, self.environment_id])
-            found = cursor.fetchone()
-        there = found[3] if found else None
-        self.superseded = bool(there and self.created_at and self.created_at < there)
-        # As `.only("pk", "name", "external_id")` would have made it.
-        return Run.from_db(db.alias, ["id", "external_id", "name"], found[:3]) if found else None
 
     def is_superseded(self) -> bool:
         """A newer run exists in this run's environment (see `mark_superseded`)."""

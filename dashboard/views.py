@@ -9,7 +9,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.cache import cache
-from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpResponse, QueryDict, StreamingHttpResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,7 +18,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import reswap, retarget
 
-from dashboard import actions, attention, runrows, schedule
+from dashboard import actions, attention, runpage, runrows, schedule
 from dashboard import audit_export as audit_export_formats
 from dashboard.filters import ActionFilter, RunFilter
 from dashboard.forms import ApproveForm, CancelForm, CommentForm, TokenForm
@@ -246,14 +245,13 @@ def _run_list(request):
     return render(request, "runs/list.html", {"content": html})
 
 
-def _blocked(run, user) -> dict | None:
+def _blocked(run, user, newer=None) -> dict | None:
     """Why the platform cannot do what this run seems to wait for, in one line: a
-    waiting run Runboard cannot approve, or a run a newer one replaced."""
+    waiting run Runboard cannot approve, or a run a newer one replaced (`newer`: the
+    environment's newest run, read with `run.superseded` by runpage.details)."""
     provider = run.connection.provider_class
-    if provider.acts_on_environment:
-        newer = run.newest_in_environment()  # and whether it supersedes this run: one query
-        if run.superseded:
-            return {"reason": actions.refusal(run, Action.CANCEL), "newer": newer}
+    if provider.acts_on_environment and run.superseded:
+        return {"reason": actions.refusal(run, Action.CANCEL), "newer": newer}
     if run.status == Status.WAITING:
         reason = actions.refusal(run, Action.APPROVE, user)
         if reason:
@@ -278,25 +276,38 @@ def _new_runs(run, history) -> list[dict]:
     return [{"run": r, "via": started[r.external_id]} for r in found]
 
 
-def _detail_context(request, run, **extra):
-    history = list(run.actions.select_related("user")[:50])
+def _run_names(request, run, provider) -> dict:
+    """What the page and its live part call the run (a dozen lookups in the templates)."""
+    url = run.get_absolute_url()
+    facts = " · ".join([provider.label, *([run.environment.name] if run.environment else []),
+                        *([run.version] if run.version else [])])
+    return {"run_title": run.name or run.external_id, "run_status": run.get_status_display(),
+            "run_facts": facts, "run_url": url, "permalink": request.build_absolute_uri(url)}
+
+
+def _detail_context(request, run, names=None, **extra):
+    # The steps, audit records and the environment's newest run: one statement.
+    jobs, history, newer = runpage.details(run)
+    provider = run.connection.provider_class
+    # Credit a cancel to the Runboard user who sent it, not the provider account.
+    runboard_cancel = next((r for r in history if r.kind == Action.CANCEL
+                            and r.state == ActionRecord.State.SUCCEEDED), None)
     return {
         "run": run,
-        "jobs": run.jobs.select_related("environment"),
-        "history": history,
-        "blocked": _blocked(run, request.user),
+        # Written by runpage (escaped there): the template's lookups cost more than the reads.
+        "header_html": mark_safe(runpage.header_html(run, provider, runboard_cancel)),  # noqa: S308
+        "steps_html": mark_safe(runpage.steps_html(jobs)),  # noqa: S308
+        "history_html": mark_safe(runpage.history_html(history)),  # noqa: S308
+        "blocked": _blocked(run, request.user, newer),
         "new_runs": _new_runs(run, history),
-        # Credit a cancel to the Runboard user who sent it, not the provider account.
-        "runboard_cancel": next((r for r in history if r.kind == Action.CANCEL
-                                 and r.state == ActionRecord.State.SUCCEEDED), None),
         # The latest attempt got no answer: say so before offering the buttons again.
         "unanswered": history[0] if history and history[0].state == "unknown" else None,
         "version": f"{run.updated_at.timestamp():.6f}",
         "can_act": shows_actions(request),
-        "provider": run.connection.provider_class,
-        "cancel_form": CancelForm(),
-        "approve_form": approve_form(run),
-        "permalink": request.build_absolute_uri(run.get_absolute_url()),
+        "provider": provider,
+        # Made only where the template shows it (building a form copies its fields).
+        "approve_form": lambda: approve_form(run),
+        **(names or _run_names(request, run, provider)),
         **extra,
     }
 
@@ -310,24 +321,24 @@ def approve_form(run, data=None):
 
 @login_required
 def run_detail(request, pk):
-    last_action = ActionRecord.objects.filter(run=OuterRef("pk")).order_by("-id")
-    run = get_object_or_404(
-        Run.objects.for_page().annotate(last_action=Subquery(last_action.values("id")[:1])),
-        pk=pk)
+    # With its connection and its newest audit record's id; for the page (not its
+    # poll, which mostly hears nothing changed) with what the live part shows.
+    run = runpage.run(pk, with_details="v" not in request.GET)
+    if run is None:
+        raise Http404("No such run")
     schedule.watching_read([run.connection])
     if unchanged(request, f"{run.updated_at.timestamp():.6f}"):
         return HttpResponse(status=204)
+    names = _run_names(request, run, run.connection.provider_class)
     # The live part depends on the run, the audit records of it, other runs (superseded
     # or not: the data version) and the user's rights.
     live = rendered_for(request, "runs/_live.html",
                         (run.pk, data_version(), run.updated_at.timestamp(), run.last_action,
                          *personal_key(request)),
-                        lambda: _detail_context(request, run))
+                        lambda: _detail_context(request, run, names))
     if request.htmx:
         return HttpResponse(live)
-    return render(request, "runs/detail.html", {
-        "run": run, "live": live, "provider": run.connection.provider_class,
-        "permalink": request.build_absolute_uri(run.get_absolute_url())})
+    return render(request, "runs/detail.html", {"run": run, "live": live, **names})
 
 
 @login_required
