@@ -58,7 +58,7 @@ from functools import reduce
 
 from django.db import connection as db
 from django.db import transaction
-from django.db.models import Max, Min, Q
+from django.db.models import Max, Min, Q, Sum
 from django.utils import timezone
 
 from dashboard.models import Run, TrendBucket, TrendDay, TrendDeployment, TrendGroup
@@ -294,9 +294,12 @@ def window(first: date) -> list[tuple]:
 
     from dashboard.attention import execute_prepared
 
-    with db.cursor() as cursor:
-        execute_prepared(cursor, "runboard_trends", WINDOW_SQL, [first, first, first])
-        found = cursor.fetchall()
+    if db.vendor != "postgresql":
+        found = _window_orm(first)
+    else:
+        with db.cursor() as cursor:
+            execute_prepared(cursor, "runboard_trends", WINDOW_SQL, [first, first, first])
+            found = cursor.fetchall()
     groups = []
     for *group, buckets in found:
         histograms: dict[bool, dict[int, int]] = {False: {}, True: {}}
@@ -304,6 +307,28 @@ def window(first: date) -> list[tuple]:
             histograms[bool(restore)][index] = count
         groups.append((*group, histograms))
     return groups
+
+
+def _window_orm(first: date) -> list[tuple]:
+    """WINDOW_SQL's rows through the ORM, where there is no LATERAL or array_agg (SQLite)."""
+    days: dict[int, list] = {}
+    for group, day, ok, bad, failing in (
+            TrendDay.objects.filter(day__gte=first).order_by("group_id", "day")
+            .values_list("group_id", "day", "successes", "failures", "failing_since")):
+        days.setdefault(group, []).append([(day - first).days, ok, bad, int(bool(failing))])
+    buckets: dict[int, list] = {}
+    for group, restore, index, count in (
+            TrendBucket.objects.filter(day__gte=first)
+            .values_list("group_id", "restore", "bucket").annotate(n=Sum("count"))
+            .order_by()):
+        buckets.setdefault(group, []).append([int(restore), index, count])
+    found = []
+    for group in TrendGroup.objects.filter(pk__in=days).values_list(
+            "pk", "connection__name", "project__name", "environment__name", "pipeline_name"):
+        own = days[group[0]]
+        found.append((*group, own, sum(d[1] for d in own), sum(d[2] for d in own),
+                      max(max(d[1], d[2]) for d in own), buckets.get(group[0])))
+    return found
 
 
 # --- from scratch ------------------------------------------------------------------

@@ -21,7 +21,7 @@ from html import escape
 
 from django.contrib.auth import get_user_model
 from django.db import connection as db
-from django.db.models import DateTimeField
+from django.db.models import DateTimeField, OuterRef, Subquery
 from django.utils.timezone import get_current_timezone
 
 from dashboard.attention import execute_prepared
@@ -142,6 +142,8 @@ def run(pk: int, with_details: bool = False) -> Run | None:
     it: a round trip fewer), read only if `details` is asked."""
     if not 0 < pk <= BIGGEST_ID:
         return None
+    if db.vendor != "postgresql":
+        return _run_orm(pk)
     sql, parts = _run_statement(with_details)
     with db.cursor() as cursor:
         execute_prepared(cursor, f"runboard_run_page{'_details' if with_details else ''}",
@@ -195,6 +197,8 @@ def details(found: Run) -> tuple[list[Job], list[ActionRecord], Run | None]:
     was (`run(with_details=True)`), else by one statement; sets `found.superseded` as
     `mark_superseded` does."""
     read = found.__dict__.pop("_details", None)
+    if db.vendor != "postgresql":
+        return _details_orm(found)
     if read is None:
         with db.cursor() as cursor:
             execute_prepared(cursor, "runboard_run_details", _details_statement(), [found.pk])
@@ -222,6 +226,29 @@ def details(found: Run) -> tuple[list[Job], list[ActionRecord], Run | None]:
                           [newest_id, newest_external_id, newest_name])
               if newest_id is not None else None)
     return steps, history, newest
+
+
+# --- the same through the ORM, where there is no json_agg or LATERAL (SQLite) ------------
+
+
+def _run_orm(pk: int) -> Run | None:
+    newest_record = ActionRecord.objects.filter(run=OuterRef("pk")).order_by("-id")
+    return (Run.objects.select_related("connection", "project", "environment")
+            .annotate(last_action=Subquery(newest_record.values("id")[:1]))
+            .filter(pk=pk).first())
+
+
+def _details_orm(found: Run) -> tuple[list[Job], list[ActionRecord], Run | None]:
+    steps = list(found.jobs.select_related("environment").order_by("order", "id"))
+    history = list(found.actions.select_related("user").order_by("-created_at", "-id")[:HISTORY])
+    there = found.environment_id and Run.objects.filter(
+        environment=found.environment_id, started_at__isnull=False,
+    ).order_by("-created_at").values_list("created_at", flat=True).first()
+    found.superseded = bool(there and found.created_at and found.created_at < there)
+    newest = found.environment_id and Run.objects.filter(
+        environment=found.environment_id).order_by("-created_at", "-id").only(
+        "id", "external_id", "name").first()
+    return steps, history, newest or None
 
 
 # --- what the live part shows, written in Python ---------------------------------------
