@@ -207,30 +207,42 @@ class EnvironmentQuerySet(models.QuerySet):
         status, raw status, name, version, updated_at, then the newest succeeded run's
         id, name, version), each run off the (environment, -created_at) index. As
         tuples: the ORM (two queries, models for every row) cost more than the page."""
-        run = ("SELECT {} FROM dashboard_run r WHERE r.environment_id = e.id {}"
-               " ORDER BY r.created_at DESC, r.id DESC LIMIT 1")
+        with db.cursor() as cursor:
+            cursor.execute(*self.board_sql())
+            return cursor.fetchall()
+
+    @staticmethod
+    def board_sql() -> tuple[str, list]:
+        # On PostgreSQL the environment is compared BETWEEN e.id AND e.id and leads the
+        # ORDER BY: one plan serves every environment, and with a plain `=` it may walk
+        # the newest-first index of all runs until it meets a quiet environment's runs
+        # (as long as there are newer runs elsewhere). So only the environment's own
+        # (environment, -created_at) index serves it.
+        run = ("SELECT {} FROM dashboard_run r WHERE r.environment_id {} {}"
+               " ORDER BY {} r.created_at DESC, r.id DESC LIMIT 1")
         succeeded = "AND r.status = %s"
         if db.vendor == "postgresql":
+            own = ("BETWEEN e.id AND e.id", "r.environment_id,")
             shown = "r.id, r.status, r.raw_status, r.name, r.version, r.updated_at"
-            latest = f"LEFT JOIN LATERAL ({run.format(shown, '')}) l ON true"
-            deployed = (f"LEFT JOIN LATERAL ({run.format('r.id, r.name, r.version', succeeded)})"
+            latest = f"LEFT JOIN LATERAL ({run.format(shown, own[0], '', own[1])}) l ON true"
+            deployed = ("LEFT JOIN LATERAL ("
+                        f"{run.format('r.id, r.name, r.version', own[0], succeeded, own[1])})"
                         " d ON true")
         else:  # SQLite has no LATERAL: the same runs, found by their ids
-            latest = f"LEFT JOIN dashboard_run l ON l.id = ({run.format('r.id', '')})"
-            deployed = f"LEFT JOIN dashboard_run d ON d.id = ({run.format('r.id', succeeded)})"
-        with db.cursor() as cursor:
-            cursor.execute(f"""
-                SELECT e.id, e.name, c.name, p.name,
-                       l.id, l.status, l.raw_status, l.name, l.version, l.updated_at,
-                       d.id, d.name, d.version
-                FROM dashboard_environment e
-                JOIN dashboard_connection c ON c.id = e.connection_id
-                LEFT JOIN dashboard_project p ON p.id = e.project_id
-                {latest}
-                {deployed}
-                ORDER BY e.name, c.name
-            """, ["succeeded"])  # noqa: S608 (our own SQL)
-            return cursor.fetchall()
+            latest = f"LEFT JOIN dashboard_run l ON l.id = ({run.format('r.id', '= e.id', '', '')})"
+            deployed = ("LEFT JOIN dashboard_run d ON d.id = ("
+                        f"{run.format('r.id', '= e.id', succeeded, '')})")
+        return f"""
+            SELECT e.id, e.name, c.name, p.name,
+                   l.id, l.status, l.raw_status, l.name, l.version, l.updated_at,
+                   d.id, d.name, d.version
+            FROM dashboard_environment e
+            JOIN dashboard_connection c ON c.id = e.connection_id
+            LEFT JOIN dashboard_project p ON p.id = e.project_id
+            {latest}
+            {deployed}
+            ORDER BY e.name, c.name
+        """, ["succeeded"]  # noqa: S608 (our own SQL)
 
 
 class Environment(models.Model):
