@@ -36,6 +36,14 @@ def asset(path: str) -> str:
     return _asset(path, staticfiles_storage._wrapped)
 
 
+@register.simple_tag
+def attention_strip(attention) -> str:
+    """The attention strip for `attention` (its counts): see attention.strip_html."""
+    from dashboard.attention import strip_html  # it imports `route` from here
+
+    return mark_safe(strip_html(attention))  # noqa: S308 (escaped there)
+
+
 @functools.lru_cache(maxsize=256)
 def _asset(path: str, storage) -> str:
     return StaticNode.handle_simple(path)
