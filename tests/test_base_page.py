@@ -100,3 +100,56 @@ def manager_client(manager):
     client = Client()
     client.force_login(manager)
     return client
+
+
+HEADER = """<header class="topbar">
+    <a class="brand" href="/runs/">Runboard</a>
+    {}
+  </header>"""
+NAV = """
+      <nav>
+        <a href="/runs/">Runs</a>
+        <a href="/inbox/">Inbox</a>
+        <a href="/releases/">Releases</a>
+        <a href="/trends/">Trends</a>
+        <a href="/environments/">Environments</a>
+        <a href="/connections/">Connections</a>
+        <a href="/audit/">Audit</a>
+        <a href="/profile/">API tokens</a>
+        {}
+      </nav>
+      <form class="logout" method="post" action="/accounts/logout/">\
+<input type="hidden" name="csrfmiddlewaretoken" value="{}">
+        <span class="muted">{}</span> <button type="submit" class="link">Log out</button>
+      </form>
+    """
+
+
+@pytest.mark.parametrize("staff", [False, True])
+def test_the_header_is_written_as_its_template_wrote_it(staff):
+    """The header is rendered once per kind of user: each user's own name (escaped) and
+    a CSRF token of their own session are put in, and only staff see the admin link."""
+    from django.contrib.auth.models import User
+
+    pages = []
+    for name in ('Ana "<b>"', "Kofi"):
+        user = User.objects.create_user(f"{name}{staff}", password="x", is_staff=staff)
+        client = Client(enforce_csrf_checks=True)
+        client.force_login(user)
+        body = client.get("/runs/").content.decode()
+        token = body.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
+        escaped = user.username.replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+        admin = '<a href="/admin/">Admin</a>' if staff else ""
+        assert HEADER.format(NAV.format(admin, token, escaped)) in body
+        pages.append((client, token, body))
+    (ana, ana_token, _), (kofi, kofi_token, _) = pages
+    # Each form's token is its own session's: it logs that user out, not the other.
+    assert kofi.post("/accounts/logout/", {"csrfmiddlewaretoken": ana_token}).status_code == 403
+    assert ana.post("/accounts/logout/", {"csrfmiddlewaretoken": ana_token}).status_code == 302
+    assert kofi.post("/accounts/logout/", {"csrfmiddlewaretoken": kofi_token}).status_code == 302
+
+
+def test_a_signed_out_page_has_the_brand_alone():
+    body = Client().get("/accounts/login/").content.decode()
+    assert HEADER.format("") in body
+    assert 'id="attention"' not in body
