@@ -153,3 +153,40 @@ def test_a_signed_out_page_has_the_brand_alone():
     body = Client().get("/accounts/login/").content.decode()
     assert HEADER.format("") in body
     assert 'id="attention"' not in body
+
+
+def test_the_pages_csrf_token_is_the_cookies_secret_freshly_masked(viewer):
+    """Every page's token (the body's hx-headers, which htmx sends on every request) is
+    the session's CSRF cookie under a mask of its own, and CSRF checks accept it."""
+    from django.middleware.csrf import _unmask_cipher_token
+
+    client = Client(enforce_csrf_checks=True)
+    first = client.get("/accounts/login/")  # no cookie yet: Django makes one
+    secret = first.cookies["csrftoken"].value
+    client.force_login(viewer)
+    tokens = set()
+    for _ in range(3):
+        body = client.get("/runs/").content.decode()
+        token = body.split('"X-CSRFToken": "')[1].split('"')[0]
+        assert len(token) == 64 and token.isalnum()
+        assert _unmask_cipher_token(token) == secret
+        tokens.add(token)
+    assert len(tokens) == 3  # a fresh mask on every page
+    assert client.post("/accounts/logout/", headers={"X-CSRFToken": "x" * 64}).status_code == 403
+    assert client.post("/accounts/logout/", headers={"X-CSRFToken": token}).status_code == 302
+
+
+def test_the_mask_is_drawn_evenly_from_the_allowed_characters(rf):
+    from collections import Counter
+
+    from django.middleware.csrf import CSRF_ALLOWED_CHARS, _get_new_csrf_string
+
+    from dashboard.middleware import masked_token
+
+    request = rf.get("/")
+    request.META["CSRF_COOKIE"] = _get_new_csrf_string()
+    drawn = Counter(char for _ in range(2000) for char in masked_token(request)[:32])
+    assert set(drawn) == set(CSRF_ALLOWED_CHARS)
+    expected = 2000 * 32 / len(CSRF_ALLOWED_CHARS)  # about 1032 each
+    assert all(0.8 * expected < n < 1.2 * expected for n in drawn.values()), drawn
+    assert request.META["CSRF_COOKIE_NEEDS_UPDATE"]  # sent again, as get_token does
