@@ -50,7 +50,7 @@ def counts(current: str | None = None, connections=None) -> dict:
         if connections is None:
             with db.cursor() as cursor:
                 execute_prepared(cursor, "runboard_attention", f"SELECT {_state_sql()}",
-                                 _state_params())
+                                 _state_params(cursor.db.ops))
                 found = _store(key, *cursor.fetchone())
         else:
             found = _store_connections(key, connections)
@@ -98,16 +98,17 @@ def _state_sql() -> str:
     return f"({waiting}), ({failed}), {STALE_SQL}"
 
 
-def _state_params() -> list:
+def _state_params(ops) -> list:
     """`_state_sql`'s parameters at this moment: the 24-hour bound, and staleness's
     (a pass older than RUNBOARD_STALE_AFTER with the planned one overdue by as long,
-    or older than that plus RUNBOARD_POLL_MAX), as Connection.is_stale reckons them."""
+    or older than that plus RUNBOARD_POLL_MAX), as Connection.is_stale reckons them;
+    `ops`: the database's operations (it writes times its own way)."""
     now = timezone.now()
-    grace = timedelta(seconds=settings.RUNBOARD_STALE_AFTER)
+    grace = now - timedelta(seconds=settings.RUNBOARD_STALE_AFTER)
+    too_old = grace - timedelta(seconds=settings.RUNBOARD_POLL_MAX)
     (_, waiting), (_, failed) = _counts_sql()
-    bounds = (now - grace, now - grace, now - grace - timedelta(seconds=settings.RUNBOARD_POLL_MAX))
-    return [*_now(waiting, now), *_now(failed, now),
-            *(db.ops.adapt_datetimefield_value(bound) for bound in bounds)]
+    grace, too_old = ops.adapt_datetimefield_value(grace), ops.adapt_datetimefield_value(too_old)
+    return [*_now(waiting, now), *_now(failed, now), grace, grace, too_old]
 
 
 def read_with_version(version_sql: str, version_of) -> str:
@@ -117,7 +118,7 @@ def read_with_version(version_sql: str, version_of) -> str:
     shows the strip next."""
     with db.cursor() as cursor:
         execute_prepared(cursor, "runboard_version", f"SELECT {version_sql}, {_state_sql()}",
-                         _state_params())
+                         _state_params(cursor.db.ops))
         *changed, waiting, failed, stale = cursor.fetchone()
     current = version_of(*changed)
     _store(f"runboard:attention:{current}-{int(time.time() // CLOCK_BUCKET)}",
@@ -133,10 +134,11 @@ def execute_prepared(cursor, name: str, sql: str, params) -> None:
     """Execute `sql` (Django's placeholders) as a statement prepared once per database
     connection: planning it took longer than running it (about 0.2 ms of 0.5 ms), and
     every page after a change runs it. Elsewhere than PostgreSQL, plainly."""
-    if db.vendor != "postgresql":
+    wrapper = cursor.db  # (not the `db` proxy: each look through it costs a thread-local's)
+    if wrapper.vendor != "postgresql":
         cursor.execute(sql, params)
         return
-    raw = db.connection
+    raw = wrapper.connection
     done = _prepared.setdefault(raw, set())
     if name not in done:
         # Django's SQL: %s placeholders, a literal % doubled.
