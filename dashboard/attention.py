@@ -2,7 +2,9 @@
 
 Counts are kept in the cache per data version (like the run list), so a page pays
 for them once per change, not once per view. The 24-hour window and staleness also
-move with the clock alone: a five-minute bucket joins the version for them.
+move with the clock alone: a five-minute bucket joins the version for them. They are
+read with the data version, in the same statement (`read_with_version`), and the
+strip's markup is written in Python once per process for each state (`strip_html`).
 
 Each count stops at COUNT_CAP (shown "99+"): whoever renders a page first after a
 change pays for the counts, and an exact count of a status over a million runs is a
