@@ -69,8 +69,13 @@ class HtmxLoginRedirect:
 
 
 CHARS = csrf.CSRF_ALLOWED_CHARS
-INDEX = {char: n for n, char in enumerate(CHARS)}
 EVEN = 256 - 256 % len(CHARS)  # random bytes below this fall evenly on the characters
+# A random byte below EVEN stands for a character (bytes.translate), the others are dropped.
+BYTE_TO_CHAR = bytes(ord(CHARS[byte % len(CHARS)]) if byte < EVEN else 0 for byte in range(256))
+UNEVEN = bytes(range(EVEN, 256))
+# A secret's character and a mask's: the token's character (Django's _mask_cipher_secret).
+CIPHER = {(s, m): CHARS[(CHARS.index(s) + CHARS.index(m)) % len(CHARS)]
+          for s in CHARS for m in CHARS}
 
 
 def masked_token(request) -> str:
@@ -83,13 +88,11 @@ def masked_token(request) -> str:
         return csrf.get_token(request)  # no cookie yet: Django makes and sends one
     # Sent again with the response, as get_token does, to renew its expiry.
     request.META["CSRF_COOKIE_NEEDS_UPDATE"] = True
-    mask = ""
-    while len(mask) < csrf.CSRF_SECRET_LENGTH:
-        mask += "".join(CHARS[byte % len(CHARS)] for byte in secrets.token_bytes(40)
-                        if byte < EVEN)
-    mask = mask[:csrf.CSRF_SECRET_LENGTH]
-    return mask + "".join(CHARS[(INDEX[s] + INDEX[m]) % len(CHARS)]
-                          for s, m in zip(secret, mask, strict=True))
+    mask = b""
+    while len(mask) < csrf.CSRF_SECRET_LENGTH:  # 40 bytes nearly always give 32
+        mask += secrets.token_bytes(40).translate(BYTE_TO_CHAR, UNEVEN)
+    mask = mask[:csrf.CSRF_SECRET_LENGTH].decode()
+    return mask + "".join(map(CIPHER.__getitem__, zip(secret, mask, strict=True)))
 
 
 def csrf_context(request):
