@@ -260,7 +260,7 @@ def _strip_html(waiting: int, failed: int, stale: int, total: int, current: str,
     label = {"waiting": waiting, "failed": failed, "total": total}
     label = {name: f"{COUNT_CAP}+" if n > COUNT_CAP else str(int(n)) for name, n in label.items()}
     attention, inbox, runs, connections = (
-        escape(route(name)) for name in ("attention", "inbox", "run-list", "connections"))
+        route(name) for name in ("attention", "inbox", "run-list", "connections"))  # escaped
     return (
         f'<div id="attention" class="attention" data-total="{int(total)}"'
         f' data-label="{label["total"]}"\n'

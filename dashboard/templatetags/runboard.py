@@ -87,14 +87,15 @@ def attention_strip(attention) -> str:
     return mark_safe(strip_html(attention))  # noqa: S308 (escaped there)
 
 
+# Escaped once, as the tags would on every use (a safe string is not escaped again).
 @functools.lru_cache(maxsize=256)
 def _asset(path: str, storage) -> str:
-    return StaticNode.handle_simple(path)
+    return conditional_escape(StaticNode.handle_simple(path))
 
 
 @functools.cache
 def _route(name: str, urlconf, prefix: str) -> str:
-    return reverse(name, urlconf)
+    return conditional_escape(reverse(name, urlconf))
 
 
 @register.filter
