@@ -12,6 +12,8 @@ through the whole middleware stack with a logged-in session:
   inbox, releases, where (releases?q=<version>), trends (30 days), run (a run page),
   envs (environments): the cockpit's pages, each as most viewers get it and (marked *)
   rendered afresh, with every cache emptied first;
+  empty     a page that extends base.html and shows nothing else (what every page
+            pays: middleware, header, strip, context processors); empty* afresh;
   strip     the attention strip's poll when nothing changed (204); strip* when its
             counts must be made again (every page pays that once per change);
 at 1,000 runs and again at 100,000, with the database queries each makes. Runs are
@@ -19,7 +21,7 @@ written with SQL (INSERT ... SELECT generate_series; a million in a minute or tw
 with `--loader sync` through the sync's own upsert (about 3 minutes per 100,000).
 
     .venv/bin/python bench/pages.py [--sizes 1000 100000] [--repeat 200]
-        [--pages list refresh changed inbox releases where trends run envs strip]
+        [--pages list refresh changed inbox releases where trends run envs strip empty]
 
 Targets (issues #5, #12): every page <= 3 x trivial, unchanged refresh <= 1.2 x trivial,
 query counts the same at 1k and 100k (and 1M: --sizes 1000 100000 1000000).
@@ -278,6 +280,9 @@ def main() -> None:
             if wanted(name):
                 measure(name, path, **headers)
                 measure(name + "*", path, afresh=True, **headers)
+        if wanted("empty"):
+            measure("empty", "/empty/")
+            measure("empty*", "/empty/", afresh=True)
         if wanted("strip"):
             measure("strip", f"/attention/?v={attention.version()}", expect=204,
                     **{"HX-Request": "true"})

@@ -2,7 +2,9 @@
 
 Counts are kept in the cache per data version (like the run list), so a page pays
 for them once per change, not once per view. The 24-hour window and staleness also
-move with the clock alone: a five-minute bucket joins the version for them.
+move with the clock alone: a five-minute bucket joins the version for them. They are
+read with the data version, in the same statement (`read_with_version`), and the
+strip's markup is written in Python once per process for each state (`strip_html`).
 
 Each count stops at COUNT_CAP (shown "99+"): whoever renders a page first after a
 change pays for the counts, and an exact count of a status over a million runs is a
@@ -15,7 +17,6 @@ import functools
 import time
 import weakref
 from datetime import datetime, timedelta
-from types import SimpleNamespace
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -24,11 +25,13 @@ from django.db import connection as db
 from django.db.models import IntegerField
 from django.db.models.expressions import RawSQL
 from django.http import HttpResponse
-from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.urls import get_script_prefix, get_urlconf
 from django.utils import timezone
-from django.utils.functional import SimpleLazyObject
+from django.utils.html import escape
 
-from dashboard.models import Connection, Run, data_version
+from dashboard.models import Run, data_version
+from dashboard.templatetags.runboard import route
 from providers.base import Status
 
 CLOCK_BUCKET = 300  # seconds: how stale "in the last 24 h" may get while nothing changes
@@ -47,10 +50,12 @@ def counts(current: str | None = None, connections=None) -> dict:
     found = cache.get(key)
     if found is None:
         if connections is None:
-            # The connections and both counts in one query.
-            sql, params = _connections_sql()
-            connections = list(Connection.objects.raw(sql, _now(params)))
-        found = _store(key, connections)
+            with db.cursor() as cursor:
+                execute_prepared(cursor, "runboard_attention", f"SELECT {_state_sql()}",
+                                 _state_params(cursor.db.ops))
+                found = _store(key, *cursor.fetchone())
+        else:
+            found = _store_connections(key, connections)
     return {**found, "version": current}
 
 
@@ -59,45 +64,67 @@ def known() -> bool:
     return cache.get(f"runboard:attention:{version()}") is not None
 
 
-def _store(key: str, connections) -> dict:
+def _store_connections(key: str, connections) -> dict:
     """The counts from the enabled `connections` (which carry `waiting` and `failed`
     when read `with_counts`), cached under `key`."""
     if connections and hasattr(connections[0], "waiting"):
-        found = {"waiting": connections[0].waiting, "failed": connections[0].failed}
+        waiting, failed = connections[0].waiting, connections[0].failed
     else:
-        found = dict(zip(("waiting", "failed"), capped_counts(*_counted()), strict=True))
-    found["stale"] = sum(1 for c in connections if c.is_stale)
-    found["total"] = sum(found.values())
+        waiting, failed = capped_counts(*_counted())
+    return _store(key, waiting, failed, sum(1 for c in connections if c.is_stale))
+
+
+def _store(key: str, waiting: int, failed: int, stale: int) -> dict:
+    """The counts and their labels, cached under `key`."""
+    found = {"waiting": waiting, "failed": failed, "stale": stale,
+             "total": waiting + failed + stale}
     found["labels"] = {name: f"{COUNT_CAP}+" if found[name] > COUNT_CAP else str(found[name])
                        for name in ("waiting", "failed", "total")}
     cache.set(key, found, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
     return found
 
 
-# What staleness asks of a connection (Connection.is_stale).
-STATE = ("enabled", "last_success_at", "last_error", "last_error_at", "next_poll_at")
+# How many enabled connections are stale: Connection.is_stale in SQL, so that the strip's
+# state is a row of numbers (reading the connections as JSON and building each one's
+# state in Python took a third of the statement's time). `%s`: the clock's bounds.
+STALE_SQL = """(SELECT COUNT(*) FROM dashboard_connection WHERE enabled AND CASE
+    WHEN last_success_at IS NULL THEN last_error <> ''
+    ELSE (last_success_at < %s AND (next_poll_at IS NULL OR next_poll_at < %s))
+      OR last_success_at < %s OR COALESCE(last_error_at > last_success_at, false) END)"""
+
+
+@functools.cache
+def _state_sql() -> str:
+    """The strip's counts as three columns (waiting, failed, stale), compiled once."""
+    (waiting, _), (failed, _) = _counts_sql()
+    return f"({waiting}), ({failed}), {STALE_SQL}"
+
+
+def _state_params(ops) -> list:
+    """`_state_sql`'s parameters at this moment: the 24-hour bound, and staleness's
+    (a pass older than RUNBOARD_STALE_AFTER with the planned one overdue by as long,
+    or older than that plus RUNBOARD_POLL_MAX), as Connection.is_stale reckons them;
+    `ops`: the database's operations (it writes times its own way)."""
+    now = timezone.now()
+    grace = now - timedelta(seconds=settings.RUNBOARD_STALE_AFTER)
+    too_old = grace - timedelta(seconds=settings.RUNBOARD_POLL_MAX)
+    (_, waiting), (_, failed) = _counts_sql()
+    grace, too_old = ops.adapt_datetimefield_value(grace), ops.adapt_datetimefield_value(too_old)
+    return [*_now(waiting, now), *_now(failed, now), grace, grace, too_old]
 
 
 def read_with_version(version_sql: str, version_of) -> str:
     """The data version (`version_sql`'s columns, made one by `version_of`), read in
-    one query with the enabled connections' state and both counts (as JSON), which are
-    cached for that version: `data_version` calls this when it is not cached, and every
-    page that calls it shows the strip next."""
-    sql, params = _connections_sql()
+    one query with the strip's counts, which are cached for that version:
+    `data_version` calls this when it is not cached, and every page that calls it
+    shows the strip next."""
     with db.cursor() as cursor:
-        execute_prepared(cursor, "runboard_version",
-                         f"SELECT {version_sql}, (SELECT json_agg(c) FROM ({sql}) AS c)",  # noqa: S608 (our SQL and Django's)
-                         _now(params))
-        *changed, rows = cursor.fetchone()
+        execute_prepared(cursor, "runboard_version", f"SELECT {version_sql}, {_state_sql()}",
+                         _state_params(cursor.db.ops))
+        *changed, waiting, failed, stale = cursor.fetchone()
     current = version_of(*changed)
-    # What `is_stale` reads, not models (building one cost more than its row's read).
-    connections = [SimpleNamespace(
-        waiting=row["waiting"], failed=row["failed"], is_stale=Connection.is_stale.fget(
-            SimpleNamespace(**{name: datetime.fromisoformat(row[name])
-                               if name.endswith("_at") and row[name] else row[name]
-                               for name in STATE})))
-        for row in rows or []]
-    _store(f"runboard:attention:{current}-{int(time.time() // CLOCK_BUCKET)}", connections)
+    _store(f"runboard:attention:{current}-{int(time.time() // CLOCK_BUCKET)}",
+           waiting, failed, stale)
     return current
 
 
@@ -109,10 +136,11 @@ def execute_prepared(cursor, name: str, sql: str, params) -> None:
     """Execute `sql` (Django's placeholders) as a statement prepared once per database
     connection: planning it took longer than running it (about 0.2 ms of 0.5 ms), and
     every page after a change runs it. Elsewhere than PostgreSQL, plainly."""
-    if db.vendor != "postgresql":
+    wrapper = cursor.db  # (not the `db` proxy: each look through it costs a thread-local's)
+    if wrapper.vendor != "postgresql":
         cursor.execute(sql, params)
         return
-    raw = db.connection
+    raw = wrapper.connection
     done = _prepared.setdefault(raw, set())
     if name not in done:
         # Django's SQL: %s placeholders, a literal % doubled.
@@ -139,18 +167,10 @@ def _counts_sql() -> tuple[tuple[str, list], tuple[str, list]]:
     return tuple(_capped_sql(queryset) for queryset in _counted())
 
 
-def _now(params) -> list:
+def _now(params, now=None) -> list:
     """Compiled parameters with the 24-hour bound (their only time) moved to now."""
-    since = timezone.now() - timedelta(days=1)
+    since = (now or timezone.now()) - timedelta(days=1)
     return [since if isinstance(p, datetime) else p for p in params]
-
-
-@functools.cache
-def _connections_sql() -> tuple[str, tuple]:
-    """The enabled connections (what staleness needs) with both counts, compiled once."""
-    return with_counts(Connection.objects.filter(enabled=True).only(
-        "enabled", "last_success_at", "last_error", "last_error_at", "next_poll_at",
-    )).query.sql_with_params()
 
 
 def with_counts(connections):
@@ -183,19 +203,88 @@ def capped_counts(*querysets) -> list[int]:
         return list(cursor.fetchone())
 
 
+class LazyCounts(dict):
+    """`counts()`, read when a template first looks in it: a dict, so that every lookup
+    after that costs a dict's (a SimpleLazyObject proxies each one, and every page
+    makes a dozen)."""
+
+    def __init__(self, read):
+        super().__init__()
+        self._read = read
+
+    def _fill(self) -> None:
+        if self._read is not None:
+            read, self._read = self._read, None
+            self.update(read())
+
+    def __missing__(self, key):
+        if self._read is None:
+            raise KeyError(key)
+        self._fill()
+        return self[key]
+
+    def __len__(self) -> int:
+        self._fill()
+        return super().__len__()
+
+    def __iter__(self):
+        self._fill()
+        return super().__iter__()
+
+    def __contains__(self, key) -> bool:
+        self._fill()
+        return super().__contains__(key)
+
+
 def context(request):
     """Template context: `attention`, computed only if a template reads it."""
     if not getattr(request, "user", None) or not request.user.is_authenticated:
         return {}
     # A view that read the enabled connections leaves them on the request (the run list).
-    return {"attention": SimpleLazyObject(
+    return {"attention": LazyCounts(
         lambda: counts(connections=getattr(request, "runboard_connections", None)))}
+
+
+def strip_html(attention) -> str:
+    """The strip's markup for `counts()`, written here rather than by a template (an
+    include on every page cost more than the rest of the header), once per process for
+    each state and URL configuration (a page after a change shows the one before it)."""
+    return _strip_html(attention["waiting"], attention["failed"], attention["stale"],
+                       attention["total"], attention["version"], get_urlconf(),
+                       get_script_prefix())
+
+
+@functools.lru_cache(maxsize=64)
+def _strip_html(waiting: int, failed: int, stale: int, total: int, current: str,
+                urlconf, prefix: str) -> str:
+    label = {"waiting": waiting, "failed": failed, "total": total}
+    label = {name: f"{COUNT_CAP}+" if n > COUNT_CAP else str(int(n)) for name, n in label.items()}
+    attention, inbox, runs, connections = (
+        route(name) for name in ("attention", "inbox", "run-list", "connections"))  # escaped
+    return (
+        f'<div id="attention" class="attention" data-total="{int(total)}"'
+        f' data-label="{label["total"]}"\n'
+        f'     hx-get="{attention}?v={escape(current)}" hx-trigger="every 5s"\n'
+        '     hx-swap="outerHTML" aria-label="Needs attention">\n'
+        f'  <a href="{inbox}" class="attention-item{" hot-wait" if waiting else ""}"'
+        f' data-count="waiting"><strong>{label["waiting"]}</strong> waiting for a person</a>\n'
+        f'  <a href="{runs}?group=failed&amp;range=24h"'
+        f' class="attention-item{" hot-fail" if failed else ""}" data-count="failed">'
+        f'<strong>{label["failed"]}</strong> failed in 24 h</a>\n'
+        f'  <a href="{connections}" class="attention-item{" hot-fail" if stale else ""}"'
+        f' data-count="stale"><strong>{int(stale)}</strong>'
+        f' stale connection{"" if stale == 1 else "s"}</a>\n'
+        '  <span id="live-state" class="live-state muted small" data-state="live"'
+        ' aria-live="polite">live</span>\n'
+        '</div>\n')
 
 
 @login_required
 def strip(request):
-    """The strip alone, for its live poll: 204 while nothing changed."""
+    """The strip alone, for its live poll: 204 while nothing changed. Its template
+    without the request: the strip reads nothing the context processors add."""
     current = version()
     if request.htmx and request.GET.get("v") == current:
         return HttpResponse(status=204)
-    return render(request, "partials/attention.html", {"attention": counts(current)})
+    return HttpResponse(render_to_string("partials/attention.html",
+                                         {"attention": counts(current)}))

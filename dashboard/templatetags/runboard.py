@@ -5,12 +5,17 @@ from __future__ import annotations
 import functools
 import json
 from datetime import timedelta
+from types import SimpleNamespace
 
 from django import template
 from django.contrib.staticfiles.storage import staticfiles_storage
+from django.dispatch import receiver
+from django.template.loader import render_to_string
 from django.templatetags.static import StaticNode
 from django.urls import get_script_prefix, get_urlconf, reverse
+from django.utils.autoreload import file_changed
 from django.utils.functional import empty
+from django.utils.html import conditional_escape
 from django.utils.safestring import mark_safe
 
 register = template.Library()
@@ -36,14 +41,61 @@ def asset(path: str) -> str:
     return _asset(path, staticfiles_storage._wrapped)
 
 
+# Stand-ins, in the header rendered once, for what differs between users of one kind.
+USER_MARK = "runboard-user-name-goes-here"
+CSRF_MARK = "runboard-csrf-token-goes-here"
+CSRF_INPUT = f'<input type="hidden" name="csrfmiddlewaretoken" value="{CSRF_MARK}">'
+
+
+@register.simple_tag(takes_context=True)
+def topbar(context) -> str:
+    """The header (partials/topbar.html), rendered once per process for each kind of
+    user (signed in or not, staff or not) and URL configuration: its dozen links and
+    conditions were a third of an empty page's rendering. The user's name and the
+    logout form's CSRF token are put in per request, escaped as the template would."""
+    user = context.get("user")
+    if user is None or not user.is_authenticated:
+        return _topbar(False, False, get_urlconf(), get_script_prefix())
+    html = _topbar(True, bool(user.is_staff), get_urlconf(), get_script_prefix())
+    token = context.get("csrf_token")
+    if token is None or token == "NOTPROVIDED":  # as {% csrf_token %}: no field
+        html = html.replace(CSRF_INPUT, "")
+    else:
+        html = html.replace(CSRF_MARK, conditional_escape(token))
+    return mark_safe(html.replace(USER_MARK, conditional_escape(user.get_username())))  # noqa: S308
+
+
+@functools.lru_cache(maxsize=64)
+def _topbar(authenticated: bool, staff: bool, urlconf, prefix: str) -> str:
+    user = SimpleNamespace(is_authenticated=authenticated, is_staff=staff,
+                           get_username=USER_MARK)
+    return mark_safe(render_to_string(  # noqa: S308 (a template's output)
+        "partials/topbar.html", {"user": user, "csrf_token": CSRF_MARK}))
+
+
+@receiver(file_changed)
+def _template_changed(sender, file_path, **kwargs):
+    """The development server reloads templates without a restart: so must the header."""
+    _topbar.cache_clear()
+
+
+@register.simple_tag
+def attention_strip(attention) -> str:
+    """The attention strip for `attention` (its counts): see attention.strip_html."""
+    from dashboard.attention import strip_html  # it imports `route` from here
+
+    return mark_safe(strip_html(attention))  # noqa: S308 (escaped there)
+
+
+# Escaped once, as the tags would on every use (a safe string is not escaped again).
 @functools.lru_cache(maxsize=256)
 def _asset(path: str, storage) -> str:
-    return StaticNode.handle_simple(path)
+    return conditional_escape(StaticNode.handle_simple(path))
 
 
 @functools.cache
 def _route(name: str, urlconf, prefix: str) -> str:
-    return reverse(name, urlconf)
+    return conditional_escape(reverse(name, urlconf))
 
 
 @register.filter
