@@ -74,7 +74,6 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "dashboard.attention.context",
-                "dashboard.middleware.csrf_context",  # Django's csrf_token, masked faster
             ],
         },
     },
