@@ -14,8 +14,10 @@ measures, per provider and round,
 and prints the ratio sync / fetch and the write overhead (sync - fetch, in ms per
 1,000 runs) per provider, for the whole mix, and for the providers whose fetch is
 list-only: a provider whose client also reads runs one by one (Buddy reads the steps
-of its newest runs) has a slower fetch, which flatters its ratio. Then the database
-queries it takes to write a page of several sizes.
+of its newest runs) has a slower fetch, which flatters its ratio; and the CPU seconds
+each took (the sync's in this process and in its PostgreSQL backend, read from /proc
+when the server runs on this machine), which a loaded machine does not stretch as it
+does wall time. Then the database queries it takes to write a page of several sizes.
 
     .venv/bin/python bench/sync.py [--runs 10000] [--repeat 7] [--providers buddy,...]
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import time
 
@@ -134,6 +137,26 @@ def main() -> None:
         fn(*fn_args)
         return time.perf_counter() - start
 
+    def backend_cpu() -> float | None:
+        """CPU seconds this session's PostgreSQL backend has used, if it runs here."""
+        with db.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pid = cursor.fetchone()[0]
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def cpu_timed(fn, *fn_args) -> tuple[float, float, float | None]:
+        """Wall seconds, this process's CPU seconds (all threads), the backend's."""
+        backend, process = backend_cpu(), time.process_time()
+        wall = timed(fn, *fn_args)
+        process = time.process_time() - process
+        after = backend_cpu()
+        return wall, process, None if backend is None or after is None else after - backend
+
     listed, list_only = {}, []
     for key in keys:
         runs, pages, requests, reads = fetch(key)
@@ -153,11 +176,15 @@ def main() -> None:
     fetches = {key: [] for key in keys}
     syncs = {key: [] for key in keys}
     derives = {key: [] for key in keys}
+    cpus = {key: [] for key in keys}  # (fetch's, sync's, the sync's backend's) CPU seconds
     for _ in range(args.repeat):
         for key in keys:
-            fetches[key].append(timed(fetch, key))
+            wall, fetch_cpu, _ = cpu_timed(fetch, key)
+            fetches[key].append(wall)
             empty()
-            syncs[key].append(timed(full_sync, key))
+            wall, sync_cpu, backend = cpu_timed(full_sync, key)
+            syncs[key].append(wall)
+            cpus[key].append((fetch_cpu, sync_cpu, backend))
 
     print(f"\n{args.runs} runs shared by {', '.join(keys)}, finished, with their jobs; "
           f"{args.repeat} rounds, fetch and sync alternated; seconds: median (best)")
@@ -184,6 +211,12 @@ def main() -> None:
         # shown apart, never counted as the target.
         apart = [(s - d) / f for f, s, d in zip(fetch_s, sync_s, derive_s, strict=True)]
         print(f"{'':10} without derive: ratio {spread(apart, '{:.2f}')}")
+        # CPU, which the machine's load does not stretch: the sync's process (its
+        # read-ahead thread's parsing included) and its PostgreSQL backend.
+        cpu = [[sum(cpus[k][r][i] or 0 for k in members) for r in rounds] for i in range(3)]
+        print(f"{'':10} CPU s: fetch {statistics.median(cpu[0]):.2f}, sync"
+              f" {statistics.median(cpu[1]):.2f} here + {statistics.median(cpu[2]):.2f}"
+              " in PostgreSQL (medians)")
         if label in ("mix", "list-only") and max(ratios) > 1.5:
             failed.append(f"{label}: ratio {max(ratios):.2f} in a round")
         if label in ("mix", "list-only") and statistics.median(overhead) > 70:
