@@ -216,6 +216,8 @@ def _iso(value, tz, utc: bool) -> str:
 
 def _time_html(value, tz, utc: bool) -> str:
     """time_html of a datetime or of PostgreSQL's text of one (see `_iso`)."""
+    if value is None:  # a provider that never said when (time_html writes nothing too)
+        return ""
     iso = _iso(value, tz, utc)
     if iso[:1] == "0":  # a year before 1000: strftime does not pad it as isoformat does
         return time_html(datetime.fromisoformat(iso), tz)
