@@ -32,6 +32,24 @@ def _runs(connection_, start, count, status=Status.SUCCEEDED, **fields):
         for n in range(start, start + count)])
 
 
+def _newer_runs_elsewhere(connection_, count=5000):
+    """Many runs in another environment ("busy"), newer than any held: what a plan made
+    for every environment weighs against a quiet one's."""
+    from dashboard.models import Environment
+
+    busy = Environment.objects.create(connection=connection_, external_id="busy", name="busy")
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            INSERT INTO dashboard_run (connection_id, external_id, locator, environment_id,
+              pipeline_id, pipeline_name, name, status, raw_status, version, branch, commit,
+              triggered_by, created_at, started_at, cancelled_by, cancel_comment, web_url, raw,
+              fingerprint, observed_at, updated_at)
+            SELECT %s, 'x' || g, '{}', %s, '', '', '', 'succeeded', '', '', '', '', '',
+              now() + g * interval '1 second', now(), '', '', '', '{}', '', now(), now()
+            FROM generate_series(1, %s) g""", [connection_.pk, busy.pk, count])
+        cursor.execute("ANALYZE dashboard_run")
+
+
 def _afresh(client, path, **headers):
     """The queries of `path` with every cache emptied first."""
     client.get(path, headers=headers)
@@ -279,22 +297,10 @@ def test_the_run_page_reads_an_environment_and_a_run_off_their_own_indexes(
     all runs (or all audit records) until it meets this one's: that takes as long as
     there are newer runs elsewhere."""
     from dashboard import runpage
-    from dashboard.models import Environment
 
     _runs(buddy_connection, 0, 1)
     run = Run.objects.get()
-    other = Environment.objects.create(connection=buddy_connection, external_id="busy",
-                                       name="busy")
-    with connection.cursor() as cursor:  # newer runs elsewhere, many (what plans weigh)
-        cursor.execute("""
-            INSERT INTO dashboard_run (connection_id, external_id, locator, environment_id,
-              pipeline_id, pipeline_name, name, status, raw_status, version, branch, commit,
-              triggered_by, created_at, started_at, cancelled_by, cancel_comment, web_url, raw,
-              fingerprint, observed_at, updated_at)
-            SELECT %s, 'x' || g, '{}', %s, '', '', '', 'succeeded', '', '', '', '', '',
-              now() + g * interval '1 second', now(), '', '', '', '{}', '', now(), now()
-            FROM generate_series(1, 5000) g""", [buddy_connection.pk, other.pk])
-        cursor.execute("ANALYZE dashboard_run")
+    _newer_runs_elsewhere(buddy_connection)
     if with_run:  # the page's statement
         sql, params = runpage._run_statement(True)[0], [run.pk]
     else:  # what the poll reads after a change
@@ -565,18 +571,8 @@ def test_the_environment_board_reads_each_environment_off_its_own_index(buddy_co
     from dashboard.models import Environment
 
     _runs(buddy_connection, 0, 1)
-    busy = Environment.objects.create(connection=buddy_connection, external_id="busy",
-                                      name="busy")
-    with connection.cursor() as cursor:  # newer runs elsewhere, many (what plans weigh)
-        cursor.execute("""
-            INSERT INTO dashboard_run (connection_id, external_id, locator, environment_id,
-              pipeline_id, pipeline_name, name, status, raw_status, version, branch, commit,
-              triggered_by, created_at, started_at, cancelled_by, cancel_comment, web_url, raw,
-              fingerprint, observed_at, updated_at)
-            SELECT %s, 'x' || g, '{}', %s, '', '', '', 'succeeded', '', '', '', '', '',
-              now() + g * interval '1 second', now(), '', '', '', '{}', '', now(), now()
-            FROM generate_series(1, 5000) g""", [buddy_connection.pk, busy.pk])
-        cursor.execute("ANALYZE dashboard_run")
+    _newer_runs_elsewhere(buddy_connection)
+    with connection.cursor() as cursor:
         sql, params = Environment.objects.board_sql()
         cursor.execute(f"EXPLAIN {sql}", params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
