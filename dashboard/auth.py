@@ -28,8 +28,8 @@ from django.http import Http404
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
 
-from dashboard.attention import execute_prepared
 from dashboard.models import release_managers_group
+from dashboard.prepared import execute_prepared
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from django.utils.timezone import get_current_timezone
 from django.views.decorators.http import require_POST
 
 from dashboard import actions
-from dashboard.attention import execute_prepared
 from dashboard.forms import ApproveForm
 from dashboard.models import Connection, Job, Run, data_version
+from dashboard.prepared import execute_prepared
 from dashboard.runrows import time_html
 from dashboard.secrets import UnreadableSecret
 from dashboard.views import (

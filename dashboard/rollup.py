@@ -292,7 +292,7 @@ def window(first: date) -> list[tuple]:
     building, then one of JSON with dates to parse, were most of the page rendered
     afresh."""
 
-    from dashboard.attention import execute_prepared
+    from dashboard.prepared import execute_prepared
 
     if db.vendor != "postgresql":
         found = _window_orm(first)

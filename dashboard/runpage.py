@@ -24,8 +24,8 @@ from django.db import connection as db
 from django.db.models import DateTimeField, OuterRef, Subquery
 from django.utils.timezone import get_current_timezone
 
-from dashboard.attention import execute_prepared
 from dashboard.models import ActionRecord, Connection, Environment, Job, Project, Run
+from dashboard.prepared import execute_prepared
 from dashboard.runrows import status_html, time_html
 from dashboard.templatetags.runboard import answer, duration
 

@@ -70,7 +70,7 @@ def _list_sql(size: int | None, choices: bool) -> tuple[str, str, tuple]:
     poller and the filter) and, with `choices`, the filter's projects and environments,
     each as JSON. Building these through django-filter and the ORM, and planning them
     (three queries), cost more than running them; a statement prepared once per
-    database connection (see attention.execute_prepared) is planned once. Returns the
+    database connection (see dashboard/prepared.py) is planned once. Returns the
     statement's name, its SQL and parameters."""
     from dashboard.models import Connection, Environment, Project, Run
 
@@ -116,7 +116,7 @@ def read(size: int | None = None, choices: bool = False):
     times as PostgreSQL's text of them; None when `size` is None), every
     connection as `PollerConnection`s ordered by name, and with `choices` the filter's
     model choices ({field: [(pk, name)]}, else None)."""
-    from dashboard.attention import execute_prepared
+    from dashboard.prepared import execute_prepared
 
     if db.vendor != "postgresql":
         return _read_plainly(size, choices)

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from dashboard import schedule, sync
 from dashboard.models import ActionRecord, Connection, Job, Run, data_changed, mark_superseded
+from dashboard.prepared import numbered
 from providers.base import EnvironmentData, JobData, ProjectData, RunData, Status
 
 pytestmark = pytest.mark.django_db
@@ -307,9 +308,7 @@ def test_the_run_page_reads_an_environment_and_a_run_off_their_own_indexes(
         sql, params = runpage._details_statement(), [run.pk]
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        *parts, last = sql.split("%s")
-        numbered = "".join(f"{part}${n}" for n, part in enumerate(parts, 1)) + last
-        cursor.execute(f"PREPARE plan_test AS {numbered}")
+        cursor.execute(f"PREPARE plan_test AS {numbered(sql)}")
         cursor.execute(f"EXPLAIN EXECUTE plan_test({', '.join(map(str, params))})")
         plan = "\n".join(row[0] for row in cursor.fetchall())
         cursor.execute("DEALLOCATE plan_test")
