@@ -30,8 +30,8 @@ from dashboard.models import Connection, Job, Run, data_version
 from dashboard.prepared import execute_prepared
 from dashboard.runrows import time_html
 from dashboard.secrets import UnreadableSecret
+from dashboard.templatetags.runboard import CSRF_INPUT
 from dashboard.views import (
-    CSRF_MARK,
     approve_form,
     page_of,
     personal_key,
@@ -334,7 +334,7 @@ def _inbox_context(request) -> dict:
              "approvable": sum(1 for r in found if not r["refusal"])}
             for key, found in releases.items() if len(found) > 1]
     can_act = shows_actions(request)
-    csrf = f'<input type="hidden" name="csrfmiddlewaretoken" value="{CSRF_MARK}">'
+    csrf = CSRF_INPUT  # the token put in per request (rendered_for)
     urls = {"run": reverse("run-detail", args=[PK]),
             "act": reverse("inbox-act", args=[PK, KIND])}
     tz = get_current_timezone()  # once, not once a row

@@ -30,6 +30,7 @@ from dashboard.models import (
     Run,
     data_version,
 )
+from dashboard.templatetags.runboard import CSRF_MARK
 from providers.base import Action, Status
 
 PAGE_SIZE = 50
@@ -162,9 +163,6 @@ def rendered_once(template: str, request, version: str, context) -> str:
         html = render_to_string(template, context())
         cache.set(key, html, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
     return mark_safe(html)  # noqa: S308 (our own template's output)
-
-
-CSRF_MARK = "runboard-csrf-token-goes-here"
 
 
 def rendered_for(request, template: str, key_parts, context) -> str:

@@ -41,7 +41,8 @@ def asset(path: str) -> str:
     return _asset(path, staticfiles_storage._wrapped)
 
 
-# Stand-ins, in the header rendered once, for what differs between users of one kind.
+# Stand-ins, in markup rendered once for many users (the header, `views.rendered_for`),
+# for what differs between them: put in per request.
 USER_MARK = "runboard-user-name-goes-here"
 CSRF_MARK = "runboard-csrf-token-goes-here"
 CSRF_INPUT = f'<input type="hidden" name="csrfmiddlewaretoken" value="{CSRF_MARK}">'
