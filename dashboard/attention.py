@@ -74,12 +74,16 @@ def _store_connections(key: str, connections) -> dict:
     return _store(key, waiting, failed, sum(1 for c in connections if c.is_stale))
 
 
+def label(count: int) -> str:
+    """A count as the strip shows it: capped at COUNT_CAP ("99+")."""
+    return f"{COUNT_CAP}+" if count > COUNT_CAP else str(int(count))
+
+
 def _store(key: str, waiting: int, failed: int, stale: int) -> dict:
     """The counts and their labels, cached under `key`."""
     found = {"waiting": waiting, "failed": failed, "stale": stale,
              "total": waiting + failed + stale}
-    found["labels"] = {name: f"{COUNT_CAP}+" if found[name] > COUNT_CAP else str(found[name])
-                       for name in ("waiting", "failed", "total")}
+    found["labels"] = {name: label(found[name]) for name in ("waiting", "failed", "total")}
     cache.set(key, found, settings.RUNBOARD_FRAGMENT_CACHE_SECONDS)
     return found
 
@@ -233,20 +237,19 @@ def strip_html(attention) -> str:
 @functools.lru_cache(maxsize=64)
 def _strip_html(waiting: int, failed: int, stale: int, total: int, current: str,
                 urlconf, prefix: str) -> str:
-    label = {"waiting": waiting, "failed": failed, "total": total}
-    label = {name: f"{COUNT_CAP}+" if n > COUNT_CAP else str(int(n)) for name, n in label.items()}
+    label_of = {"waiting": label(waiting), "failed": label(failed), "total": label(total)}
     attention, inbox, runs, connections = (
         route(name) for name in ("attention", "inbox", "run-list", "connections"))  # escaped
     return (
         f'<div id="attention" class="attention" data-total="{int(total)}"'
-        f' data-label="{label["total"]}"\n'
+        f' data-label="{label_of["total"]}"\n'
         f'     hx-get="{attention}?v={escape(current)}" hx-trigger="every 5s"\n'
         '     hx-swap="outerHTML" aria-label="Needs attention">\n'
         f'  <a href="{inbox}" class="attention-item{" hot-wait" if waiting else ""}"'
-        f' data-count="waiting"><strong>{label["waiting"]}</strong> waiting for a person</a>\n'
+        f' data-count="waiting"><strong>{label_of["waiting"]}</strong> waiting for a person</a>\n'
         f'  <a href="{runs}?group=failed&amp;range=24h"'
         f' class="attention-item{" hot-fail" if failed else ""}" data-count="failed">'
-        f'<strong>{label["failed"]}</strong> failed in 24 h</a>\n'
+        f'<strong>{label_of["failed"]}</strong> failed in 24 h</a>\n'
         f'  <a href="{connections}" class="attention-item{" hot-fail" if stale else ""}"'
         f' data-count="stale"><strong>{int(stale)}</strong>'
         f' stale connection{"" if stale == 1 else "s"}</a>\n'
