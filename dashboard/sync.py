@@ -587,7 +587,7 @@ def _run_row(connection_id, r: RunData, project_ids, env_ids, at, now) -> tuple:
         connection_id, r, project_ids.get(r.project.external_id) if r.project else None,
         env_ids.get(r.environment.external_id) if r.environment else None))
     row[_LOCATOR], row[_RAW] = json.dumps(row[_LOCATOR]), json.dumps(row[_RAW])
-    for i in range(_CREATED, _CREATED + 3):
+    for i in _TIMES:
         row[i] = at(row[i])
     fingerprint = hashlib.blake2b(repr(tuple(row)).encode(), digest_size=16).hexdigest()
     return (*row, fingerprint, at(r.observed_at), now)
