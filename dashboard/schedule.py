@@ -332,16 +332,12 @@ def take(connection_id: int, wanted: int, now: datetime | None = None) -> tuple[
         # Compare-and-set on both clocks as read.
         moved = Connection.objects.filter(pk=connection_id)
         changes = {}
-        if own:
-            moved = moved.filter(webhook_budget_at=connection.webhook_budget_at) \
-                if connection.webhook_budget_at else moved.filter(webhook_budget_at__isnull=True)
-            start = max(now, connection.webhook_budget_at or now)
-            changes["webhook_budget_at"] = start + timedelta(seconds=own * per_read)
-        if borrowed:
-            moved = moved.filter(budget_at=connection.budget_at) \
-                if connection.budget_at else moved.filter(budget_at__isnull=True)
-            start = max(now, connection.budget_at or now)
-            changes["budget_at"] = start + timedelta(seconds=borrowed * per)
+        for field, requests, seconds in (("webhook_budget_at", own, per_read),
+                                         ("budget_at", borrowed, per)):
+            if requests:
+                held = getattr(connection, field)
+                moved = moved.filter(**{field: held} if held else {f"{field}__isnull": True})
+                changes[field] = max(now, held or now) + timedelta(seconds=requests * seconds)
         if moved.update(**changes):
             if borrowed:
                 # The next pass waits for what the reads borrowed.
