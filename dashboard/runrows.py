@@ -334,7 +334,7 @@ def table_html(context) -> str:
 
 
 def pager_html(page, query: str) -> str:
-    """partials/pager.html."""
+    """A list's pager (also partials/pager.html's, for the audit and the inbox)."""
     if not (page["has_previous"] or page["has_next"]):
         return "\n"
     query = f"{escape(query)}&amp;" if query else ""

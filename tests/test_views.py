@@ -215,3 +215,19 @@ def test_a_plain_approval_shows_no_variable_inputs(client, manager, buddy_sim,
     assert b"approve/" in page and b'name="var:' not in page
     client.post(f"/runs/{run.pk}/approve/", {"comment": "ok"}, headers={"HX-Request": "true"})
     assert buddy_sim.requests[-1][2] == {"operation": "APPLY"}
+
+
+def test_the_audit_pages_through_its_records_keeping_its_filter(client, manager, synced_run):
+    """The audit's pager (the run list's, written by runrows): older and newer pages,
+    each link carrying the page's filters."""
+    ActionRecord.objects.bulk_create(
+        ActionRecord(run=synced_run, user=manager, kind="retry", comment=f"n{n}",
+                     state=ActionRecord.State.FAILED)
+        for n in range(51))
+    client.force_login(manager)
+    first = client.get("/audit/?kind=retry").content.decode()
+    assert 'href="?kind=retry&amp;page=2" rel="next">Older' in first
+    assert 'rel="prev"' not in first
+    second = client.get("/audit/?kind=retry&page=2").content.decode()
+    assert 'href="?kind=retry&amp;page=1" rel="prev">' in second
+    assert 'rel="next"' not in second

@@ -81,6 +81,15 @@ def _template_changed(sender, file_path, **kwargs):
 
 
 @register.simple_tag
+def pager(page, query: str) -> str:
+    """A list's newer/older links (`page` from views.page_of, `query` the URL's other
+    parameters): the run list's pager, written by runrows."""
+    from dashboard.runrows import pager_html
+
+    return mark_safe(pager_html(page, query or ""))  # noqa: S308 (escaped there)
+
+
+@register.simple_tag
 def attention_strip(attention) -> str:
     """The attention strip for `attention` (its counts): see attention.strip_html."""
     from dashboard.attention import strip_html  # it imports `route` from here
