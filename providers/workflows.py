@@ -348,7 +348,8 @@ class WorkflowsProvider(Provider):
         data = webhook_json(body)
         event = data.get("event") or data.get("type") or "project event"
         # No run is named: the newest page of the run list is read (one request), where
-        # a run that just changed is (runs are listed newest first).
+        # a run that just changed is if runs are listed newest first (assumed, see the
+        # module docstring); a run further down waits for the next pass.
         return WebhookEvent(text(event, 100), hints=[NEWEST_RUNS])
 
     def runs_from_webhook(self, event: WebhookEvent) -> list[RunData]:
