@@ -788,6 +788,8 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
             runs = [run for page in pages for run in page]
             result.pages += len(pages)
             result.runs_written += upsert_runs(connection, runs, derive_now=False)
+            if result.runs_written:
+                ensure_statistics()
             seen.update(r.external_id for r in runs)
             created = [r.created_at for r in runs if r.created_at]
             if created and (newest is None or max(created) > newest):
@@ -822,6 +824,32 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
         result.rate_limit_seen = client.rate_limit.limit
         result.rate_limit = client.rate_limit
     return newest
+
+
+# The tables a first pass bulk-loads. Until PostgreSQL holds statistics on them
+# (autovacuum's first analyze comes a minute or more later), the planner cannot tell
+# the key's unique index from (connection, created_at) and may look each run of a page
+# up by scanning its connection's rows; the page statement, prepared, keeps that plan.
+# A first sync of 10,000 runs took three times as long (bench/sync.py on a new
+# database). An ANALYZE gives the planner its statistics and re-plans the statements
+# prepared on those tables.
+_ANALYZED = [model._meta.db_table for model in (Run, Job, Environment, Project)]
+_statistics_held = False
+
+
+def ensure_statistics() -> None:
+    """ANALYZE the synced tables, once they hold runs, if PostgreSQL has no statistics
+    on them yet: one cheap check per worker process."""
+    global _statistics_held
+    if _statistics_held or db.vendor != "postgresql":
+        return
+    with db.cursor() as cursor:
+        # The runs' key is what a page looks up most; their tables are analyzed together.
+        cursor.execute("SELECT 1 FROM pg_stats WHERE schemaname = current_schema()"
+                       " AND tablename = %s AND attname = 'connection_id'", [_ANALYZED[0]])
+        if cursor.fetchone() is None:
+            cursor.execute(f"ANALYZE {', '.join(_ANALYZED)}")
+    _statistics_held = True
 
 
 def _listing_key(connection: Connection) -> str:
