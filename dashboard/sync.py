@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+import orjson
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db import connection as db
@@ -443,7 +444,7 @@ def _merge_pg(parts: tuple[_Merge, ...], rows: list[list[tuple]],
     params = []
     for part, (order, plain), part_rows in zip(parts, layouts, rows, strict=True):
         if plain == len(order):
-            params.append(json.dumps([[row[i] for i in order] for row in part_rows]))
+            params.append(_dumps([[row[i] for i in order] for row in part_rows]))
         else:
             params.append(f"[{','.join(part_rows)}]")
         if part.marked:
@@ -528,6 +529,17 @@ def _merge_sql(parts: tuple[_Merge, ...]) -> tuple[str, list[tuple[list[int], in
     return f"WITH {', '.join(ctes)} {' UNION ALL '.join(answers)}", layouts
 
 
+def _dumps(value) -> str:
+    """JSON text for the page statement. orjson encodes a page several times faster
+    than the standard library (whose re-encoding of the runs' raw payloads was a third
+    of a pass's own CPU) and writes NaN, which PostgreSQL refuses, as null; what it
+    cannot encode (an integer past 64 bits from a provider) the standard encoder does."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # (orjson.JSONEncodeError is one)
+        return json.dumps(value, separators=(",", ":"))
+
+
 def _iso(value: datetime | None) -> str | None:
     return value and value.isoformat()
 
@@ -576,7 +588,7 @@ def _run_json(connection_id, r: RunData, now: str) -> str:
     fingerprint hashes that text up to itself."""
     row = _run_content(connection_id, r, r.project.external_id if r.project else None,
                        r.environment.external_id if r.environment else None)
-    body = json.dumps([_iso(row[i]) if i in _TIMES else row[i] for i in _RUN_LAYOUT])
+    body = _dumps([_iso(row[i]) if i in _TIMES else row[i] for i in _RUN_LAYOUT])
     fingerprint = hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
     return f'{body[:-1]},"{fingerprint}","{r.observed_at.isoformat()}","{now}"]'
 

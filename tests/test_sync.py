@@ -586,3 +586,15 @@ def test_a_first_pass_gives_postgresql_statistics_on_the_runs(
         sync.sync_connection(buddy_connection.pk)
         cursor.execute(held)
         assert cursor.fetchone() == (1,)
+
+
+def test_a_payload_postgresql_cannot_store_as_sent_is_written_not_refused(buddy_connection):
+    """A provider's JSON may hold NaN (Python's parser takes it; PostgreSQL's JSON does
+    not: the whole page was refused, and every pass after it) or an integer past 64
+    bits (which the fast encoder hands to the standard one)."""
+    runs = [RunData(external_id=key, status=Status.RUNNING, raw_status="a", locator={},
+                    observed_at=timezone.now(), raw=raw)
+            for key, raw in (("nan", {"progress": float("nan")}), ("big", {"id": 2**70}))]
+    assert sync.upsert_runs(buddy_connection, runs) == 2
+    assert dict(Run.objects.values_list("external_id", "raw")) == {
+        "nan": {"progress": None}, "big": {"id": 2**70}}
