@@ -338,9 +338,11 @@ def _write_page_pg(connection, latest, projects, environments, at, now):
     taking the ids of those before it by their external ids (see _merge_sql), and marks
     the runs written in the backlog of derived work. There is no staging table to
     create, fill and empty per page: that cost more than the merge itself. The
-    parameters are bound by the server, and the statement prepared once per database
-    session: client-side binding escaped the page's JSON (most of a megabyte) in Python,
-    and the server lexed it back, which together took longer than the merge.
+    parameters are bound by the server: client-side binding escaped the page's JSON
+    (most of a megabyte) in Python, and the server lexed it back, which together took
+    longer than the merge. It is parsed and planned for every page (about 2 ms of a
+    page's 15 to 20 in bench/sync.py): Django turns psycopg's prepared statements off, and turning
+    them on would have a rollback DEALLOCATE ALL, `dashboard.prepared`'s statements too.
     """
     conn_id = connection.pk
     sql, params = _merge_pg(_PAGE, [
@@ -370,25 +372,14 @@ class _ExternalIds:
 _EXTERNAL_IDS = _ExternalIds()
 
 
-@functools.cache
-def _prepared_cursor_class():
-    from django.db.backends.postgresql.base import ServerBindingCursor
-
-    class Prepared(ServerBindingCursor):
-        """Prepares every statement it runs (once per session: psycopg keeps them)."""
-
-        def execute(self, query, params=None, **kwargs):
-            return super().execute(query, params, prepare=True)
-
-    return Prepared
-
-
 @contextlib.contextmanager
 def _bound_cursor():
     """A cursor of Django's connection (its transaction, its query log) whose parameters
-    PostgreSQL binds, and whose statements are prepared once per session."""
+    PostgreSQL binds."""
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
     db.ensure_connection()
-    cursor = _prepared_cursor_class()(db.connection)
+    cursor = ServerBindingCursor(db.connection)
     wrapped = db.make_debug_cursor(cursor) if db.queries_logged else db.make_cursor(cursor)
     try:
         yield wrapped
@@ -841,10 +832,8 @@ def _sync_pass(connection: Connection, keep_lease: LeaseKeeper,
 # The tables a first pass bulk-loads. Until PostgreSQL holds statistics on them
 # (autovacuum's first analyze comes a minute or more later), the planner cannot tell
 # the key's unique index from (connection, created_at) and may look each run of a page
-# up by scanning its connection's rows; the page statement, prepared, keeps that plan.
-# A first sync of 10,000 runs took three times as long (bench/sync.py on a new
-# database). An ANALYZE gives the planner its statistics and re-plans the statements
-# prepared on those tables.
+# up by scanning its connection's rows: a first sync of 10,000 runs took three times
+# as long (bench/sync.py on a new database). An ANALYZE gives the planner statistics.
 _ANALYZED = [model._meta.db_table for model in (Run, Job, Environment, Project)]
 _statistics_held = False
 
