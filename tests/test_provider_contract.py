@@ -5,6 +5,7 @@ providers/registry.py and providers/simulators/__init__.py.
 """
 
 import logging
+import ssl
 
 import pytest
 
@@ -107,3 +108,20 @@ def test_a_bad_token_is_an_auth_error(demo):
     sim, connection = demo
     with client_for(sim, connection, token="not-the-token") as client, pytest.raises(AuthError):
         list(client.list_runs())
+
+
+def test_provider_clients_share_one_tls_context():
+    """Each client built its own, loading the CA bundle again: ~30 ms of CPU for every
+    sync pass, action and webhook read."""
+    from providers.base import tls_context
+
+    some_id = "0b5e9d52-8f4a-4c3e-9a31-2f0e6c1d7a10"  # (a project must be a uuid)
+    clients = [cls("https://provider.invalid", "t", dict.fromkeys(cls.scope_required, some_id))
+               for cls in registry.PROVIDERS.values()]
+    try:
+        contexts = {id(c._http._transport._pool._ssl_context) for c in clients}  # (httpcore's)
+        assert contexts == {id(tls_context())}
+        assert tls_context().verify_mode == ssl.CERT_REQUIRED
+    finally:
+        for c in clients:
+            c.close()
