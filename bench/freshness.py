@@ -571,7 +571,7 @@ def run_mode(args, webhooks: bool) -> dict:
                 if announced and webhooks:
                     announced_delays.append(max(0.0, shown - at))
         connection = Connection.objects.get(pk=connections[key].pk)
-        budget = registry.provider_class(key).budget_for(connection.rate_limit_seen)
+        budget = connection.rate_budget()
         changes = sum(1 for ext, steps in histories for i, (status, at) in enumerate(steps)
                       if load_started <= at <= load_ended
                       and not (i and steps[i - 1][0] == status))

@@ -17,7 +17,8 @@ class ConnectionForm(forms.ModelForm):
 
     class Meta:
         model = Connection
-        fields = ["provider", "name", "base_url", "token", "scope", "enabled", "webhooks_enabled"]
+        fields = ["provider", "name", "base_url", "token", "scope", "enabled", "webhooks_enabled",
+                  "requests_per_hour"]
 
     def clean_token(self):
         # A new token, or None: then the stored one is kept as it is (see save_model).

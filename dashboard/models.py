@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.validators import MinValueValidator
 from django.db import connection as db
 from django.db import models, transaction
 from django.db.models import OuterRef, Q, Subquery
@@ -16,7 +17,7 @@ from django.utils import timezone
 
 from dashboard.secrets import SecretTextField, TokenUnreadable, UnreadableSecret
 from providers import registry
-from providers.base import FINISHED, Action, Provider, RateLimitInfo, Status
+from providers.base import FINISHED, Action, Provider, RateBudget, RateLimitInfo, Status
 
 
 class Connection(models.Model):
@@ -31,6 +32,15 @@ class Connection(models.Model):
         help_text='Provider scope, e.g. {"workspace": "acme"} or {"project": "<id>"}.',
     )
     enabled = models.BooleanField(default=True)
+    # The token's allowance where the operator knows it better than the provider's
+    # documentation: Qovery and GoRules document none (Runboard then plans with a
+    # conservative default that a busy account outgrows), and plans may raise a
+    # documented one. Runboard still spends at most RUNBOARD_BUDGET_SHARE of it.
+    requests_per_hour = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(10)],
+        help_text="The token's rate limit, if you know it (e.g. from the provider's "
+                  "support). Empty: the documented limit, or a conservative default where "
+                  "none is documented.")
 
     # Sync state, written only by the sync engine.
     cursor = models.JSONField(default=dict, blank=True)
@@ -87,6 +97,13 @@ class Connection(models.Model):
     @property
     def provider_class(self) -> type[Provider]:
         return registry.provider_class(self.provider)
+
+    def rate_budget(self, seen_limit: int | None = None) -> RateBudget:
+        """The allowance the scheduler plans with: the operator's, else the provider's
+        (documented, sent in its headers, or the conservative default)."""
+        if self.requests_per_hour:
+            return RateBudget(self.requests_per_hour, 3600.0)
+        return self.provider_class.budget_for(seen_limit or self.rate_limit_seen)
 
     @property
     def token_readable(self) -> bool:

@@ -4,8 +4,10 @@ that spaces a connection's requests: sync passes and webhook reads alike.
 
 - Budget: a provider declares its documented allowance (`Provider.rate_budget`, e.g.
   Northflank 1000/hour; Buddy the X-Rate-Limit-Limit it sends; a conservative default
-  where nothing is documented). Runboard spends at most RUNBOARD_BUDGET_SHARE of it
-  (default half, the rest is for users' actions and other tools on the same token).
+  where nothing is documented); an operator who knows the token's limit sets it on the
+  connection instead (`Connection.requests_per_hour`). Runboard spends at most
+  RUNBOARD_BUDGET_SHARE of it (default half, the rest is for users' actions and other
+  tools on the same token).
   Where the provider says how much of its window is left (which every client of the
   token spends), the share applies to what is left, spread until the reset.
 - The budget is kept as clocks (token buckets in GCRA form): every request spent moves
@@ -83,7 +85,7 @@ def budget_part(connection: Connection, reads: bool) -> float:
 
 def _per_request(connection: Connection, now: datetime, share: float, part: float,
                  allowance: float) -> float:
-    budget = connection.provider_class.budget_for(connection.rate_limit_seen)
+    budget = connection.rate_budget()
     # What may be spent ahead of the clock comes out of the rate it runs at, so that no
     # window of the provider's ever sees more than the part, bursts included.
     seconds = budget.window / max(1e-9, part * share * budget.requests - allowance)
@@ -116,7 +118,7 @@ def read_seconds_per_request(connection: Connection, now: datetime | None = None
 def read_burst(connection: Connection) -> float:
     """Reads that may go at once on their own clock: RUNBOARD_WEBHOOK_BURST, at most a
     quarter of their part of a window."""
-    budget = connection.provider_class.budget_for(connection.rate_limit_seen)
+    budget = connection.rate_budget()
     return min(settings.RUNBOARD_WEBHOOK_BURST, budget_part(connection, reads=True)
                * settings.RUNBOARD_BUDGET_SHARE * budget.requests / 4)
 
@@ -126,7 +128,7 @@ def ahead_allowance(connection: Connection, share: float | None = None) -> float
     pass does not hold reads back) and RUNBOARD_WEBHOOK_BURST; at most a quarter of the
     passes' part of a window."""
     share = settings.RUNBOARD_BUDGET_SHARE if share is None else share
-    budget = connection.provider_class.budget_for(connection.rate_limit_seen)
+    budget = connection.rate_budget()
     return min(settings.RUNBOARD_WEBHOOK_BURST
                + (connection.last_pass_requests or FIRST_PASS_COST),
                budget_part(connection, reads=False) * share * budget.requests / 4)
@@ -167,7 +169,7 @@ def after_pass(connection_id: int, *, requests: int, runs_written: int,
         # The connection's first pass, a full read of the account, is a one-time cost:
         # up to RUNBOARD_FIRST_PASS_ALLOWANCE of the provider's window it is spent beside
         # the share, once, instead of holding the next passes back until it is repaid.
-        budget = connection.provider_class.budget_for(rate_limit_seen)
+        budget = connection.rate_budget(rate_limit_seen)
         charged -= min(requests, int(settings.RUNBOARD_FIRST_PASS_ALLOWANCE * budget.requests))
     connection.last_pass_requests = requests or connection.last_pass_requests
     connection.rate_limit_seen = rate_limit_seen or connection.rate_limit_seen

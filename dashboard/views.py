@@ -437,7 +437,13 @@ def connections(request):
         connection.webhook_steps = (provider.webhook_setup.format(url=connection.webhook_url)
                                     if provider.webhook_events else "")
         connection.recent_deliveries = connection.webhook_deliveries.all()[:5]
-    return render(request, "connections.html", {"connections": connections})
+        connection.budget = connection.rate_budget()
+        connection.budget_source = (
+            "set on the connection" if connection.requests_per_hour
+            else "the provider's" if connection.budget.documented
+            else "Runboard's default: the provider documents none")
+    return render(request, "connections.html", {
+        "connections": connections, "share": round(settings.RUNBOARD_BUDGET_SHARE * 100)})
 
 
 # --- audit and profile ---------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The polling scheduler: budget arithmetic, what speeds a connection up or slows it down,
 and falling back to polling when webhooks are turned off."""
 
+import html
 import json
 from datetime import timedelta
 
@@ -43,6 +44,44 @@ def test_each_provider_declares_its_documented_budget_or_the_conservative_defaul
     assert BuddyProvider.budget_for() == CONSERVATIVE_BUDGET
     assert QoveryProvider.budget_for() == WorkflowsProvider.budget_for() == CONSERVATIVE_BUDGET
     assert not CONSERVATIVE_BUDGET.documented
+
+
+def test_a_rate_limit_set_on_the_connection_is_the_budget_planned_with():
+    """Qovery documents no limit: the conservative default held a busy account's reads
+    back (bench/freshness.py), with no way to say the token is allowed more."""
+    qovery = connection("qovery")
+    default = schedule.seconds_per_request(qovery)
+    assert qovery.rate_budget() == CONSERVATIVE_BUDGET
+    told = connection("qovery", requests_per_hour=6000)
+    assert told.rate_budget() == RateBudget(6000, 3600.0)
+    assert schedule.seconds_per_request(told) < default / 9
+    # Over what a provider's headers say too (Buddy's X-Rate-Limit-Limit).
+    assert connection("buddy", requests_per_hour=300, rate_limit_seen=2000).rate_budget() == (
+        RateBudget(300, 3600.0))
+    assert connection("buddy", rate_limit_seen=2000).rate_budget() == RateBudget(2000, 3600.0)
+
+
+def test_the_connections_page_says_which_budget_each_connection_plans_with(client, manager):
+    Connection.objects.bulk_create([
+        connection("northflank"), connection("qovery"),
+        connection("buddy", requests_per_hour=2400)])
+    client.force_login(manager)
+    page = html.unescape(client.get("/connections/").content.decode())
+    assert "1,000/h <span class=\"muted\">(the provider's; Runboard spends at most 50%)" in page
+    assert ("600/h <span class=\"muted\">(Runboard's default: the provider documents none;"
+            in page)
+    assert "2,400/h <span class=\"muted\">(set on the connection;" in page
+
+
+def test_the_admin_sets_a_connections_rate_limit_and_refuses_a_tiny_one(
+        admin_client, buddy_connection):
+    form = {"provider": "buddy", "name": "Buddy", "base_url": buddy_connection.base_url,
+            "token": "", "scope": json.dumps(buddy_connection.scope), "enabled": "on"}
+    url = f"/admin/dashboard/connection/{buddy_connection.pk}/change/"
+    refused = admin_client.post(url, {**form, "requests_per_hour": "5"})
+    assert refused.status_code == 200 and b"greater than or equal to 10" in refused.content
+    assert admin_client.post(url, {**form, "requests_per_hour": "3000"}).status_code == 302
+    assert Connection.objects.get(pk=buddy_connection.pk).requests_per_hour == 3000
 
 
 def test_the_budget_floor_spends_exactly_the_share():
