@@ -876,6 +876,24 @@ def _listing(connection: Connection) -> tuple[dict, bool]:
     return state, False
 
 
+def remember_read(connection_id: int, learned: dict[str, dict]) -> None:
+    """Merge what a webhook read learned (`Provider.learned`, written) into the listing
+    the last pass left, so that the next pass skips what the read has read. A pass that
+    ends meanwhile writes its own listing over it: the thing is read again, never missed."""
+    if not learned:
+        return
+    with transaction.atomic():
+        connection = (Connection.objects.select_for_update()
+                      .only("provider", "base_url", "scope", "cursor").get(pk=connection_id))
+        listing, full_read = _listing(connection)
+        if full_read:  # no pass left a listing (for this address): nothing to skip by
+            return
+        for part, values in learned.items():
+            if isinstance(listing.get(part), dict):
+                listing[part].update(values)
+        Connection.objects.filter(pk=connection_id).update(cursor=connection.cursor)
+
+
 def _counted(result: SyncResult, started: float) -> dict:
     """This pass added to the connection's counters (read by dashboard/metrics.py), as
     F() increments to go into the update the pass makes anyway."""

@@ -249,6 +249,7 @@ def _flush(connection_id: int, lease: _ReadLease) -> dict:
             client.change_state, client.full_read = sync._listing(connection)
             try:
                 for key, hint in chosen:
+                    client.learned = {}
                     try:
                         runs = client.runs_from_webhook(WebhookEvent("coalesced", hints=[hint]))
                     except (RateLimited, Unavailable):
@@ -260,6 +261,8 @@ def _flush(connection_id: int, lease: _ReadLease) -> dict:
                         written[key], reasons[key] = 0, exc.message
                         continue
                     written[key] = sync.upsert_runs(connection, runs)
+                    # What it read, the next pass need not read again (Qovery: 2 requests).
+                    sync.remember_read(connection_id, client.learned)
                     lease.renew()
             except RateLimited as exc:
                 wait = max(wait or 0.0, exc.retry_after)

@@ -297,6 +297,10 @@ class Provider:
         # connection was edited) tells the provider to read everything in detail,
         # whatever it remembers.
         self.change_state: dict[str, Any] = {}
+        # What a webhook read found that the next pass may skip by, as parts of
+        # `change_state` ({part: {key: value}}): the read merges it into what the last
+        # pass left (dashboard/webhooks.py), so the pass does not read it again.
+        self.learned: dict[str, dict[str, Any]] = {}
         self.full_read = True
         # What change detection skips is still re-read now and then, a few things a pass
         # (`rotation`): each at least this often (seconds; the sync sets it from

@@ -675,4 +675,8 @@ class QoveryProvider(Provider):
             # the newest few, not the hundred a pass reads.
             runs.extend(self.parse_execution(item, environment, status) for item in
                         self._executions(environment.external_id, WEBHOOK_HISTORY_SIZE))
+            # Read as a pass reads it: the next pass skips it while its status stays this
+            # one and settled (`_needs_reading`), instead of reading it again.
+            self.learned.setdefault("seen", {})[environment.external_id] = (
+                status_fingerprint(status))
         return runs

@@ -355,3 +355,37 @@ def test_a_read_does_not_wait_for_a_pass_under_way_but_for_another_read(
     assert webhooks._acquire_read_lease(connection.pk) is not None
     assert webhooks.flush(connection.pk)["busy"] and queued == [0.05]
     assert webhooks.pending(connection.pk).exists()
+
+
+@pytest.mark.django_db
+def test_what_a_qovery_read_read_the_next_pass_does_not_read_again(
+        client, clock, django_capture_on_commit_callbacks):
+    """A read costs Qovery's environment status and history; the pass after it read both
+    again (its listing still held the status from before), 2 requests a delivery more."""
+    from dashboard import webhooks
+    from providers.simulators.qovery import DEPLOY_PLAN, QoverySimulator
+
+    with QoverySimulator(token="qov_read", clock=clock) as sim:
+        org = sim.add_organization("Acme")
+        envs = [sim.add_environment(sim.add_project(org, "shop"), name)
+                for name in ("staging", "production")]
+        for env in envs:
+            sim.add_deployment(env, DEPLOY_PLAN, age=3600)
+        connection = Connection.objects.create(
+            provider="qovery", name="Qovery", base_url=sim.url, token=sim.token,
+            scope={"organization": org})
+        sync.sync_connection(connection.pk)
+        secret = enable_webhooks(connection)
+        new = sim.add_deployment(envs[1], DEPLOY_PLAN)
+        sim.advance(3600)  # deployed
+        [delivery] = sim.webhook_deliveries(new, "DEPLOYING", secret)
+        with django_capture_on_commit_callbacks():
+            assert post(client, connection, delivery.body,
+                        HTTP_QOVERY_SIGNATURE=secret).status_code == 202
+        assert webhooks.flush(connection.pk)["read"] == 1
+        assert Run.objects.get(external_id__endswith=new.id).raw_status == "DEPLOYED"
+        asked = len(sim.requests)
+        quiet = sync.sync_connection(connection.pk)
+        paths = [path for _, path, _ in sim.requests[asked:]]
+        assert not [path for path in paths if envs[1] in path], paths
+        assert (quiet.requests, quiet.runs_written) == (2, 0), paths  # projects, statuses
