@@ -407,3 +407,17 @@ def test_with_webhooks_on_passes_spend_only_their_part_of_the_share(buddy_connec
     # Half of the conservative 600/hour at half, less what reads may borrow (7 + 5).
     assert Connection.objects.get(pk=buddy_connection.pk).budget_at == now + timedelta(
         seconds=7 * 3600 / (150 - 12))
+
+
+def test_add_connection_sets_the_tokens_rate_limit_and_an_update_keeps_it(
+        buddy_sim, monkeypatch):
+    from django.core.management.base import CommandError
+
+    monkeypatch.setenv("RUNBOARD_TOKEN", buddy_sim.token)
+    where = ["--base-url", buddy_sim.url, "--scope", f"workspace={buddy_sim.workspace}"]
+    call_command("add_connection", "buddy", "Buddy", *where, "--requests-per-hour", "3000")
+    assert Connection.objects.get().rate_budget() == RateBudget(3000, 3600.0)
+    call_command("add_connection", "buddy", "Buddy", *where)
+    assert Connection.objects.get().requests_per_hour == 3000
+    with pytest.raises(CommandError, match="10 or more"):
+        call_command("add_connection", "buddy", "Buddy", *where, "--requests-per-hour", "5")

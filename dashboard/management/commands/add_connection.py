@@ -23,8 +23,15 @@ class Command(BaseCommand):
                             help="Scope, e.g. --scope workspace=acme (repeatable)")
         parser.add_argument("--check", action="store_true",
                             help="Call the provider and list what the token can see")
+        parser.add_argument(
+            "--requests-per-hour", type=int, metavar="N",
+            help="The token's rate limit, where you know it: the scheduler plans with it "
+                 "instead of the documented limit or the conservative default")
 
-    def handle(self, *args, provider, name, base_url, token_env, scope, check, **options):
+    def handle(self, *args, provider, name, base_url, token_env, scope, check,
+               requests_per_hour, **options):
+        if requests_per_hour is not None and requests_per_hour < 10:
+            raise CommandError("--requests-per-hour must be 10 or more")
         cls = registry.provider_class(provider)
         token = os.environ.get(token_env)
         if not token:
@@ -51,8 +58,9 @@ class Command(BaseCommand):
             client.close()
         except ProviderError as exc:
             raise CommandError(f"{cls.label}: {exc.message}") from exc
-        connection, created = Connection.objects.update_or_create(
-            name=name, defaults={"provider": provider, "base_url": base_url, "token": token,
-                                 "scope": scope_dict, "enabled": True},
-        )
+        fields = {"provider": provider, "base_url": base_url, "token": token,
+                  "scope": scope_dict, "enabled": True}
+        if requests_per_hour is not None:  # (an update without it keeps the one set)
+            fields["requests_per_hour"] = requests_per_hour
+        connection, created = Connection.objects.update_or_create(name=name, defaults=fields)
         self.stdout.write(f"{'Added' if created else 'Updated'} connection {connection.name}")
