@@ -341,8 +341,9 @@ def _write_page_pg(connection, latest, projects, environments, at, now):
     parameters are bound by the server: client-side binding escaped the page's JSON
     (most of a megabyte) in Python, and the server lexed it back, which together took
     longer than the merge. It is parsed and planned for every page (about 2 ms of a
-    page's 15 to 20 in bench/sync.py): Django turns psycopg's prepared statements off, and turning
-    them on would have a rollback DEALLOCATE ALL, `dashboard.prepared`'s statements too.
+    page's 15 to 20 in bench/sync.py): Django turns psycopg's prepared statements off,
+    and turning them on would have a rollback DEALLOCATE ALL, `dashboard.prepared`'s
+    statements too.
     """
     conn_id = connection.pk
     sql, params = _merge_pg(_PAGE, [

@@ -400,15 +400,19 @@ class QoveryProvider(Provider):
         return listed or relist
 
     def _environment_runs(self, environment: EnvironmentData,
-                          status: dict[str, Any] | None = None) -> list[RunData]:
-        """The environment's queued requests and newest executions (two requests, and
-        one for the status unless it is given)."""
+                          status: dict[str, Any] | None = None, *,
+                          size: int = HISTORY_PAGE_SIZE,
+                          every_queue: bool = True) -> list[RunData]:
+        """The environment's queued requests and `size` newest executions (two requests,
+        and one for the status unless it is given). Without `every_queue` the queue is
+        read only when the status names a request waiting in it."""
         if status is None:
             status = self._status(environment.external_id)
         queued = [self.parse_request(item, environment)
-                  for item in self._queue(environment.external_id)]
+                  for item in self._queue(environment.external_id)
+                  ] if every_queue or status.get("deployment_request_id") else []
         executions = [self.parse_execution(item, environment, status)
-                      for item in self._executions(environment.external_id)]
+                      for item in self._executions(environment.external_id, size)]
         return queued + executions
 
     def get_run(self, locator: Mapping[str, Any]) -> RunData:
@@ -668,13 +672,10 @@ class QoveryProvider(Provider):
                             or environment.project.external_id != project):
                 continue
             status = self._status(environment.external_id)
-            if status.get("deployment_request_id"):
-                runs.extend(self.parse_request(item, environment)
-                            for item in self._queue(environment.external_id))
             # What a delivery announces is the current execution or the one it followed:
             # the newest few, not the hundred a pass reads.
-            runs.extend(self.parse_execution(item, environment, status) for item in
-                        self._executions(environment.external_id, WEBHOOK_HISTORY_SIZE))
+            runs.extend(self._environment_runs(environment, status, size=WEBHOOK_HISTORY_SIZE,
+                                               every_queue=False))
             # Read as a pass reads it: the next pass skips it while its status stays this
             # one and settled (`_needs_reading`), instead of reading it again.
             self.learned.setdefault("seen", {})[environment.external_id] = (
