@@ -330,7 +330,10 @@ class QoveryProvider(Provider):
             if environment.external_id in skipped:
                 continue
             detail.read(environment.external_id)
-            if runs := self._environment_runs(environment, status):
+            runs = self._environment_runs(environment, status)
+            if not self._history_caught_up(status, runs):
+                seen[environment.external_id] = ""  # matches no status: read next pass
+            if runs:
                 yield runs
         # Assigned once every environment was read: the sync stores it after the pass.
         self.change_state = {
@@ -360,6 +363,15 @@ class QoveryProvider(Provider):
             return True
         states = (status.get("state"), status.get("last_deployment_state"))
         return not all(self.status_map.get(raw) in FINISHED for raw in states)
+
+    @staticmethod
+    def _history_caught_up(status: Mapping[str, Any], runs: list[RunData]) -> bool:
+        """Whether the history read lists the execution the status names. Until it does
+        (Qovery does not say the two are read from one place), the environment is not
+        taken as read: remembering its status would skip that execution until the
+        safety re-read, up to RUNBOARD_FULL_READ_EVERY later."""
+        current = status.get("last_deployment_id")
+        return not current or any(run.locator.get("execution") == current for run in runs)
 
     def _remembered_environment(self, environment_id: str) -> None:
         """Name the environment (and its project) from the last pass, saving the two
@@ -674,10 +686,12 @@ class QoveryProvider(Provider):
             status = self._status(environment.external_id)
             # What a delivery announces is the current execution or the one it followed:
             # the newest few, not the hundred a pass reads.
-            runs.extend(self._environment_runs(environment, status, size=WEBHOOK_HISTORY_SIZE,
-                                               every_queue=False))
-            # Read as a pass reads it: the next pass skips it while its status stays this
-            # one and settled (`_needs_reading`), instead of reading it again.
-            self.learned.setdefault("seen", {})[environment.external_id] = (
-                status_fingerprint(status))
+            read = self._environment_runs(environment, status, size=WEBHOOK_HISTORY_SIZE,
+                                          every_queue=False)
+            runs.extend(read)
+            if self._history_caught_up(status, read):
+                # Read as a pass reads it: the next pass skips it while its status stays
+                # this one and settled (`_needs_reading`), instead of reading it again.
+                self.learned.setdefault("seen", {})[environment.external_id] = (
+                    status_fingerprint(status))
         return runs

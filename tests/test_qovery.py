@@ -667,6 +667,21 @@ def test_a_new_execution_ending_as_the_last_did_is_not_missed(sim, world, settle
     assert again.id in {r.locator["execution"] for r in runs}
 
 
+def test_a_status_naming_an_execution_the_history_lacks_is_read_again(sim, world, settled):
+    """Qovery does not say its history is read where its status is: a status that names
+    an execution its history does not list yet leaves the environment unread, or the
+    next passes skip it (same status, settled) until the hourly re-read."""
+    sim.history_lag = 900
+    new = sim.add_deployment(world.staging, DEPLOY_PLAN, age=600)  # deployed, not listed
+    runs, state, _ = one_pass(sim, {"organization": world.org}, settled)
+    assert new.id not in {r.locator.get("execution") for r in runs}
+    sim.history_lag = 0  # the history caught up; the status did not move
+    runs, state, sent = one_pass(sim, {"organization": world.org}, state)
+    assert [r.status for r in runs if r.locator.get("execution") == new.id] == [
+        Status.SUCCEEDED]
+    assert one_pass(sim, {"organization": world.org}, state)[2] == sent[:2]  # then skipped
+
+
 def test_a_deployment_under_way_is_read_every_pass(sim, world, settled):
     live = sim.add_deployment(world.production, DEPLOY_PLAN, age=10)  # BUILDING
     _, state, _ = one_pass(sim, {"organization": world.org}, settled)

@@ -389,3 +389,34 @@ def test_what_a_qovery_read_read_the_next_pass_does_not_read_again(
         paths = [path for _, path, _ in sim.requests[asked:]]
         assert not [path for path in paths if envs[1] in path], paths
         assert (quiet.requests, quiet.runs_written) == (2, 0), paths  # projects, statuses
+
+
+@pytest.mark.django_db
+def test_a_qovery_read_whose_history_lags_its_status_leaves_the_next_pass_to_read(
+        client, clock, django_capture_on_commit_callbacks):
+    """A read that finds the status naming an execution its history does not list yet
+    must not be remembered as read: the next pass reads the environment and finds it."""
+    from dashboard import webhooks
+    from providers.simulators.qovery import DEPLOY_PLAN, QoverySimulator
+
+    with QoverySimulator(token="qov_lag", clock=clock) as sim:
+        org = sim.add_organization("Acme")
+        env = sim.add_environment(sim.add_project(org, "shop"), "production")
+        sim.add_deployment(env, DEPLOY_PLAN, age=7200)
+        connection = Connection.objects.create(
+            provider="qovery", name="Qovery", base_url=sim.url, token=sim.token,
+            scope={"organization": org})
+        sync.sync_connection(connection.pk)
+        secret = enable_webhooks(connection)
+        new = sim.add_deployment(env, DEPLOY_PLAN)
+        sim.advance(3600)  # deployed
+        sim.history_lag = 7200  # ... and not in the history yet
+        [delivery] = sim.webhook_deliveries(new, "DEPLOYING", secret)
+        with django_capture_on_commit_callbacks():
+            assert post(client, connection, delivery.body,
+                        HTTP_QOVERY_SIGNATURE=secret).status_code == 202
+        assert webhooks.flush(connection.pk)["read"] == 1
+        assert not Run.objects.filter(external_id__endswith=new.id).exists()
+        sim.history_lag = 0
+        assert sync.sync_connection(connection.pk).runs_written == 1
+        assert Run.objects.get(external_id__endswith=new.id).raw_status == "DEPLOYED"

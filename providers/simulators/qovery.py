@@ -52,6 +52,11 @@ Assumed here (not documented anywhere we could read):
   shape) for services with a commit, {} otherwise. A client must read no more than
   `commit` from `details`.
 - `icon_uri`: its values are not documented; an app:// URI stands in.
+- Whether the history can lag the status: not documented either way. By default an
+  execution is in deploymentHistoryV2 as soon as the status names it; `history_lag`
+  (simulated seconds) holds the newest executions out of the history that long, as an
+  eventually consistent read model would, so a client must not take an environment
+  whose status names an execution its history lacks as read.
 """
 
 from __future__ import annotations
@@ -172,6 +177,7 @@ class QoverySimulator(Simulator):
     final_statuses = FINAL
     unknown_status_value = "TELEPORTING"
     v1_page_size = V1_PAGE_SIZE  # tests may shrink it to page with few records
+    history_lag = 0.0  # seconds an execution stays out of deploymentHistoryV2
 
     def __init__(self, *args, **kwargs):
         self.organizations: dict[str, str] = {}  # id -> name
@@ -524,7 +530,11 @@ class QoverySimulator(Simulator):
             if size < 1:
                 raise HttpError(400, self.error_body(400, "pageSize must be positive"))
         size = min(size, V2_PAGE_SIZE_MAX)
-        chunk = self._deployments(environment_id)[:size]
+        listed = self._deployments(environment_id)
+        if self.history_lag:
+            shown_before = self.clock.now() - timedelta(seconds=self.history_lag)
+            listed = [r for r in listed if r.created_at <= shown_before]
+        chunk = listed[:size]
         return {"page": 1, "page_size": size,
                 "results": [self.render_execution(r) for r in chunk]}
 
