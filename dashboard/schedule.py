@@ -18,10 +18,12 @@ that spaces a connection's requests: sync passes and webhook reads alike.
   moves: a read never waits behind the passes' debt (a first pass's, a long pass's).
   Reads may run ahead of their clock by RUNBOARD_WEBHOOK_BURST requests. Beyond their
   part they may also borrow from the passes' clock, up to one pass's cost plus the
-  burst ahead of it (`ahead_allowance`), pushing the next pass back: a user waits for a
-  read, not for a reconciling pass. Whatever runs ahead of a clock is taken out of the
-  rate that clock runs at, so in any window of the provider's, passes and reads together
-  spend at most the share.
+  burst ahead of it (`ahead_allowance`): a user waits for a read, not for a reconciling
+  pass. Borrowing does not move a planned pass (it did once: a steady stream of reads
+  then put passes off for good, and only passes see a run start waiting for approval);
+  the pass goes at its time, on top of what was borrowed. Whatever may run ahead of a
+  clock (`_ahead_reserve`) is taken out of the rate that clock runs at, so in any
+  window of the provider's, passes and reads together spend at most the share.
 - A connection's first pass (a full read) is a one-time cost: up to
   RUNBOARD_FIRST_PASS_ALLOWANCE (a quarter) of the provider's window it is not charged to
   the passes' clock, so passes (all there is without webhooks) resume soon after a
@@ -105,7 +107,7 @@ def seconds_per_request(connection: Connection, now: datetime | None = None,
     now = now or timezone.now()
     share = settings.RUNBOARD_BUDGET_SHARE if share is None else share
     return _per_request(connection, now, share, budget_part(connection, reads=False),
-                        ahead_allowance(connection, share))
+                        _ahead_reserve(connection, share))
 
 
 def read_seconds_per_request(connection: Connection, now: datetime | None = None) -> float:
@@ -132,6 +134,15 @@ def ahead_allowance(connection: Connection, share: float | None = None) -> float
     return min(settings.RUNBOARD_WEBHOOK_BURST
                + (connection.last_pass_requests or FIRST_PASS_COST),
                budget_part(connection, reads=False) * share * budget.requests / 4)
+
+
+def _ahead_reserve(connection: Connection, share: float) -> float:
+    """Requests that may be spent ahead of the passes' clock: what webhook reads may
+    borrow and, with webhooks on, a planned pass that goes on top of it."""
+    borrowed = ahead_allowance(connection, share)
+    if not webhooks_on(connection):
+        return borrowed  # (a read then moves the next pass: there is no stream of them)
+    return borrowed + (connection.last_pass_requests or FIRST_PASS_COST)
 
 
 def plan(connection: Connection, *, live: bool, watched: bool, waiting: bool = False,
@@ -316,8 +327,8 @@ def take(connection_id: int, wanted: int, now: datetime | None = None) -> tuple[
     """Requests for webhook reads: (how many of `wanted` the budget grants now, seconds
     until the next one would be granted when none is). With webhooks on, from the
     reads' own clock first (which the passes' debt never holds back), then borrowed from
-    the passes' clock as far as `ahead_allowance` runs ahead of it, pushing the next
-    pass back."""
+    the passes' clock as far as `ahead_allowance` runs ahead of it (a planned pass
+    still goes at its time)."""
     now = now or timezone.now()
     for _ in range(5):  # another worker moved a clock in between: look again
         connection = Connection.objects.defer("token", "cursor").get(pk=connection_id)
@@ -341,8 +352,8 @@ def take(connection_id: int, wanted: int, now: datetime | None = None) -> tuple[
                 moved = moved.filter(**{field: held} if held else {f"{field}__isnull": True})
                 changes[field] = max(now, held or now) + timedelta(seconds=requests * seconds)
         if moved.update(**changes):
-            if borrowed:
-                # The next pass waits for what the reads borrowed.
+            if borrowed and not webhooks_on(connection):
+                # Webhooks off (reads left from before): the next pass waits for them.
                 Connection.objects.filter(pk=connection_id, next_poll_at__isnull=False).update(
                     next_poll_at=Greatest(F("next_poll_at"), F("budget_at")))
             return own + borrowed, 0.0
