@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -525,11 +526,23 @@ def _dumps(value) -> str:
     """JSON text for the page statement. orjson encodes a page several times faster
     than the standard library (whose re-encoding of the runs' raw payloads was a third
     of a pass's own CPU) and writes NaN, which PostgreSQL refuses, as null; what it
-    cannot encode (an integer past 64 bits from a provider) the standard encoder does."""
+    cannot encode (an integer past 64 bits from a provider) the standard encoder does,
+    non-finite numbers written as null there too."""
     try:
         return orjson.dumps(value).decode()
     except TypeError:  # (orjson.JSONEncodeError is one)
-        return json.dumps(value, separators=(",", ":"))
+        return json.dumps(_finite(value), separators=(",", ":"), allow_nan=False)
+
+
+def _finite(value):
+    """`value` with NaN and the infinities as None, as orjson writes them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _iso(value: datetime | None) -> str | None:

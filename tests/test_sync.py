@@ -594,7 +594,9 @@ def test_a_payload_postgresql_cannot_store_as_sent_is_written_not_refused(buddy_
     bits (which the fast encoder hands to the standard one)."""
     runs = [RunData(external_id=key, status=Status.RUNNING, raw_status="a", locator={},
                     observed_at=timezone.now(), raw=raw)
-            for key, raw in (("nan", {"progress": float("nan")}), ("big", {"id": 2**70}))]
-    assert sync.upsert_runs(buddy_connection, runs) == 2
+            for key, raw in (("nan", {"progress": float("nan")}), ("big", {"id": 2**70}),
+                             ("both", {"id": 2**70, "eta": [float("-inf"), 1.5]}))]
+    assert sync.upsert_runs(buddy_connection, runs) == 3
     assert dict(Run.objects.values_list("external_id", "raw")) == {
-        "nan": {"progress": None}, "big": {"id": 2**70}}
+        "nan": {"progress": None}, "big": {"id": 2**70},
+        "both": {"id": 2**70, "eta": [None, 1.5]}}
