@@ -453,5 +453,5 @@ def test_add_connection_sets_the_tokens_rate_limit_and_an_update_keeps_it(
     assert Connection.objects.get().rate_budget() == RateBudget(3000, 3600.0)
     call_command("add_connection", "buddy", "Buddy", *where)
     assert Connection.objects.get().requests_per_hour == 3000
-    with pytest.raises(CommandError, match="10 or more"):
+    with pytest.raises(CommandError, match="greater than or equal to 10"):
         call_command("add_connection", "buddy", "Buddy", *where, "--requests-per-hour", "5")

@@ -1,5 +1,6 @@
 import os
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from dashboard.models import Connection
@@ -30,8 +31,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, provider, name, base_url, token_env, scope, check,
                requests_per_hour, **options):
-        if requests_per_hour is not None and requests_per_hour < 10:
-            raise CommandError("--requests-per-hour must be 10 or more")
+        if requests_per_hour is not None:
+            try:  # the admin's rule, the model field's validators
+                Connection._meta.get_field("requests_per_hour").clean(requests_per_hour, None)
+            except ValidationError as exc:
+                raise CommandError(f"--requests-per-hour: {' '.join(exc.messages)}") from None
         cls = registry.provider_class(provider)
         token = os.environ.get(token_env)
         if not token:
