@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from providers.simulators.base import SimClock
 from providers.simulators.buddy import DEPLOY_PLAN
 from providers.simulators.qovery import BUILD_FAILS_PLAN
 from tests.celery_worker import wait_for
+from tests.ports import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -150,11 +150,6 @@ sync.sync_connection(connection.pk)
 print(key, Run.objects.get(status="running").pk)
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_on_sqlite_too_twenty_concurrent_cancels_reach_the_provider_once(tmp_path, buddy_sim):

@@ -3,11 +3,12 @@
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,11 +55,6 @@ def wait_for(condition, timeout: float, what: str):
         time.sleep(0.25)
     raise AssertionError(f"timed out waiting for {what}")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_when_the_demo_worker_dies_its_beat_and_everything_else_stop(tmp_path):
