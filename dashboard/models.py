@@ -70,6 +70,9 @@ class Connection(models.Model):
     last_webhook_accepted = models.BooleanField(null=True, blank=True)
     # The polling scheduler's state (dashboard/schedule.py).
     next_poll_at = models.DateTimeField(null=True, blank=True)
+    # The latest webhook reads borrowing from the passes' budget may put the planned
+    # pass off to: one interval after it was due.
+    pass_due_by = models.DateTimeField(null=True, blank=True)
     watched_until = models.DateTimeField(null=True, blank=True)
     quiet_passes = models.PositiveIntegerField(default=0)
     last_pass_requests = models.PositiveIntegerField(null=True, blank=True)

@@ -18,12 +18,13 @@ that spaces a connection's requests: sync passes and webhook reads alike.
   moves: a read never waits behind the passes' debt (a first pass's, a long pass's).
   Reads may run ahead of their clock by RUNBOARD_WEBHOOK_BURST requests. Beyond their
   part they may also borrow from the passes' clock, up to one pass's cost plus the
-  burst ahead of it (`ahead_allowance`): a user waits for a read, not for a reconciling
-  pass. Borrowing does not move a planned pass (it did once: a steady stream of reads
-  then put passes off for good, and only passes see a run start waiting for approval);
-  the pass goes at its time, on top of what was borrowed. Whatever may run ahead of a
-  clock (`_ahead_reserve`) is taken out of the rate that clock runs at, so in any
-  window of the provider's, passes and reads together spend at most the share.
+  burst ahead of it (`ahead_allowance`), pushing the next pass back: a user waits for a
+  read, not for a reconciling pass. Not for ever: with webhooks on, a pass is put off
+  to `pass_due_by` at most, one interval after it was due, and reads borrow no further
+  than the burst beyond it (a steady stream of reads once kept passes off for good, and only passes
+  see a run start waiting for approval). Whatever runs ahead of a clock is taken out of
+  the rate that clock runs at, so in any window of the provider's, passes and reads
+  together spend at most the share.
 - A connection's first pass (a full read) is a one-time cost: up to
   RUNBOARD_FIRST_PASS_ALLOWANCE (a quarter) of the provider's window it is not charged to
   the passes' clock, so passes (all there is without webhooks) resume soon after a
@@ -107,7 +108,7 @@ def seconds_per_request(connection: Connection, now: datetime | None = None,
     now = now or timezone.now()
     share = settings.RUNBOARD_BUDGET_SHARE if share is None else share
     return _per_request(connection, now, share, budget_part(connection, reads=False),
-                        _ahead_reserve(connection, share))
+                        ahead_allowance(connection, share))
 
 
 def read_seconds_per_request(connection: Connection, now: datetime | None = None) -> float:
@@ -134,15 +135,6 @@ def ahead_allowance(connection: Connection, share: float | None = None) -> float
     return min(settings.RUNBOARD_WEBHOOK_BURST
                + (connection.last_pass_requests or FIRST_PASS_COST),
                budget_part(connection, reads=False) * share * budget.requests / 4)
-
-
-def _ahead_reserve(connection: Connection, share: float) -> float:
-    """Requests that may be spent ahead of the passes' clock: what webhook reads may
-    borrow and, with webhooks on, a planned pass that goes on top of it."""
-    borrowed = ahead_allowance(connection, share)
-    if not webhooks_on(connection):
-        return borrowed  # (a read then moves the next pass: there is no stream of them)
-    return borrowed + (connection.last_pass_requests or FIRST_PASS_COST)
 
 
 def plan(connection: Connection, *, live: bool, watched: bool, waiting: bool = False,
@@ -198,7 +190,8 @@ def after_pass(connection_id: int, *, requests: int, runs_written: int,
     spacing = result.interval if connection.webhooks_healthy else result.wanted
     next_poll = max(now + timedelta(seconds=spacing), budget_at)
     result.interval = (next_poll - now).total_seconds()
-    Connection.objects.filter(pk=connection_id).update(next_poll_at=next_poll)
+    Connection.objects.filter(pk=connection_id).update(
+        next_poll_at=next_poll, pass_due_by=next_poll + (next_poll - now))
     return result
 
 
@@ -327,8 +320,8 @@ def take(connection_id: int, wanted: int, now: datetime | None = None) -> tuple[
     """Requests for webhook reads: (how many of `wanted` the budget grants now, seconds
     until the next one would be granted when none is). With webhooks on, from the
     reads' own clock first (which the passes' debt never holds back), then borrowed from
-    the passes' clock as far as `ahead_allowance` runs ahead of it (a planned pass
-    still goes at its time)."""
+    the passes' clock as far as `ahead_allowance` runs ahead of it, pushing the next
+    pass back until `pass_due_by`."""
     now = now or timezone.now()
     for _ in range(5):  # another worker moved a clock in between: look again
         connection = Connection.objects.defer("token", "cursor").get(pk=connection_id)
@@ -338,8 +331,15 @@ def take(connection_id: int, wanted: int, now: datetime | None = None) -> tuple[
             own, own_wait = _grantable(connection.webhook_budget_at, per_read,
                                        read_burst(connection), wanted, now)
         per = seconds_per_request(connection, now)
-        borrowed, borrow_wait = _grantable(connection.budget_at, per,
-                                           ahead_allowance(connection), wanted - own, now)
+        allowance = ahead_allowance(connection)
+        due_by = connection.pass_due_by if webhooks_on(connection) else None
+        if due_by:
+            # The pass due by then goes with no more than the burst borrowed ahead of it,
+            # so that it and what was borrowed stay within `ahead_allowance`.
+            allowance = min(allowance, (due_by - now).total_seconds() / per
+                            + read_burst(connection))
+        borrowed, borrow_wait = _grantable(connection.budget_at, per, allowance,
+                                           wanted - own, now)
         if own + borrowed <= 0:
             return 0, min(own_wait, borrow_wait)
         # Compare-and-set on both clocks as read.
@@ -352,10 +352,11 @@ def take(connection_id: int, wanted: int, now: datetime | None = None) -> tuple[
                 moved = moved.filter(**{field: held} if held else {f"{field}__isnull": True})
                 changes[field] = max(now, held or now) + timedelta(seconds=requests * seconds)
         if moved.update(**changes):
-            if borrowed and not webhooks_on(connection):
-                # Webhooks off (reads left from before): the next pass waits for them.
+            if borrowed:
+                # The next pass waits for what the reads borrowed, until it is due by.
+                pushed = Greatest(F("next_poll_at"), F("budget_at"))
                 Connection.objects.filter(pk=connection_id, next_poll_at__isnull=False).update(
-                    next_poll_at=Greatest(F("next_poll_at"), F("budget_at")))
+                    next_poll_at=Least(pushed, Value(due_by)) if due_by else pushed)
             return own + borrowed, 0.0
     return 0, 1.0
 
