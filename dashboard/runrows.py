@@ -156,17 +156,18 @@ def _e(value) -> str:
 
 
 def time_html(value, tz=None) -> str:
-    """partials/time.html: a time in UTC that the page shows relative."""
+    """partials/time.html: a time in TIME_ZONE (named by its abbreviation) that the
+    page shows relative."""
     if value is None:
         return ""
     value = value.astimezone(tz or get_current_timezone())
-    iso = value.isoformat()
+    iso, zone = value.isoformat(), _e(value.tzname() or "")
     if value.year < 1000:  # isoformat pads the year to four digits, strftime does not
-        return (f'<time datetime="{iso}" title="{value:%Y-%m-%d %H:%M:%S} UTC" '
-                f'data-relative>{value:%Y-%m-%d %H:%M} UTC</time>')
+        return (f'<time datetime="{iso}" title="{value:%Y-%m-%d %H:%M:%S} {zone}" '
+                f'data-relative>{value:%Y-%m-%d %H:%M} {zone}</time>')
     # The same text as strftime's, cut from the ISO form (strftime twice cost more).
-    return (f'<time datetime="{iso}" title="{iso[:10]} {iso[11:19]} UTC" '
-            f'data-relative>{iso[:10]} {iso[11:16]} UTC</time>')
+    return (f'<time datetime="{iso}" title="{iso[:10]} {iso[11:19]} {zone}" '
+            f'data-relative>{iso[:10]} {iso[11:16]} {zone}</time>')
 
 
 def status_html(status: str, raw: str = "") -> str:

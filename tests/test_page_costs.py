@@ -583,3 +583,25 @@ def test_the_environment_board_reads_each_environment_off_its_own_index(buddy_co
     quiet, busy_row = sorted(Environment.objects.board(), key=lambda row: row[1] == "busy")
     assert quiet[8] == "1.0" and quiet[12] == "1.0"  # its latest and deployed run
     assert busy_row[11] == "" and busy_row[4] is not None
+
+
+def test_times_are_labelled_with_the_zone_they_are_shown_in(settings):
+    """Times are shown in TIME_ZONE; they were labelled "UTC" whatever it was."""
+    from datetime import UTC, datetime
+
+    from django.template import Context, Template
+    from django.utils import timezone
+
+    from dashboard.runrows import time_html
+
+    moment = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
+    settings.TIME_ZONE = "Europe/Berlin"
+    with timezone.override("Europe/Berlin"):
+        written = time_html(moment)
+        rendered = Template('{% include "partials/time.html" %}').render(
+            Context({"value": moment})).rstrip("\n")
+    expected = ('<time datetime="2026-03-01T13:00:05+01:00" title="2026-03-01 13:00:05 CET" '
+                "data-relative>2026-03-01 13:00 CET</time>")
+    assert written == rendered == expected
+    with timezone.override("UTC"):
+        assert time_html(moment).endswith("2026-03-01 12:00 UTC</time>")
