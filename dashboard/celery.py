@@ -23,3 +23,5 @@ def schedule_sync(sender, **kwargs):
                              name="announce stale connections")
     sender.add_periodic_task(300.0, sender.signature("dashboard.notifications.requeue_stuck"),
                              name="hand out lost notifications again")
+    sender.add_periodic_task(3600.0, sender.signature("dashboard.tasks.prune_logs"),
+                             name="delete log rows past their retention")

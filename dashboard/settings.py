@@ -287,6 +287,9 @@ RUNBOARD_WEBHOOK_MAX_BYTES = env.int("RUNBOARD_WEBHOOK_MAX_BYTES", default=256 *
 # A delivery seen (accepted) this recently is a duplicate or a replay: answered 200,
 # no work done (seconds).
 RUNBOARD_WEBHOOK_REPLAY_WINDOW = env.float("RUNBOARD_WEBHOOK_REPLAY_WINDOW", default=86400.0)
+# The webhook delivery log, sent notifications and handled Slack interactions are kept
+# this long (days), then deleted hourly (dashboard/retention.py). The audit is kept.
+RUNBOARD_LOG_RETENTION_DAYS = env.float("RUNBOARD_LOG_RETENTION_DAYS", default=30.0)
 # Refused deliveries are logged always, and written to the delivery log at most this
 # often per connection and minute (a flood of forgeries must not flood the database).
 RUNBOARD_WEBHOOK_REJECTED_LOG_PER_MINUTE = env.int(

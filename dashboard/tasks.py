@@ -12,6 +12,14 @@ from providers.base import ProviderError, RateLimited, Unavailable
 logger = logging.getLogger(__name__)
 
 
+@shared_task(name="dashboard.tasks.prune_logs")
+def prune_logs() -> dict[str, int]:
+    """Delete log rows past their retention (dashboard/retention.py)."""
+    from dashboard import retention
+
+    return retention.prune()
+
+
 @shared_task(name="dashboard.tasks.sync_all")
 def sync_all() -> int:
     """Queue a sync for every connection the scheduler says is due (dashboard/schedule.py)."""
