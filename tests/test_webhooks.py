@@ -357,6 +357,23 @@ def test_a_read_does_not_wait_for_a_pass_under_way_but_for_another_read(
     assert webhooks.pending(connection.pk).exists()
 
 
+def synced_qovery(sim, *names):
+    """Environments of one Qovery project, each deployed an hour ago, read by a first pass,
+    with webhooks on: (environment ids, connection, webhook secret)."""
+    from providers.simulators.qovery import DEPLOY_PLAN
+
+    org = sim.add_organization("Acme")
+    project = sim.add_project(org, "shop")
+    envs = [sim.add_environment(project, name) for name in names]
+    for env in envs:
+        sim.add_deployment(env, DEPLOY_PLAN, age=3600)
+    connection = Connection.objects.create(
+        provider="qovery", name="Qovery", base_url=sim.url, token=sim.token,
+        scope={"organization": org})
+    sync.sync_connection(connection.pk)
+    return envs, connection, enable_webhooks(connection)
+
+
 @pytest.mark.django_db
 def test_what_a_qovery_read_read_the_next_pass_does_not_read_again(
         client, clock, django_capture_on_commit_callbacks):
@@ -366,16 +383,7 @@ def test_what_a_qovery_read_read_the_next_pass_does_not_read_again(
     from providers.simulators.qovery import DEPLOY_PLAN, QoverySimulator
 
     with QoverySimulator(token="qov_read", clock=clock) as sim:
-        org = sim.add_organization("Acme")
-        envs = [sim.add_environment(sim.add_project(org, "shop"), name)
-                for name in ("staging", "production")]
-        for env in envs:
-            sim.add_deployment(env, DEPLOY_PLAN, age=3600)
-        connection = Connection.objects.create(
-            provider="qovery", name="Qovery", base_url=sim.url, token=sim.token,
-            scope={"organization": org})
-        sync.sync_connection(connection.pk)
-        secret = enable_webhooks(connection)
+        envs, connection, secret = synced_qovery(sim, "staging", "production")
         new = sim.add_deployment(envs[1], DEPLOY_PLAN)
         sim.advance(3600)  # deployed
         [delivery] = sim.webhook_deliveries(new, "DEPLOYING", secret)
@@ -400,17 +408,10 @@ def test_a_qovery_read_whose_history_lags_its_status_leaves_the_next_pass_to_rea
     from providers.simulators.qovery import DEPLOY_PLAN, QoverySimulator
 
     with QoverySimulator(token="qov_lag", clock=clock) as sim:
-        org = sim.add_organization("Acme")
-        env = sim.add_environment(sim.add_project(org, "shop"), "production")
-        sim.add_deployment(env, DEPLOY_PLAN, age=7200)
-        connection = Connection.objects.create(
-            provider="qovery", name="Qovery", base_url=sim.url, token=sim.token,
-            scope={"organization": org})
-        sync.sync_connection(connection.pk)
-        secret = enable_webhooks(connection)
+        [env], connection, secret = synced_qovery(sim, "production")
         new = sim.add_deployment(env, DEPLOY_PLAN)
         sim.advance(3600)  # deployed
-        sim.history_lag = 7200  # ... and not in the history yet
+        sim.history_lag = 5400  # ... and not in the history yet (the first one is)
         [delivery] = sim.webhook_deliveries(new, "DEPLOYING", secret)
         with django_capture_on_commit_callbacks():
             assert post(client, connection, delivery.body,
