@@ -354,9 +354,10 @@ def take(connection_id: int, wanted: int, now: datetime | None = None) -> tuple[
         if moved.update(**changes):
             if borrowed:
                 # The next pass waits for what the reads borrowed, until it is due by.
-                pushed = Greatest(F("next_poll_at"), F("budget_at"))
+                # (Never sooner than planned: a pass under way is claimed until later.)
+                until = Least(F("budget_at"), Value(due_by)) if due_by else F("budget_at")
                 Connection.objects.filter(pk=connection_id, next_poll_at__isnull=False).update(
-                    next_poll_at=Least(pushed, Value(due_by)) if due_by else pushed)
+                    next_poll_at=Greatest(F("next_poll_at"), until))
             return own + borrowed, 0.0
     return 0, 1.0
 

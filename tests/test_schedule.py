@@ -429,6 +429,19 @@ def test_a_flood_of_reads_puts_a_pass_off_by_one_interval_at_most(buddy_connecti
     assert 250 <= worst <= 300
 
 
+def test_a_read_never_brings_a_claimed_pass_forward(buddy_connection):
+    """A pass under way is claimed until the lease ends: a read capped at the pass's
+    deadline must not make it due again meanwhile (a second pass queued for nothing)."""
+    now = timezone.now()
+    webhooks_on(buddy_connection, last_pass_requests=4, next_poll_at=now,
+                pass_due_by=now + timedelta(seconds=10))
+    schedule.claim(buddy_connection.pk, now)
+    claimed = Connection.objects.get(pk=buddy_connection.pk).next_poll_at
+    assert claimed > now + timedelta(seconds=10)
+    assert schedule.take(buddy_connection.pk, 20, now)[0] > 5  # borrowed, too
+    assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == claimed
+
+
 def test_with_webhooks_on_passes_spend_only_their_part_of_the_share(buddy_connection):
     now = timezone.now()
     webhooks_on(buddy_connection, last_pass_requests=7)
