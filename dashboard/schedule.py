@@ -20,11 +20,12 @@ that spaces a connection's requests: sync passes and webhook reads alike.
   part they may also borrow from the passes' clock, up to one pass's cost plus the
   burst ahead of it (`ahead_allowance`), pushing the next pass back: a user waits for a
   read, not for a reconciling pass. Not for ever: with webhooks on, a pass is put off
-  to `pass_due_by` at most, one interval after it was due, and reads borrow no further
-  than the burst beyond it (a steady stream of reads once kept passes off for good, and only passes
-  see a run start waiting for approval). Whatever runs ahead of a clock is taken out of
-  the rate that clock runs at, so in any window of the provider's, passes and reads
-  together spend at most the share.
+  to `pass_due_by` at most, one interval after it was due, and reads borrow beyond it
+  only what leaves room for that pass within `ahead_allowance` (a steady stream of
+  reads once kept passes off for good, and only passes see a run start waiting for
+  approval). Whatever runs ahead of a clock is taken out of the rate that clock runs
+  at, so in any window of the provider's, passes and reads together spend at most the
+  share.
 - A connection's first pass (a full read) is a one-time cost: up to
   RUNBOARD_FIRST_PASS_ALLOWANCE (a quarter) of the provider's window it is not charged to
   the passes' clock, so passes (all there is without webhooks) resume soon after a
@@ -325,19 +326,20 @@ def take(connection_id: int, wanted: int, now: datetime | None = None) -> tuple[
     now = now or timezone.now()
     for _ in range(5):  # another worker moved a clock in between: look again
         connection = Connection.objects.defer("token", "cursor").get(pk=connection_id)
-        own, own_wait, per_read = 0, float("inf"), 0.0
+        own, own_wait, per_read, due_by = 0, float("inf"), 0.0, None
         if webhooks_on(connection):
             per_read = read_seconds_per_request(connection, now)
             own, own_wait = _grantable(connection.webhook_budget_at, per_read,
                                        read_burst(connection), wanted, now)
+            due_by = connection.pass_due_by
         per = seconds_per_request(connection, now)
         allowance = ahead_allowance(connection)
-        due_by = connection.pass_due_by if webhooks_on(connection) else None
         if due_by:
-            # The pass due by then goes with no more than the burst borrowed ahead of it,
-            # so that it and what was borrowed stay within `ahead_allowance`.
-            allowance = min(allowance, (due_by - now).total_seconds() / per
-                            + read_burst(connection))
+            # The pass due by then goes on top of what was borrowed ahead of it: the two
+            # together stay within `ahead_allowance`.
+            cost = connection.last_pass_requests or FIRST_PASS_COST
+            allowance = min(allowance,
+                            (due_by - now).total_seconds() / per + allowance - cost)
         borrowed, borrow_wait = _grantable(connection.budget_at, per, allowance,
                                            wanted - own, now)
         if own + borrowed <= 0:

@@ -429,6 +429,19 @@ def test_a_flood_of_reads_puts_a_pass_off_by_one_interval_at_most(buddy_connecti
     assert 250 <= worst <= 300
 
 
+def test_at_its_deadline_a_pass_and_what_reads_borrowed_stay_within_the_allowance(
+        buddy_connection):
+    """Where a pass costs more than the quarter of the passes' part that caps
+    `ahead_allowance` (37.5 of the conservative 600 an hour), reads must not borrow at
+    the pass's deadline: the pass alone fills the allowance. (They borrowed a burst of
+    5 there, and a window could see 45 ahead of the clock.)"""
+    now = timezone.now()
+    webhooks_on(buddy_connection, last_pass_requests=40, next_poll_at=now,
+                pass_due_by=now, budget_at=now)
+    assert schedule.take(buddy_connection.pk, 20, now) == (5, 0.0)  # the reads' own burst
+    assert Connection.objects.get(pk=buddy_connection.pk).budget_at == now
+
+
 def test_a_read_never_brings_a_claimed_pass_forward(buddy_connection):
     """A pass under way is claimed until the lease ends: a read capped at the pass's
     deadline must not make it due again meanwhile (a second pass queued for nothing)."""
