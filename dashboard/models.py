@@ -11,7 +11,7 @@ from django.core.cache import cache
 from django.core.validators import MinValueValidator
 from django.db import connection as db
 from django.db import models, transaction
-from django.db.models import OuterRef, Q, Subquery
+from django.db.models import Count, Min, OuterRef, Q, Subquery
 from django.urls import reverse
 from django.utils import timezone
 
@@ -171,6 +171,21 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+# Accepted deliveries whose runs are still to be read (`webhooks.flush`): the retention
+# keeps them, and an index of their own finds them.
+UNREAD_DELIVERY = Q(outcome="accepted", processed_at__isnull=True)
+
+
+class DeliveryQuerySet(models.QuerySet):
+    def unread(self):
+        return self.filter(UNREAD_DELIVERY)
+
+    def unread_by_connection(self) -> dict[int, dict]:
+        """connection id -> {"count", "oldest"} of its unread deliveries: one query."""
+        return {row["connection_id"]: row for row in self.unread().order_by()
+                .values("connection_id").annotate(count=Count("id"), oldest=Min("received_at"))}
+
+
 class WebhookDelivery(models.Model):
     """The log of webhook deliveries: what arrived, and what Runboard made of it."""
 
@@ -193,11 +208,17 @@ class WebhookDelivery(models.Model):
     processed_at = models.DateTimeField(null=True, blank=True)
     runs_written = models.PositiveIntegerField(null=True, blank=True)
 
+    objects = DeliveryQuerySet.as_manager()
+
     class Meta:
         ordering = ["-received_at", "-id"]
         indexes = [
             models.Index(fields=["connection", "-received_at"], name="delivery_newest"),
             models.Index(fields=["connection", "delivery_id"], name="delivery_id_lookup"),
+            # What is still to be read (`webhooks.pending`), asked on every delivery: a
+            # few rows, however long the log the retention keeps.
+            models.Index(fields=["connection", "received_at"], name="delivery_unread",
+                         condition=UNREAD_DELIVERY),
         ]
 
     def __str__(self):

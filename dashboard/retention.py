@@ -14,11 +14,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from dashboard.channels import Delivery, SlackInteraction
-from dashboard.models import Connection, WebhookDelivery
+from dashboard.models import UNREAD_DELIVERY, Connection, WebhookDelivery
 
 
 def prune(days: float | None = None, now: datetime | None = None) -> dict[str, int]:
@@ -30,12 +29,11 @@ def prune(days: float | None = None, now: datetime | None = None) -> dict[str, i
                timedelta(seconds=settings.RUNBOARD_WEBHOOK_REPLAY_WINDOW))
     before = now - keep
     webhooks = 0
-    unread = Q(outcome=WebhookDelivery.Outcome.ACCEPTED, processed_at__isnull=True)
     for connection_id in Connection.objects.values_list("pk", flat=True):
         # Per connection: the (connection, -received_at) index finds the old ones.
         webhooks += (WebhookDelivery.objects
                      .filter(connection_id=connection_id, received_at__lt=before)
-                     .exclude(unread).delete()[0])
+                     .exclude(UNREAD_DELIVERY).delete()[0])
     notifications = Delivery.objects.filter(
         created_at__lt=before, state__in=[Delivery.State.SENT, Delivery.State.FAILED],
     ).delete()[0]

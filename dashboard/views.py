@@ -28,6 +28,7 @@ from dashboard.models import (
     Connection,
     Environment,
     Run,
+    WebhookDelivery,
     data_version,
 )
 from dashboard.templatetags.runboard import CSRF_MARK
@@ -430,7 +431,11 @@ def environment_board(request):
 def connections(request):
     """Sync health of every connection: what users check when data looks stale."""
     connections = list(Connection.objects.defer("token", "cursor"))
+    unread = WebhookDelivery.objects.unread_by_connection()
     for connection in connections:  # webhook URL and setup steps, per provider
+        # Deliveries whose runs are not read yet: the budget holds them back (a busy
+        # account on a small budget), or the workers are behind.
+        connection.unread_deliveries = unread.get(connection.pk)
         provider = connection.provider_class
         connection.webhook_url = request.build_absolute_uri(
             reverse("webhook", args=[connection.webhook_key]))

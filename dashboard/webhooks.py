@@ -156,8 +156,7 @@ def receive(request, key):
 
 
 def pending(connection_id: int):
-    return WebhookDelivery.objects.filter(connection_id=connection_id, outcome=Outcome.ACCEPTED,
-                                          processed_at__isnull=True)
+    return WebhookDelivery.objects.unread().filter(connection_id=connection_id)
 
 
 def queue_flush(connection_id: int, countdown: float) -> bool:
