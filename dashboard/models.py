@@ -311,6 +311,11 @@ class Environment(models.Model):
 GONE_FROM_PROVIDER = "(gone from the provider)"
 
 
+# Runs not finished yet: a few, however long the history. Every pass asks for them (to
+# re-read them, and to plan the next pass), through an index of their own.
+ACTIVE_RUN = ~Q(status__in=sorted(status.value for status in FINISHED))
+
+
 class RunQuerySet(models.QuerySet):
     def for_list(self):
         # Pages never show the raw payload or the connection's token (which would be
@@ -320,7 +325,7 @@ class RunQuerySet(models.QuerySet):
         )
 
     def active(self):
-        return self.exclude(status__in=FINISHED)
+        return self.filter(ACTIVE_RUN)
 
     def permalink(self, provider: str, external_id: str):
         """Runs a /runs/<provider>/<external id>/ link names (more than one if two
@@ -394,6 +399,8 @@ class Run(models.Model):
             # oldest first, without walking past every other run.
             models.Index(fields=["created_at", "id"], condition=Q(status="waiting"),
                          name="run_waiting_oldest"),
+            models.Index(fields=["connection", "created_at"], condition=ACTIVE_RUN,
+                         name="run_active"),
         ]
         permissions = [("act_on_run", "Can cancel, approve, reject and retry runs")]
 
