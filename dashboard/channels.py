@@ -60,6 +60,8 @@ class Channel(models.Model):
                                           help_text="Only these environments (none: all).")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Deliveries the retention deleted, by state (see Connection.webhook_deliveries_pruned).
+    deliveries_pruned = models.JSONField(default=dict, editable=False)
 
     class Meta:
         ordering = ["name"]

@@ -4,7 +4,8 @@ The sync and the notifications run in Celery workers, other processes and possib
 other hosts, so counters kept in the web process would miss their work. Every figure
 is read from the database when Prometheus scrapes, with a fixed number of aggregate
 queries whatever the amount of data: the counters a sync pass keeps on its connection
-(dashboard/sync.py), the append-only action audit, the notification delivery log.
+(dashboard/sync.py), the append-only action audit, the notification and webhook
+delivery logs with what the retention pruned from them (dashboard/retention.py).
 
 Off (404) unless RUNBOARD_METRICS_TOKEN or RUNBOARD_METRICS_NETWORKS is set: a reverse
 proxy on the same host makes every request come from localhost, so "localhost only"
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+from collections import Counter
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
@@ -30,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from dashboard.channels import Delivery
+from dashboard.channels import Channel, Delivery
 from dashboard.models import ActionRecord, Connection, WebhookDelivery
 
 logger = logging.getLogger(__name__)
@@ -44,15 +46,20 @@ MIN_TOKEN_LENGTH = 16
 
 
 class RunboardCollector(Collector):
-    """Collects on every scrape; four queries whatever the number of rows."""
+    """Collects on every scrape; five queries whatever the number of rows."""
 
     def collect(self):
-        yield from self.connections()
+        fields = ["name", "provider", "enabled", "last_success_at", "next_poll_at", "last_error",
+                  "last_error_at", "runs_synced", "sync_passes", "sync_failures",
+                  "sync_seconds", "provider_requests", "provider_rate_limited",
+                  "webhook_deliveries_pruned"]
+        connections = list(Connection.objects.only(*fields).order_by("pk"))
+        yield from self.connections(connections)
         yield from self.actions()
         yield from self.deliveries()
-        yield from self.webhooks()
+        yield from self.webhooks(connections)
 
-    def connections(self):
+    def connections(self, connections):
         labels = ["connection", "provider"]
         passes = SummaryMetricFamily(
             "runboard_sync_pass_duration_seconds",
@@ -82,10 +89,7 @@ class RunboardCollector(Collector):
         enabled = GaugeMetricFamily(
             "runboard_connection_enabled", "1 when the connection is synced.", labels=labels)
         now = timezone.now()
-        fields = ["name", "provider", "enabled", "last_success_at", "next_poll_at", "last_error",
-                  "last_error_at", "runs_synced", "sync_passes", "sync_failures",
-                  "sync_seconds", "provider_requests", "provider_rate_limited"]
-        for c in Connection.objects.only(*fields).order_by("pk"):
+        for c in connections:
             values = [c.name, c.provider]
             passes.add_metric(values, c.sync_passes, c.sync_seconds)
             failures.add_metric(values, c.sync_failures)
@@ -107,36 +111,51 @@ class RunboardCollector(Collector):
             labels=["kind"], outcome="outcome")
 
     def deliveries(self):
+        # What the retention pruned counts too (a finished state: never unfinished).
+        pruned = [(name, state, n) for name, tally in Channel.objects.exclude(
+            deliveries_pruned={}).values_list("name", "deliveries_pruned")
+            for state, n in tally.items()]
         yield from _split_by_state(
             Delivery.objects.values_list("channel__name", "state"), DELIVERY_UNFINISHED,
             "runboard_notification_deliveries",
             "Notifications delivered or given up on (the delivery log), by channel and state.",
             "Notifications waiting to be sent or being sent, by channel and state.",
-            labels=["channel"])
+            labels=["channel"], pruned=pruned)
 
-    def webhooks(self):
+    def webhooks(self, connections):
         received = CounterMetricFamily(
             "runboard_webhook_deliveries",
             "Webhook deliveries received (the webhook delivery log), by connection and "
             "outcome; rejected ones as logged (RUNBOARD_WEBHOOK_REJECTED_LOG_PER_MINUTE).",
             labels=["connection", "provider", "outcome"])
-        counts = (WebhookDelivery.objects.order_by()
-                  .values_list("connection__name", "connection__provider", "outcome")
-                  .annotate(n=Count("pk")))
-        for name, provider, outcome, n in counts:
-            received.add_metric([name, provider, outcome], n)
+        counts = Counter()
+        for name, provider, outcome, n in (
+                WebhookDelivery.objects.order_by()
+                .values_list("connection__name", "connection__provider", "outcome")
+                .annotate(n=Count("pk"))):
+            counts[name, provider, outcome] += n
+        for c in connections:  # what the retention pruned counts too
+            for outcome, n in c.webhook_deliveries_pruned.items():
+                counts[c.name, c.provider, outcome] += n
+        for labels, n in counts.items():
+            received.add_metric(list(labels), n)
         yield received
 
 
 def _split_by_state(rows, unfinished_states, name: str, done_help: str,
-                    unfinished_help: str, labels: list[str], outcome: str = "state"):
+                    unfinished_help: str, labels: list[str], outcome: str = "state",
+                    pruned=()):
     """Records counted by their labels and state, as two families: finished records (a
-    counter: a frozen outcome, including states added later) and unfinished ones (a
-    gauge, `<name>_unfinished`: their state may still change)."""
+    counter: a frozen outcome, including states added later; with those `pruned`, as
+    (*labels, state, count)) and unfinished ones (a gauge, `<name>_unfinished`: their
+    state may still change)."""
     done = CounterMetricFamily(name, done_help, labels=[*labels, outcome])
     unfinished = GaugeMetricFamily(f"{name}_unfinished", unfinished_help,
                                    labels=[*labels, "state"])
-    for *values, state, n in rows.order_by().annotate(n=Count("pk")):
+    counts = Counter()
+    for *values, state, n in [*rows.order_by().annotate(n=Count("pk")), *pruned]:
+        counts[(*values, state)] += n
+    for (*values, state), n in counts.items():
         (unfinished if state in unfinished_states else done).add_metric([*values, state], n)
     return done, unfinished
 

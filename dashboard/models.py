@@ -90,6 +90,9 @@ class Connection(models.Model):
     # passes'); and the lease of the one flush of this connection's hints at a time.
     webhook_budget_at = models.DateTimeField(null=True, blank=True)
     webhook_lease_until = models.DateTimeField(null=True, blank=True)
+    # Deliveries the retention deleted, by outcome: the metrics count the log and these,
+    # so that their counters never go down (dashboard/retention.py).
+    webhook_deliveries_pruned = models.JSONField(default=dict, editable=False)
 
     class Meta:
         ordering = ["name"]

@@ -14,9 +14,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
-from dashboard.channels import Delivery, SlackInteraction
+from dashboard.channels import Channel, Delivery, SlackInteraction
 from dashboard.models import UNREAD_DELIVERY, Connection, WebhookDelivery
 
 
@@ -28,15 +29,42 @@ def prune(days: float | None = None, now: datetime | None = None) -> dict[str, i
     keep = max(timedelta(days=days),
                timedelta(seconds=settings.RUNBOARD_WEBHOOK_REPLAY_WINDOW))
     before = now - keep
-    webhooks = 0
-    for connection_id in Connection.objects.values_list("pk", flat=True):
+    webhooks = sum(
         # Per connection: the (connection, -received_at) index finds the old ones.
-        webhooks += (WebhookDelivery.objects
-                     .filter(connection_id=connection_id, received_at__lt=before)
-                     .exclude(UNREAD_DELIVERY).delete()[0])
-    notifications = Delivery.objects.filter(
-        created_at__lt=before, state__in=[Delivery.State.SENT, Delivery.State.FAILED],
-    ).delete()[0]
+        _delete_tallied(WebhookDelivery.objects.filter(connection_id=pk, received_at__lt=before)
+                        .exclude(UNREAD_DELIVERY), "outcome",
+                        Connection, pk, "webhook_deliveries_pruned")
+        for pk in Connection.objects.values_list("pk", flat=True))
+    notifications = sum(
+        _delete_tallied(Delivery.objects.filter(
+            channel_id=pk, created_at__lt=before,
+            state__in=[Delivery.State.SENT, Delivery.State.FAILED]), "state",
+            Channel, pk, "deliveries_pruned")
+        for pk in Channel.objects.values_list("pk", flat=True))
     slack = SlackInteraction.objects.filter(created_at__lt=before).delete()[0]
     return {"webhook deliveries": webhooks, "notifications": notifications,
             "slack interactions": slack}
+
+
+def _delete_tallied(rows, label: str, owner_model, owner_id: int, tally: str,
+                    batch: int = 5000) -> int:
+    """Delete `rows`, adding how many there were of each `label` to the owner's `tally`:
+    the metrics count a log and its tally together, so a prune never takes one of their
+    counters down (which Prometheus would read as a reset). In batches, each in a
+    transaction that holds the owner's row."""
+    deleted = 0
+    while True:
+        with transaction.atomic():
+            owner = owner_model.objects.select_for_update().only(tally).filter(
+                pk=owner_id).first()
+            if owner is None:  # deleted meanwhile, its log with it
+                return deleted
+            taken = list(rows.select_for_update().order_by().values_list("pk", label)[:batch])
+            if not taken:
+                return deleted
+            counts = dict(getattr(owner, tally))
+            for _, value in taken:
+                counts[value] = counts.get(value, 0) + 1
+            rows.model.objects.filter(pk__in=[pk for pk, _ in taken]).delete()
+            owner_model.objects.filter(pk=owner_id).update(**{tally: counts})
+        deleted += len(taken)

@@ -173,10 +173,10 @@ def test_a_scrape_costs_the_same_queries_whatever_the_amount_of_data(
                                            http_status=202)
 
     add(1, 0)
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(5):
         small = scrape(client)
     add(30, 1)
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(5):
         large = scrape(client)
     assert len(large) > len(small)
     assert value(large, "runboard_actions_total", kind="cancel", outcome="succeeded") == 31
@@ -305,3 +305,41 @@ def test_a_loopback_network_without_a_token_is_warned_about(settings):
     assert len(warned) == 2 and "'127.0.0.1/32'" in warned[0]
     settings.RUNBOARD_METRICS_TOKEN = TOKEN
     assert not [m for m in run_checks() if m.id == "runboard.W102"]
+
+
+def test_pruning_the_logs_never_takes_a_counter_down(client, metrics_on, buddy_connection):
+    """The delivery counters count logs the retention prunes: what it deletes is kept as
+    a tally, or every prune would look like a reset to Prometheus (a rate's spike)."""
+    from dashboard import retention
+
+    old = timezone.now() - timedelta(days=40)
+    for outcome, processed in (("accepted", old), ("accepted", old), ("rejected", None),
+                               ("accepted", None)):  # the last one is not read yet: kept
+        WebhookDelivery.objects.create(connection=buddy_connection, outcome=outcome,
+                                       http_status=202, received_at=old, processed_at=processed)
+    room = Channel.objects.create(name="Room", url="json://127.0.0.1:9/")
+    for n, state in enumerate([Delivery.State.SENT, Delivery.State.SENT,
+                               Delivery.State.FAILED]):
+        Delivery.objects.create(channel=room, event=Event.TEST, key=f"k{n}", state=state,
+                                created_at=old)
+    figures = [("runboard_webhook_deliveries_total", {**BUDDY, "outcome": "accepted"}, 3),
+               ("runboard_webhook_deliveries_total", {**BUDDY, "outcome": "rejected"}, 1),
+               ("runboard_notification_deliveries_total", {"channel": "Room", "state": "sent"}, 2),
+               ("runboard_notification_deliveries_total", {"channel": "Room", "state": "failed"},
+                1)]
+    before = scrape(client)
+    assert [value(before, name, **labels) for name, labels, _ in figures] == [
+        n for _, _, n in figures]
+
+    pruned = retention.prune(days=30)
+
+    assert (pruned["webhook deliveries"], pruned["notifications"]) == (3, 3)
+    assert WebhookDelivery.objects.count() == 1 and not Delivery.objects.exists()
+    after = scrape(client)
+    assert [value(after, name, **labels) for name, labels, _ in figures] == [
+        n for _, _, n in figures]
+    # New deliveries count on from there.
+    WebhookDelivery.objects.create(connection=buddy_connection, outcome="accepted",
+                                   http_status=202)
+    name, labels, _ = figures[0]
+    assert value(scrape(client), name, **labels) == 4
