@@ -162,6 +162,11 @@ def test_what_a_pass_asks_of_active_runs_is_served_by_an_index_of_them(buddy_con
     runs each, bench/pages.py's data)."""
     from tests.plans import plan_of
 
+    # A history of finished runs, and a few active ones: the planner sees both.
+    Run.objects.bulk_create(
+        Run(connection=buddy_connection, external_id=str(n), created_at=timezone.now(),
+            status=Status.RUNNING if n % 1000 == 0 else Status.SUCCEEDED)
+        for n in range(3000))
     runs = buddy_connection.runs
     for query in (runs.to_refresh().values_list("id", "external_id", "locator"),
                   runs.active().values("pk")[:1]):  # as exists() asks

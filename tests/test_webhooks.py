@@ -243,6 +243,10 @@ def test_unread_deliveries_are_looked_up_by_an_index_of_their_own(hooked):
     from tests.plans import plan_of
 
     connection, _ = hooked
+    WebhookDelivery.objects.bulk_create(  # a log of deliveries read, and one unread
+        WebhookDelivery(connection=connection, outcome=Outcome.ACCEPTED, http_status=202,
+                        processed_at=None if n == 0 else timezone.now())
+        for n in range(3000))
     plan = plan_of(webhooks.pending(connection.pk).order_by("received_at")
                    .values_list("pk", "hints"))
     assert "delivery_unread" in plan, plan
