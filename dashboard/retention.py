@@ -6,7 +6,8 @@ the beat (hourly) or `manage.py prune_logs`.
 Never deleted: work still to do (an accepted delivery not yet read, a notification not
 yet sent), and anything a replay check still needs (a delivery inside
 RUNBOARD_WEBHOOK_REPLAY_WINDOW). The audit (ActionRecord) is append-only and is not
-touched here.
+touched here. What is deleted from the delivery logs is tallied on its connection or
+channel, where the metrics count it still (dashboard/metrics.py).
 """
 
 from __future__ import annotations

@@ -427,15 +427,23 @@ def environment_board(request):
     return render(request, "environments/board.html", {"board": board})
 
 
+# A delivery is read a few seconds after it arrives (RUNBOARD_WEBHOOK_COALESCE, the
+# provider's answer): one unread for longer than this is shown as waiting.
+READS_BEHIND_AFTER = timedelta(seconds=30)
+
+
 @login_required
 def connections(request):
     """Sync health of every connection: what users check when data looks stale."""
     connections = list(Connection.objects.defer("token", "cursor"))
     unread = WebhookDelivery.objects.unread_by_connection()
+    behind = datetime.now(UTC) - READS_BEHIND_AFTER
     for connection in connections:  # webhook URL and setup steps, per provider
-        # Deliveries whose runs are not read yet: the budget holds them back (a busy
+        # Deliveries whose runs are still not read: the budget holds them back (a busy
         # account on a small budget), or the workers are behind.
-        connection.unread_deliveries = unread.get(connection.pk)
+        waiting = unread.get(connection.pk)
+        connection.unread_deliveries = (
+            waiting if waiting and waiting["oldest"] < behind else None)
         provider = connection.provider_class
         connection.webhook_url = request.build_absolute_uri(
             reverse("webhook", args=[connection.webhook_key]))
