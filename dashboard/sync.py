@@ -905,7 +905,8 @@ def remember_read(connection_id: int, learned: dict[str, dict]) -> None:
         for part, values in learned.items():
             if isinstance(listing.get(part), dict):
                 listing[part].update(values)
-        Connection.objects.filter(pk=connection_id).update(cursor=connection.cursor)
+        Connection.objects.filter(pk=connection_id).update(
+            cursor={**connection.cursor, "listing": listing})
 
 
 def _counted(result: SyncResult, started: float) -> dict:
