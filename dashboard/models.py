@@ -70,6 +70,8 @@ class Connection(models.Model):
     last_webhook_accepted = models.BooleanField(null=True, blank=True)
     # The polling scheduler's state (dashboard/schedule.py).
     next_poll_at = models.DateTimeField(null=True, blank=True)
+    # What put the next pass where it is, for the connections page.
+    poll_reason = models.CharField(max_length=120, blank=True, editable=False)
     # The latest webhook reads borrowing from the passes' budget may put the planned
     # pass off to: one interval after it was due.
     pass_due_by = models.DateTimeField(null=True, blank=True)

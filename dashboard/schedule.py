@@ -190,9 +190,11 @@ def after_pass(connection_id: int, *, requests: int, runs_written: int,
     # healthy webhooks, not before passes' part of the budget allows either.
     spacing = result.interval if connection.webhooks_healthy else result.wanted
     next_poll = max(now + timedelta(seconds=spacing), budget_at)
+    held = next_poll > now + timedelta(seconds=result.wanted)
     result.interval = (next_poll - now).total_seconds()
     Connection.objects.filter(pk=connection_id).update(
-        next_poll_at=next_poll, pass_due_by=next_poll + (next_poll - now))
+        next_poll_at=next_poll, pass_due_by=next_poll + (next_poll - now),
+        poll_reason=result.reason + ("; held back by the rate budget" if held else ""))
     return result
 
 
@@ -209,7 +211,8 @@ def claim(connection_id: int, now: datetime | None = None) -> None:
     """A pass was queued: not due again until it reports (or this long, if it is lost)."""
     now = now or timezone.now()
     Connection.objects.filter(pk=connection_id).update(
-        next_poll_at=now + timedelta(seconds=settings.RUNBOARD_SYNC_LEASE))
+        next_poll_at=now + timedelta(seconds=settings.RUNBOARD_SYNC_LEASE),
+        poll_reason="a pass is queued or under way")
 
 
 def watching(connection_ids, now: datetime | None = None) -> None:
@@ -241,7 +244,9 @@ def _watch(connections, now: datetime) -> None:
     connections.filter(Q(watched_until__isnull=True)
                        | Q(watched_until__lt=now + timedelta(seconds=window * 2 / 3))).update(
         watched_until=now + timedelta(seconds=window),
-        next_poll_at=Least(F("next_poll_at"), allowed))
+        next_poll_at=Least(F("next_poll_at"), allowed),
+        poll_reason=Case(When(next_poll_at__gt=allowed, then=Value("a page is open on its runs")),
+                         default=F("poll_reason")))
 
 
 def watching_read(connections, now: datetime | None = None, every: bool = False) -> None:

@@ -934,6 +934,8 @@ def _record_failure(connection_id: int, exc: Exception, counted: dict) -> None:
     try:
         Connection.objects.filter(pk=connection_id).update(
             last_error=message[:1000], last_error_at=now, next_attempt_at=next_attempt,
+            poll_reason="rate limited: retrying" if isinstance(exc, RateLimited)
+            else "retrying after an error",
             updated_at=now, sync_failures=F("sync_failures") + 1, **counted,
         )
         data_changed()

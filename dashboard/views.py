@@ -444,6 +444,10 @@ def connections(request):
         waiting = unread.get(connection.pk)
         connection.unread_deliveries = (
             waiting if waiting and waiting["oldest"] < behind else None)
+        # The next pass: not before the scheduler's plan, nor before an error's backoff.
+        connection.next_pass_at = max(
+            filter(None, [connection.next_poll_at, connection.next_attempt_at]),
+            default=None) if connection.enabled else None
         provider = connection.provider_class
         connection.webhook_url = request.build_absolute_uri(
             reverse("webhook", args=[connection.webhook_key]))

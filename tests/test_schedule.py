@@ -4,6 +4,7 @@ and falling back to polling when webhooks are turned off."""
 import html
 import itertools
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from django.utils import timezone
 
 from dashboard import schedule, sync, tasks
 from dashboard.models import Connection, Run
-from providers.base import CONSERVATIVE_BUDGET, RateBudget
+from providers.base import CONSERVATIVE_BUDGET, RateBudget, Unavailable
 from providers.buddy import BuddyProvider
 from providers.northflank import NorthflankProvider
 from providers.qovery import QoveryProvider
@@ -185,6 +186,38 @@ def test_after_a_pass_the_next_is_planned_and_not_due_before(buddy_sim, buddy_co
     assert conn.next_poll_at == now + timedelta(seconds=planned.interval)
     assert not schedule.due(now + timedelta(seconds=44)).exists()
     assert schedule.due(now + timedelta(seconds=45)).exists()
+
+
+def test_the_connections_page_says_when_the_next_pass_comes_and_why(
+        client, manager, buddy_sim, buddy_connection):
+    """"Why is this not fresher?": the page says when the next pass comes, and what put
+    it there (the connection's state, the budget, a page open, an error)."""
+    buddy_sim.add_execution("web-shop", 1, BUILD_PLAN, age=3600)  # finished: nothing live
+    Connection.objects.filter(pk=buddy_connection.pk).update(last_pass_requests=6)
+    result = sync.sync_connection(buddy_connection.pk)
+    client.force_login(manager)
+
+    def next_pass() -> str:
+        page = html.unescape(client.get("/connections/").content.decode())
+        return re.search(r'<td data-label="Next pass">(.*?)</td>', page, re.S).group(1)
+
+    # Idle wants a pass in 15 s; half of 1000 an hour allows one every 44 s.
+    schedule.after_pass(buddy_connection.pk, requests=result.requests,
+                        runs_written=result.runs_written, rate_limit_seen=result.rate_limit_seen)
+    conn = Connection.objects.get(pk=buddy_connection.pk)
+    assert conn.next_poll_at.isoformat() in next_pass()
+    assert "idle; held back by the rate budget" in next_pass()
+    # A page open on its runs brings a far pass forward (never before the budget allows).
+    connections = Connection.objects.filter(pk=buddy_connection.pk)
+    connections.update(next_poll_at=timezone.now() + timedelta(hours=1), budget_at=None)
+    schedule.watching_read(connections)
+    assert "a page is open on its runs" in next_pass()
+    schedule.claim(buddy_connection.pk)
+    assert "a pass is queued or under way" in next_pass()
+    buddy_sim.inject("error_503", times=10)
+    with pytest.raises(Unavailable):
+        sync.sync_connection(buddy_connection.pk)
+    assert "retrying after an error" in next_pass()
 
 
 def test_a_connections_first_pass_is_a_one_time_cost_that_holds_no_read_back(
