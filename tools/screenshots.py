@@ -135,7 +135,10 @@ def shoot(base_url: str, out: Path) -> int:
                         page.wait_for_url("**/runs/")
                     else:
                         page.goto(path)
-                        page.wait_for_load_state("networkidle")
+                        # Not "networkidle": live pages poll every 500 ms, so the network
+                        # is never idle that long. Their first answers come within this.
+                        page.wait_for_load_state("load")
+                        page.wait_for_timeout(700)
                         page.screenshot(path=out / f"{name}-{device}-{scheme}.png")
                     count += 1
                 context.close()
