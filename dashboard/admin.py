@@ -70,7 +70,8 @@ class ConnectionAdmin(admin.ModelAdmin):
             # budget allows instead of at the reconcile interval planned while they were on.
             from dashboard import schedule
 
-            schedule.poll_soon(obj.pk)
+            schedule.poll_soon(obj.pk, reason="webhooks turned " + (
+                "on" if obj.webhooks_enabled else "off"))
 
     actions = ["new_webhook_secret"]
 

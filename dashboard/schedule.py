@@ -245,8 +245,7 @@ def _watch(connections, now: datetime) -> None:
                        | Q(watched_until__lt=now + timedelta(seconds=window * 2 / 3))).update(
         watched_until=now + timedelta(seconds=window),
         next_poll_at=Least(F("next_poll_at"), allowed),
-        poll_reason=Case(When(next_poll_at__gt=allowed, then=Value("a page is open on its runs")),
-                         default=F("poll_reason")))
+        poll_reason=_moved(Q(next_poll_at__gt=allowed), "a page is open on its runs"))
 
 
 def watching_read(connections, now: datetime | None = None, every: bool = False) -> None:
@@ -364,14 +363,22 @@ def take(connection_id: int, wanted: int, now: datetime | None = None) -> tuple[
                 # (Never sooner than planned: a pass under way is claimed until later.)
                 until = Least(F("budget_at"), Value(due_by)) if due_by else F("budget_at")
                 Connection.objects.filter(pk=connection_id, next_poll_at__isnull=False).update(
-                    next_poll_at=Greatest(F("next_poll_at"), until))
+                    next_poll_at=Greatest(F("next_poll_at"), until),
+                    poll_reason=_moved(Q(next_poll_at__lt=until),
+                                       "webhook reads borrowed from its budget"))
             return own + borrowed, 0.0
     return 0, 1.0
 
 
-def poll_soon(connection_id: int, now: datetime | None = None) -> None:
+def poll_soon(connection_id: int, now: datetime | None = None, *, reason: str) -> None:
     """Poll as soon as the budget allows (webhooks turned off, a delivery naming no run)."""
     now = now or timezone.now()
     allowed = Greatest(Coalesce(F("budget_at"), Value(now)), Value(now))
     Connection.objects.filter(pk=connection_id).update(
-        next_poll_at=Least(Coalesce(F("next_poll_at"), allowed), allowed))
+        next_poll_at=Least(Coalesce(F("next_poll_at"), allowed), allowed),
+        poll_reason=_moved(Q(next_poll_at__isnull=True) | Q(next_poll_at__gt=allowed), reason))
+
+
+def _moved(moving: Q, reason: str) -> Case:
+    """`reason` for the next pass where `moving` (the update moves it), else the one held."""
+    return Case(When(moving, then=Value(reason)), default=F("poll_reason"))

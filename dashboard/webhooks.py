@@ -290,6 +290,9 @@ def _flush(connection_id: int, lease: _ReadLease) -> dict:
     return {"connection": connection_id, "hints": len(hints), "read": len(written)}
 
 
+LISTLESS = "a webhook delivery named no run: the list is read"
+
+
 def _pass_for(connection: Connection, deliveries: list[int], now) -> None:
     """Deliveries that name nothing to read (a body without the ids a provider's read
     needs) want the run list read: at once when the passes' budget is not in debt,
@@ -298,16 +301,16 @@ def _pass_for(connection: Connection, deliveries: list[int], now) -> None:
 
     budget_at = Connection.objects.values_list("budget_at", flat=True).get(pk=connection.pk)
     if budget_at and budget_at > now:
-        schedule.poll_soon(connection.pk, now)
+        schedule.poll_soon(connection.pk, now, reason=LISTLESS)
         return
     started = timezone.now()
     try:
         result = sync.sync_connection(connection.pk)
     except ProviderError:  # recorded on the connection; the scheduler's pass tries again
-        schedule.poll_soon(connection.pk)
+        schedule.poll_soon(connection.pk, reason=LISTLESS)
         return
     if result.skipped:  # a pass is under way; the next one reads it
-        schedule.poll_soon(connection.pk)
+        schedule.poll_soon(connection.pk, reason=LISTLESS)
         return
     schedule.after_pass(connection.pk, requests=result.requests,
                         runs_written=result.runs_written, rate_limit_seen=result.rate_limit_seen,

@@ -212,6 +212,16 @@ def test_the_connections_page_says_when_the_next_pass_comes_and_why(
     connections.update(next_poll_at=timezone.now() + timedelta(hours=1), budget_at=None)
     schedule.watching_read(connections)
     assert "a page is open on its runs" in next_pass()
+    # Webhook reads beyond their own part borrow from the passes' budget: it waits.
+    connections.update(webhooks_enabled=True, webhook_secret_hash="x",
+                       next_poll_at=timezone.now(),
+                       webhook_budget_at=timezone.now() + timedelta(hours=1))
+    assert schedule.take(buddy_connection.pk, 3)[0] == 3
+    assert "webhook reads borrowed from its budget" in next_pass()
+    # Webhooks turned off: as soon as the budget allows.
+    connections.update(webhooks_enabled=False, next_poll_at=timezone.now() + timedelta(hours=1))
+    schedule.poll_soon(buddy_connection.pk, reason="webhooks turned off")
+    assert "webhooks turned off" in next_pass()
     schedule.claim(buddy_connection.pk)
     assert "a pass is queued or under way" in next_pass()
     buddy_sim.inject("error_503", times=10)
@@ -339,11 +349,11 @@ def test_polling_after_webhooks_go_off_waits_for_the_budget_not_longer(buddy_con
     now = timezone.now()
     Connection.objects.filter(pk=buddy_connection.pk).update(
         next_poll_at=now + timedelta(seconds=300), budget_at=now + timedelta(seconds=20))
-    schedule.poll_soon(buddy_connection.pk, now)
+    schedule.poll_soon(buddy_connection.pk, now, reason="webhooks turned off")
     assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == now + timedelta(
         seconds=20)
     Connection.objects.filter(pk=buddy_connection.pk).update(next_poll_at=None, budget_at=None)
-    schedule.poll_soon(buddy_connection.pk, now)
+    schedule.poll_soon(buddy_connection.pk, now, reason="webhooks turned off")
     assert Connection.objects.get(pk=buddy_connection.pk).next_poll_at == now
 
 

@@ -23,7 +23,7 @@ class Command(BaseCommand):
         if off:
             # Poll as soon as the budget allows: deliveries from now on are refused.
             Connection.objects.filter(pk=conn.pk).update(webhooks_enabled=False)
-            schedule.poll_soon(conn.pk)
+            schedule.poll_soon(conn.pk, reason="webhooks turned off")
             self.stdout.write(f"Webhooks off for {conn.name}: polling only.")
             return
         provider = conn.provider_class
