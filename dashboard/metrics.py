@@ -128,18 +128,21 @@ class RunboardCollector(Collector):
             "Webhook deliveries received (the webhook delivery log), by connection and "
             "outcome; rejected ones as logged (RUNBOARD_WEBHOOK_REJECTED_LOG_PER_MINUTE).",
             labels=["connection", "provider", "outcome"])
-        counts = Counter()
-        for name, provider, outcome, n in (
-                WebhookDelivery.objects.order_by()
-                .values_list("connection__name", "connection__provider", "outcome")
-                .annotate(n=Count("pk"))):
-            counts[name, provider, outcome] += n
-        for c in connections:  # what the retention pruned counts too
-            for outcome, n in c.webhook_deliveries_pruned.items():
-                counts[c.name, c.provider, outcome] += n
-        for labels, n in counts.items():
+        pruned = [(c.name, c.provider, outcome, n) for c in connections
+                  for outcome, n in c.webhook_deliveries_pruned.items()]
+        for labels, n in _counted(WebhookDelivery.objects.values_list(
+                "connection__name", "connection__provider", "outcome"), pruned).items():
             received.add_metric(list(labels), n)
         yield received
+
+
+def _counted(rows, pruned=()) -> Counter:
+    """`rows` (a values_list) counted by their values, plus those the retention `pruned`
+    from the same log, as (*values, count)."""
+    counts = Counter()
+    for *values, n in [*rows.order_by().annotate(n=Count("pk")), *pruned]:
+        counts[tuple(values)] += n
+    return counts
 
 
 def _split_by_state(rows, unfinished_states, name: str, done_help: str,
@@ -152,10 +155,7 @@ def _split_by_state(rows, unfinished_states, name: str, done_help: str,
     done = CounterMetricFamily(name, done_help, labels=[*labels, outcome])
     unfinished = GaugeMetricFamily(f"{name}_unfinished", unfinished_help,
                                    labels=[*labels, "state"])
-    counts = Counter()
-    for *values, state, n in [*rows.order_by().annotate(n=Count("pk")), *pruned]:
-        counts[(*values, state)] += n
-    for (*values, state), n in counts.items():
+    for (*values, state), n in _counted(rows, pruned).items():
         (unfinished if state in unfinished_states else done).add_metric([*values, state], n)
     return done, unfinished
 
