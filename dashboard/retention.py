@@ -12,6 +12,7 @@ channel, where the metrics count it still (dashboard/metrics.py).
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -63,9 +64,8 @@ def _delete_tallied(rows, label: str, owner_model, owner_id: int, tally: str,
             taken = list(rows.select_for_update().order_by().values_list("pk", label)[:batch])
             if not taken:
                 return deleted
-            counts = dict(getattr(owner, tally))
-            for _, value in taken:
-                counts[value] = counts.get(value, 0) + 1
+            counts = Counter(getattr(owner, tally))
+            counts.update(value for _, value in taken)
             rows.model.objects.filter(pk__in=[pk for pk, _ in taken]).delete()
-            owner_model.objects.filter(pk=owner_id).update(**{tally: counts})
+            owner_model.objects.filter(pk=owner_id).update(**{tally: dict(counts)})
         deleted += len(taken)
